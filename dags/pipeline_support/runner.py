@@ -1,0 +1,112 @@
+"""The runner seam: one factory that turns a pipeline step into an Airflow task.
+
+``step_task("train")`` returns an operator that runs ``mlcycle train --pipeline ... --start ...
+--end ...``. Which operator depends on ``MLCYCLE_RUNNER`` in the environment that parses the DAGs:
+
+- ``local`` (default): a subprocess using the step environment's ``mlcycle`` executable
+  (``MLCYCLE_STEPS_BIN``, default ``<project>/.venv-steps/bin``). Works wherever Airflow runs.
+- ``docker``: a DockerOperator in the step image (see ``docker_runner``).
+
+Both share the same contract: the step's last output line is its JSON result (pushed to XCom as a
+dict), exit code 99 means "nothing to do" (the task is skipped), any other non-zero exit fails the
+task with the step's own one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXIT_NOTHING_TO_DO = 99
+
+#: Arguments every interval-keyed step receives, rendered from the run's data interval and params.
+INTERVAL_ARGS = [
+    "--pipeline", "{{ params.pipeline }}",
+    "--start", "{{ data_interval_start | ds }}",
+    "--end", "{{ data_interval_end | ds }}",
+    "--window-days", "{{ params.window_days }}",
+]
+
+#: Lineage the steps record in MLflow: which DAG and run produced a model.
+LINEAGE_ENV = {"MLCYCLE_DAG_ID": "{{ dag.dag_id }}", "MLCYCLE_RUN_ID": "{{ run_id }}"}
+
+
+class StepFailed(AirflowException):
+    """A pipeline step exited with an error; the message is the step's own.
+
+    ``payload`` is the step's JSON failure line: ``error`` (full text), and for a rejected batch
+    ``report`` (path of the HTML report) and ``failures`` (the failing expectations).
+    """
+
+    def __init__(self, message: str, payload: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.payload = payload or {}
+
+
+def interpret(step: str, exit_code: int, last_line: str) -> dict[str, Any]:
+    """Turn a finished step (exit code and last output line) into an XCom value, a skip or a failure."""
+    try:
+        payload = json.loads(last_line) if last_line.strip().startswith("{") else {}
+    except json.JSONDecodeError:
+        payload = {}
+    if exit_code == EXIT_NOTHING_TO_DO:
+        raise AirflowSkipException(f"{step}: nothing to do: {payload.get('reason', 'see the log')}")
+    if exit_code != 0:
+        detail = payload.get("error") or last_line.strip() or "no output"
+        raise StepFailed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)
+    if not payload:
+        raise StepFailed(f"step `{step}` succeeded but its last output line is not a JSON result: {last_line!r}")
+    return payload
+
+
+class LocalStepOperator(BaseOperator):
+    """Run a step command as a local subprocess in the step environment; its output streams to the log."""
+
+    template_fields: Sequence[str] = ("command", "env")
+    ui_color = "#e8f4ea"
+
+    def __init__(self, *, step: str, command: list[str], env: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.step = step
+        self.command = command
+        self.env = env or {}
+        self._hook = None
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.providers.standard.hooks.subprocess import SubprocessHook
+
+        steps_bin = Path(os.environ.get("MLCYCLE_STEPS_BIN", PROJECT_ROOT / ".venv-steps" / "bin"))
+        executable = steps_bin / "mlcycle"
+        if not executable.exists():
+            raise StepFailed(f"the step environment is missing: {executable} does not exist. Create it with "
+                             f"`make setup` in {PROJECT_ROOT}, or point MLCYCLE_STEPS_BIN at its bin folder.")
+        env = {**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local")),
+               "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **self.env}
+        self._hook = SubprocessHook()
+        result = self._hook.run_command([str(executable), *self.command], env=env, cwd=str(PROJECT_ROOT))
+        return interpret(self.step, result.exit_code, result.output)
+
+    def on_kill(self) -> None:
+        if self._hook is not None:
+            self._hook.send_sigterm()
+
+
+def step_task(step: str, *, interval: bool = True, args: Sequence[str] = (), task_id: str | None = None,
+              **kwargs: Any) -> BaseOperator:
+    """The one place that decides how a step runs. ``args`` are extra (templated) CLI arguments."""
+    command = [step, *(INTERVAL_ARGS if interval else ["--pipeline", "{{ params.pipeline }}"]), *args]
+    runner = os.environ.get("MLCYCLE_RUNNER", "local")
+    if runner == "docker":
+        from pipeline_support.docker_runner import docker_step
+
+        return docker_step(step, command, env=dict(LINEAGE_ENV), task_id=task_id or step, **kwargs)
+    if runner != "local":
+        raise ValueError(f"MLCYCLE_RUNNER={runner!r}: use `local` or `docker`")
+    return LocalStepOperator(task_id=task_id or step, step=step, command=command, env=dict(LINEAGE_ENV), **kwargs)

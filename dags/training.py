@@ -1,0 +1,77 @@
+"""
+### Training pipeline
+
+Trains, evaluates and (when it earns it) promotes a model for one pipeline spec, every day.
+
+| task | what it does | writes |
+|---|---|---|
+| `ingest` | rows of the training window from the spec's source, one raw partition per day | `raw/date=…` |
+| `validate` | the Great Expectations suite on each new partition; failures are quarantined with a report, and the run stops | `validated/date=…`, `quarantine/…`, `reports/validation/…` |
+| `build_features` | validated partitions of the window, split by time: the last `holdout_days` are the evaluation slice | `features/end=…` |
+| `train` | bounded hyper-parameter search, tracked in MLflow (params, metrics, plots, dataset, model) | MLflow run |
+| `evaluate` | candidate vs `@champion` on the same slice; blessed = above the floor and within tolerance | `gate.*` tags on the run |
+| `register` | new model version as `@challenger`; `@champion` moves only when blessed | MLflow registry |
+
+**Keyed on the data interval**: a run for `[start, end)` trains on the `window_days` before `end`.
+Every partition is written atomically and deterministically, so re-running a date is safe.
+
+**Params** (Trigger DAG w/ config): `pipeline` (a spec in `include/pipelines`, or a path to one),
+`window_days` (training window).
+
+**Backfill**: *Trigger* → *Backfill* in the UI, or
+`airflow backfill create --dag-id training --from-date 2011-03-01 --to-date 2011-03-07`.
+`max_active_runs=1` and the `training` pool keep backfill runs from training at the same time.
+
+**Where to look**: MLflow UI (`make mlflow-ui`), reports under `.local/store/<pipeline>/reports/`,
+rejected batches under `.local/store/<pipeline>/quarantine/`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from pipeline_support.alerts import failure_notifier
+from pipeline_support.runner import step_task
+
+TRAIN_RESULT = "ti.xcom_pull(task_ids='train')"
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=pendulum.datetime(2011, 1, 29, tz="UTC"),
+    end_date=pendulum.datetime(2011, 12, 31, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["mlcycle", "training"],
+    params={
+        "pipeline": Param("bikeshare", type="string", minLength=1,
+                          description="Pipeline spec: a name in include/pipelines or a path to a YAML file."),
+        "window_days": Param(28, type="integer", minimum=7, maximum=366,
+                             description="Training window: days of data before the interval end."),
+    },
+    default_args={
+        "owner": "mlops",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": [failure_notifier()],
+    },
+    on_failure_callback=[failure_notifier()],
+)
+def training():
+    ingest = step_task("ingest")
+    validate = step_task("validate", retries=0)  # a rejected batch does not get better by retrying
+    build_features = step_task("build_features")
+    train = step_task("train", pool="training")
+    evaluate = step_task("evaluate", args=["--run-id", "{{ %s['run_id'] }}" % TRAIN_RESULT,
+                                           "--model-uri", "{{ %s['model_uri'] }}" % TRAIN_RESULT])
+    register = step_task("register", interval=False,
+                         args=["--run-id", "{{ ti.xcom_pull(task_ids='evaluate')['run_id'] }}",
+                               "--model-uri", "{{ ti.xcom_pull(task_ids='evaluate')['model_uri'] }}"])
+
+    ingest >> validate >> build_features >> train >> evaluate >> register
+
+
+training()

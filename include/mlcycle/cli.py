@@ -1,0 +1,138 @@
+"""Command-line entry point: ``mlcycle <step> --pipeline NAME --start DATE --end DATE ...``.
+
+Each step logs its progress to stderr and prints exactly one JSON line to stdout as the very last
+output: the result Airflow pushes to XCom. Exit codes: 0 done, 1 failed (the message says what to
+do), 2 bad arguments, 99 nothing to do (Airflow marks the task skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError
+
+log = logging.getLogger("mlcycle")
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value[:10])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date: {value!r}") from exc
+
+
+def _interval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=_date, required=True, help="data interval start (inclusive), YYYY-MM-DD")
+    p.add_argument("--end", type=_date, required=True, help="data interval end (exclusive), YYYY-MM-DD")
+    p.add_argument("--window-days", type=int, default=None,
+                   help="training window in days (default: the spec's window.days)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlcycle", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default=os.environ.get("MLCYCLE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, help_text: str, interval: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--pipeline", required=True, help="spec name in include/pipelines, or a path to a YAML spec")
+        if interval:
+            _interval_args(p)
+        return p
+
+    step("ingest", "copy the window's rows from the source into daily raw partitions")
+    step("validate", "run the expectation suite on each raw partition; quarantine failures")
+    step("build_features", "build the time-split feature table of the training window")
+    step("train", "search hyper-parameters, train and log the candidate to MLflow")
+    p = step("evaluate", "score candidate and champion on the same slice; decide whether it is blessed")
+    p.add_argument("--run-id", required=True, help="MLflow run id of the candidate (from train)")
+    p.add_argument("--model-uri", required=True, help="model URI of the candidate (from train)")
+    p = step("register", "register the candidate (@challenger); move @champion when blessed", interval=False)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--model-uri", required=True)
+    p = step("suite", "print (or --write) the expectation suite derived from the spec", interval=False)
+    p.add_argument("--write", action="store_true", help="write it to the path the spec names")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from mlcycle.settings import Settings
+    from mlcycle.spec import load_spec
+
+    settings = Settings.from_env()
+    spec = load_spec(args.pipeline, settings.pipelines_dir)
+    if args.step == "suite":
+        from mlcycle.expectations import suite_from_spec, write_suite
+
+        if args.write:
+            return {"written": str(write_suite(spec))}
+        return suite_from_spec(spec)
+    if args.step == "register":
+        from mlcycle.steps.register import register
+
+        return register(spec, settings, args.run_id, args.model_uri).to_dict()
+
+    from mlcycle.steps._common import Interval
+
+    interval = Interval(args.start, args.end)
+    window = args.window_days
+    attempt = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{settings.run_id}".replace(":", "_").replace("/", "_")
+    steps: dict[str, Callable[[], Any]] = {
+        "ingest": lambda: _step("ingest").ingest(spec, settings, interval, window, attempt),
+        "validate": lambda: _step("validate").validate(spec, settings, interval, window, attempt),
+        "build_features": lambda: _step("features").build_features(spec, settings, interval, window),
+        "train": lambda: _step("train").train(spec, settings, interval, window),
+        "evaluate": lambda: _step("evaluate").evaluate(spec, settings, interval, args.run_id, args.model_uri, window),
+    }
+    return steps[args.step]().to_dict()
+
+
+def _step(module: str):
+    import importlib
+
+    return importlib.import_module(f"mlcycle.steps.{module}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "great_expectations", "urllib3", "matplotlib", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = _run(args)
+    except NothingToDo as exc:
+        log.warning("nothing to do: %s", exc)
+        _emit({"status": "skipped", "reason": str(exc)})
+        return exc.exit_code
+    except StepError as exc:
+        log.error("%s failed: %s", args.step, exc)
+        _emit({"status": "failed", "step": args.step, "error": str(exc),
+               "report": getattr(exc, "report", None), "failures": getattr(exc, "failures", [])[:50]})
+        return exc.exit_code
+    except Exception:
+        log.exception("%s failed with an unexpected error", args.step)
+        return EXIT_FAILED
+    _emit(result)
+    return 0
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    """The result line: flushed after all logging so it is the last line of the output."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

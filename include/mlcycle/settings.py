@@ -1,0 +1,64 @@
+"""Where things live: the one place that turns the environment into paths and URIs.
+
+Every step reads its locations from here, so the DAG (or a person at a shell) only chooses values:
+- ``MLCYCLE_HOME``: project-local state (default ``./.local``).
+- ``MLCYCLE_STORE``: the partitioned data store (default ``$MLCYCLE_HOME/store``).
+- ``MLFLOW_TRACKING_URI``: MLflow tracking and registry (default: SQLite under ``$MLCYCLE_HOME/mlflow``).
+- ``MLCYCLE_ARTIFACT_ROOT``: where new MLflow experiments keep artifacts.
+- ``MLCYCLE_PIPELINES_DIR``: where pipeline specs are looked up by name (default ``include/pipelines``).
+- ``MLCYCLE_DAG_ID`` / ``MLCYCLE_RUN_ID``: the Airflow run a step belongs to, recorded as lineage.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlcycle import __version__
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PIPELINES_DIR = PACKAGE_DIR.parent / "pipelines"
+
+
+def _code_version() -> str:
+    explicit = os.environ.get("MLCYCLE_CODE_VERSION")
+    if explicit:
+        return explicit
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    store: Path
+    tracking_uri: str
+    artifact_root: str
+    pipelines_dir: Path
+    dag_id: str
+    run_id: str
+    code_version: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        home = Path(env.get("MLCYCLE_HOME", ".local")).resolve()
+        mlflow_dir = home / "mlflow"
+        return cls(
+            home=home,
+            store=Path(env.get("MLCYCLE_STORE", home / "store")).resolve(),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            artifact_root=env.get("MLCYCLE_ARTIFACT_ROOT") or (mlflow_dir / "artifacts").as_uri(),
+            pipelines_dir=Path(env.get("MLCYCLE_PIPELINES_DIR", DEFAULT_PIPELINES_DIR)),
+            dag_id=env.get("MLCYCLE_DAG_ID") or env.get("AIRFLOW_CTX_DAG_ID", "manual"),
+            run_id=env.get("MLCYCLE_RUN_ID") or env.get("AIRFLOW_CTX_DAG_RUN_ID", "manual"),
+            code_version=_code_version(),
+        )

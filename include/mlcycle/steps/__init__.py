@@ -1,0 +1,1 @@
+"""One module per step; each exposes one typed function returning a small frozen result."""

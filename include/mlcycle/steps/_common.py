@@ -1,0 +1,38 @@
+"""What every step shares: its time range, its result type, and the window arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+
+from mlcycle.spec import PipelineSpec
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The data interval of a run, [start, end), in whole days (UTC)."""
+
+    start: dt.date
+    end: dt.date
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"the interval end {self.end} must be after its start {self.start}")
+
+
+def training_window(spec: PipelineSpec, interval: Interval, window_days: int | None) -> tuple[dt.date, dt.date]:
+    """The days a run trains on: ``window_days`` before the interval end, clipped to the data's bounds."""
+    days = window_days or spec.window_days
+    end = interval.end
+    if spec.data_end is not None:
+        end = min(end, spec.data_end + dt.timedelta(days=1))
+    start = max(interval.end - dt.timedelta(days=days), spec.data_start)
+    return start, end
+
+
+class Result:
+    """Mixin for step results: a frozen dataclass that serialises to one JSON object."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]

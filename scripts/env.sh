@@ -1,0 +1,19 @@
+# Source this file to point Airflow, MLflow and the steps at the project-local embedded default:
+# Airflow on SQLite, MLflow on SQLite with a local artifact folder, the data store in a folder;
+# all under .local/ (git-ignored). Values already set in the environment win.
+MLCYCLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export MLCYCLE_ROOT
+export MLCYCLE_HOME="${MLCYCLE_HOME:-$MLCYCLE_ROOT/.local}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$MLCYCLE_HOME/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$MLCYCLE_ROOT/dags}"
+export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$MLCYCLE_ROOT/plugins}"
+export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-True}"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$MLCYCLE_HOME/mlflow/mlflow.db}"
+export MLCYCLE_ARTIFACT_ROOT="${MLCYCLE_ARTIFACT_ROOT:-file://$MLCYCLE_HOME/mlflow/artifacts}"
+export MLCYCLE_STEPS_BIN="${MLCYCLE_STEPS_BIN:-$MLCYCLE_ROOT/.venv-steps/bin}"
+export MLCYCLE_RUNNER="${MLCYCLE_RUNNER:-local}"
+export MLFLOW_ENABLE_TELEMETRY="${MLFLOW_ENABLE_TELEMETRY:-false}"
+export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"
+export PATH="$MLCYCLE_ROOT/.venv/bin:$PATH"
+mkdir -p "$AIRFLOW_HOME" "$MLCYCLE_HOME/mlflow"
