@@ -47,7 +47,7 @@ build_local_base() {
     if ! command -v debootstrap >/dev/null 2>&1; then
         log "installing debootstrap"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap debian-archive-keyring >/dev/null
     fi
     ROOTFS=$(mktemp -d /tmp/python-base-rootfs.XXXXXX)
     trap cleanup_rootfs EXIT

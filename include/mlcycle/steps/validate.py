@@ -40,8 +40,11 @@ class SuiteRunner:
 
     def __init__(self, suite: dict[str, Any]):
         import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.context = gx.get_context(mode="ephemeral")
+        # Progress bars are for notebooks; in a task log they are noise.
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         batch = (self.context.data_sources.add_pandas("partitions")
                  .add_dataframe_asset("partition").add_batch_definition_whole_dataframe("whole"))
         gx_suite = self.context.suites.add(gx.ExpectationSuite(name=suite["name"],

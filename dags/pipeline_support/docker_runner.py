@@ -1,0 +1,139 @@
+"""The Docker side of the runner seam: a step runs as a DockerOperator task in the step image.
+
+Selected with ``MLCYCLE_RUNNER=docker``. Configured by the environment of the Airflow worker,
+read when the task runs (never at parse time):
+
+- ``MLCYCLE_STEP_IMAGE`` (default ``mlcycle-steps:<version>``): built by ``make images``.
+- ``MLCYCLE_DOCKER_NETWORK`` (default ``host``): the container's network mode.
+- ``MLCYCLE_DOCKER_USER`` (default: the worker's uid:gid, so files in the bind-mounted store stay
+  the user's own).
+- ``MLCYCLE_HOME``, ``MLCYCLE_STORE``, ``MLFLOW_TRACKING_URI``, ``MLCYCLE_ARTIFACT_ROOT``: passed
+  through; local folders among them are bind-mounted at the same path, so file URIs mean the same
+  thing inside and outside the container.
+- Secrets come from the Airflow connection ``MLCYCLE_MLFLOW_CONN_ID`` (default ``mlflow``), when it
+  exists: its login and password reach the container as ``MLFLOW_TRACKING_USERNAME`` and
+  ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
+
+Contract, as for the local runner: the last output line is the JSON result (XCom), exit code 99
+skips the task, any other failure fails it with the step's own error. Containers are removed
+whether the step succeeds or fails; their output is already in the task log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException, DockerContainerFailedSkipException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk.exceptions import AirflowSkipException
+from pipeline_support.runner import PROJECT_ROOT, StepFailed, interpret
+
+DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
+PASSED_THROUGH = ("MLCYCLE_STORE", "MLFLOW_TRACKING_URI", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_LOG_LEVEL")
+
+
+def _local_dir(uri_or_path: str) -> Path | None:
+    """The local folder behind a path, a file:// URI or a sqlite:/// URI; None for anything remote."""
+    if uri_or_path.startswith("sqlite:///"):
+        return Path(uri_or_path.removeprefix("sqlite:///")).parent
+    if uri_or_path.startswith("file://"):
+        return Path(uri_or_path.removeprefix("file://"))
+    if "://" in uri_or_path:
+        return None
+    return Path(uri_or_path)
+
+
+class StepDockerOperator(DockerOperator):
+    """DockerOperator for a pipeline step: run-time configuration, clear errors, the step contract."""
+
+    ui_color = "#e3eefa"
+
+    def __init__(self, *, step: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.step = step
+
+    def _prepare(self) -> None:
+        from docker.types import Mount
+
+        home = os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
+        env = {"MLCYCLE_HOME": home, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false"}
+        env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
+        self.environment = {**env, **(self.environment or {})}
+
+        folders = {Path(home)}
+        for key in PASSED_THROUGH[:3]:
+            local = _local_dir(os.environ.get(key, ""))
+            if local is not None and str(local) not in ("", "."):
+                folders.add(local)
+        # A spec given as a path outside the image (e.g. a new data set being onboarded) is mounted
+        # read-only with its folder, so the container reads the same file.
+        for arg in self.command if isinstance(self.command, list) else []:
+            if arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute():
+                self.mounts.append(Mount(target=str(Path(arg).parent), source=str(Path(arg).parent),
+                                         type="bind", read_only=True))
+        for folder in sorted(folders):
+            folder.mkdir(parents=True, exist_ok=True)
+        covered = [f for f in sorted(folders) if not any(p != f and f.is_relative_to(p) for p in folders)]
+        self.mounts.extend(Mount(target=str(f), source=str(f), type="bind") for f in covered)
+
+        conn_id = os.environ.get("MLCYCLE_MLFLOW_CONN_ID", "mlflow")
+        try:
+            from airflow.sdk import BaseHook
+
+            conn = BaseHook.get_connection(conn_id)
+        except Exception:  # noqa: BLE001 - no such connection: nothing secret to pass
+            conn = None
+        if conn is not None and conn.login:
+            self._private_environment = {**self._private_environment,
+                                         "MLFLOW_TRACKING_USERNAME": conn.login,
+                                         "MLFLOW_TRACKING_PASSWORD": conn.password or ""}
+
+    def _check_engine(self) -> None:
+
+        try:
+            self.cli.ping()
+        except Exception as exc:  # noqa: BLE001 - whatever the SDK raises, the fix is the same
+            raise StepFailed(f"cannot reach the Docker daemon at {self.docker_url}: {exc}. Start it "
+                             "(`sudo scripts/docker-engine.sh`) or run the steps locally with MLCYCLE_RUNNER=local.") from exc
+        if not self.cli.images(name=self.image):
+            raise StepFailed(f"the step image {self.image} is not on this Docker engine: build it with "
+                             "`make images` (scripts/build-images.sh), or set MLCYCLE_STEP_IMAGE to an image you have.")
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        self._prepare()
+        self._check_engine()
+        try:
+            last_line = super().execute(context)
+        except DockerContainerFailedSkipException as exc:
+            raise AirflowSkipException(self._last(exc.logs) or f"{self.step}: nothing to do") from exc
+        except DockerContainerFailedException as exc:
+            interpret(self.step, 1, self._last(exc.logs))
+            raise  # interpret always raises for a non-zero exit code
+        return interpret(self.step, 0, last_line if isinstance(last_line, str) else "")
+
+    @staticmethod
+    def _last(logs: Any) -> str:
+        lines = [str(line).strip() for line in (logs or []) if str(line).strip()]
+        return lines[-1] if lines else ""
+
+
+def docker_step(step: str, command: list[str], *, env: dict[str, str], task_id: str, **kwargs: Any) -> StepDockerOperator:
+    return StepDockerOperator(
+        task_id=task_id,
+        step=step,
+        image=os.environ.get("MLCYCLE_STEP_IMAGE", DEFAULT_IMAGE),
+        command=command,
+        environment=env,
+        network_mode=os.environ.get("MLCYCLE_DOCKER_NETWORK", "host"),
+        user=os.environ.get("MLCYCLE_DOCKER_USER") or f"{os.getuid()}:{os.getgid()}",
+        docker_url=os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
+        mount_tmp_dir=False,
+        mounts=[],
+        auto_remove="force",
+        do_xcom_push=True,
+        skip_on_exit_code=99,
+        force_pull=False,
+        **kwargs,
+    )
