@@ -5,6 +5,7 @@ Trains, evaluates and (when it earns it) promotes a model for one pipeline spec,
 
 | task | what it does | writes |
 |---|---|---|
+| `extract` | for a `postgres` source only: each day of the window, streamed from the table (COPY) | `landing/date=…` |
 | `ingest` | rows of the training window from the spec's source, one raw partition per day | `raw/date=…` |
 | `validate` | the Great Expectations suite on each new partition; failures are quarantined with a report, and the run stops | `validated/date=…`, `quarantine/…`, `reports/validation/…` |
 | `build_features` | validated partitions of the window, split by time: the last `holdout_days` are the evaluation slice | `features/end=…` |
@@ -32,10 +33,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
-from pipeline_support.alerts import failure_notifier
-from pipeline_support.runner import step_task
 
-TRAIN_RESULT = "ti.xcom_pull(task_ids='train')"
+from pipeline_support.alerts import failure_notifier
+from pipeline_support.extract import extract_task
+from pipeline_support.runner import step_task
 
 
 @dag(
@@ -61,17 +62,18 @@ TRAIN_RESULT = "ti.xcom_pull(task_ids='train')"
     on_failure_callback=[failure_notifier()],
 )
 def training():
+    extract = extract_task()
     ingest = step_task("ingest")
     validate = step_task("validate", retries=0)  # a rejected batch does not get better by retrying
     build_features = step_task("build_features")
     train = step_task("train", pool="training")
-    evaluate = step_task("evaluate", args=["--run-id", "{{ %s['run_id'] }}" % TRAIN_RESULT,
-                                           "--model-uri", "{{ %s['model_uri'] }}" % TRAIN_RESULT])
+    evaluate = step_task("evaluate", args=["--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
+                                           "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}"])
     register = step_task("register", interval=False,
                          args=["--run-id", "{{ ti.xcom_pull(task_ids='evaluate')['run_id'] }}",
                                "--model-uri", "{{ ti.xcom_pull(task_ids='evaluate')['model_uri'] }}"])
 
-    ingest >> validate >> build_features >> train >> evaluate >> register
+    extract >> ingest >> validate >> build_features >> train >> evaluate >> register
 
 
 training()

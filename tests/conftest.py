@@ -18,3 +18,46 @@ sys.path.insert(0, str(ROOT / "dags"))  # the DAG helper package, as Airflow put
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
+
+
+def _unavailable(what: str, reason: str, required_by: str) -> None:
+    """Skip on a machine without ``what`` (a laptop), but fail where CI requires it."""
+    import os
+
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{what} is required here ({required_by}=1) but unavailable: {reason}")
+    pytest.skip(f"{what} unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The step image's name, once a Docker daemon answers and the image exists."""
+    import os
+    import shutil
+    import subprocess
+
+    image = os.environ.get("MLCYCLE_STEP_IMAGE", "mlcycle-steps:0.1.0")
+    if not shutil.which("docker"):
+        _unavailable("Docker", "no docker client on PATH", "MLCYCLE_REQUIRE_DOCKER")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    if info.returncode != 0:
+        _unavailable("Docker", "the daemon does not answer (scripts/docker-engine.sh starts one)",
+                     "MLCYCLE_REQUIRE_DOCKER")
+    found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=30)
+    if found.returncode != 0:
+        _unavailable("Docker", f"image {image} is missing (make images builds it)", "MLCYCLE_REQUIRE_DOCKER")
+    return image
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A DSN of the local PostgreSQL server, once it accepts connections."""
+    import os
+    import socket
+
+    dsn = os.environ.get("MLCYCLE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
+    except OSError as exc:
+        _unavailable("PostgreSQL", f"nothing listens on 127.0.0.1:5432 ({exc})", "MLCYCLE_REQUIRE_POSTGRES")
+    return dsn

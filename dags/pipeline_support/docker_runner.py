@@ -25,9 +25,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.docker.exceptions import DockerContainerFailedException, DockerContainerFailedSkipException
+from airflow.providers.docker.exceptions import (
+    DockerContainerFailedException,
+    DockerContainerFailedSkipException,
+)
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk.exceptions import AirflowSkipException
+
 from pipeline_support.runner import PROJECT_ROOT, StepFailed, interpret
 
 DEFAULT_IMAGE = "mlcycle-steps:0.1.0"

@@ -18,9 +18,9 @@ HEAVY = ("pandas", "numpy", "sklearn", "mlflow", "great_expectations", "evidentl
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    return DagBag(dag_folder=str(DAGS), include_examples=False)
+    return BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS)
 
 
 def test_every_dag_file_imports(dagbag):
@@ -56,10 +56,8 @@ def test_operating_rules(dagbag, rule):
 
 
 def test_no_cycles(dagbag):
-    from airflow.sdk.definitions._internal.dag_cycle_tester import check_cycle
-
     for dag in dagbag.dags.values():
-        check_cycle(dag)
+        dag.check_cycle()  # raises AirflowDagCycleException on a cycle
 
 
 def test_parsing_imports_no_ml_library_and_touches_no_connection_or_variable(tmp_path):
@@ -71,8 +69,8 @@ def trap(*a, **k):
     raise RuntimeError("a connection or Variable was read at parse time")
 BaseHook.get_connection = classmethod(trap)
 Variable.get = staticmethod(trap)
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder={str(DAGS)!r}, include_examples=False)
+from airflow.dag_processing.dagbag import BundleDagBag
+bag = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path={str(DAGS)!r})
 assert not bag.import_errors, bag.import_errors
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 assert not heavy, f"parsing imported {{heavy}}"

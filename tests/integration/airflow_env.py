@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import socket
 import subprocess
 import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import AIRFLOW_BIN, ROOT, STEPS_BIN
+
+
+def _json_output(stdout: str):
+    """The JSON document of an `airflow ... -o json` call (the CLI may log warnings before it)."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith(("[", "{")):
+            return json.loads(line)
+    return []
 
 
 @dataclass
@@ -43,8 +58,79 @@ class AirflowProject:
         env.update(overrides)
         project = cls(home=home, env=env)
         project.airflow("db", "migrate")
-        project.airflow("pools", "set", "training", "1", "one training run at a time")
+        subprocess.run([str(AIRFLOW_BIN / "python"), str(ROOT / "scripts" / "load_airflow_settings.py"), "--file", str(ROOT / "airflow_settings.yaml")], env=env, check=True, timeout=300)  # connections, pools, variables (output shown on failure)
         return project
+
+    @staticmethod
+    def server_settings(port: int) -> dict[str, str]:
+        """Settings for services on ``port``: the API server, and the Execution API its workers report to.
+
+        In Airflow 3 a task does not write to the metadata database: the executor's workers talk to
+        the Execution API (``/execution/`` of ``airflow api-server``), authenticated with JWTs signed
+        by ``api_auth.jwt_secret``, which every service must share.
+        """
+        base = f"http://127.0.0.1:{port}"
+        return {
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"{base}/",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        }
+
+    @contextmanager
+    def serve(self, timeout: float = 120) -> Iterator[dict[str, subprocess.Popen]]:
+        """Run ``api-server``, ``scheduler`` and ``dag-processor`` until the block ends; stop them all.
+
+        Needs the settings of ``server_settings`` in ``env`` (pass them to ``create``). Each service is
+        the leader of its own process group, so stopping it also stops its workers and task processes.
+        Logs go to ``<home>/services/<name>.log`` (``service_logs`` returns their tails).
+        """
+        port = self.env["AIRFLOW__API__PORT"]
+        (self.home / "services").mkdir(exist_ok=True)
+        procs: dict[str, subprocess.Popen] = {}
+        logs = []
+        try:
+            for name in ("api-server", "scheduler", "dag-processor"):
+                log = (self.home / "services" / f"{name}.log").open("ab")
+                logs.append(log)
+                procs[name] = subprocess.Popen([str(AIRFLOW_BIN / "airflow"), name], env=self.env, cwd=self.home,
+                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while True:
+                dead = [n for n, p in procs.items() if p.poll() is not None]
+                if dead:
+                    raise AssertionError(f"airflow {', '.join(dead)} exited early:\n{self.service_logs()}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as r:
+                        health = json.loads(r.read())
+                    if all((health.get(c) or {}).get("status") == "healthy" for c in ("scheduler", "dag_processor")):
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"Airflow services not healthy after {timeout}s:\n{self.service_logs()}")
+                time.sleep(2)
+            yield procs
+        finally:
+            for proc in procs.values():
+                _signal_group(proc, signal.SIGTERM)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait(timeout=10)
+                _signal_group(proc, signal.SIGKILL)  # stragglers of the group (task processes)
+            for log in logs:
+                log.close()
+
+    def service_logs(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted((self.home / "services").glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
 
     @property
     def store(self) -> Path:
@@ -66,11 +152,11 @@ class AirflowProject:
 
     def task_states(self, dag_id: str, date: str) -> dict[str, str]:
         """Task id -> final state of the one run of ``dag_id`` with logical date ``date``."""
-        runs = json.loads(self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout or "[]")
+        runs = _json_output(self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout)
         matching = [r for r in runs if str(r.get("logical_date", "")).startswith(date)]
         assert matching, f"no run of {dag_id} at {date}; runs: {runs}"
         run_id = matching[0]["run_id"]
-        rows = json.loads(self.airflow("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
+        rows = _json_output(self.airflow("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
         return {r["task_id"]: r["state"] for r in rows}
 
     def steps_python(self, code: str) -> dict:
@@ -91,7 +177,7 @@ class AirflowProject:
                 rm = c.get_registered_model({model!r})
             except Exception:
                 print(json.dumps({{"versions": [], "aliases": {{}}}})); raise SystemExit
-            versions = [{{"version": v.version, "tags": v.tags, "run_id": v.run_id}}
+            versions = [{{"version": str(v.version), "tags": v.tags, "run_id": v.run_id}}
                         for v in c.search_model_versions("name='{model}'")]
             print(json.dumps({{"versions": sorted(versions, key=lambda v: int(v["version"])),
                                "aliases": {{k: str(v) for k, v in rm.aliases.items()}}}}))
@@ -106,3 +192,17 @@ class AirflowProject:
                                "inputs": [d.dataset.name for d in r.inputs.dataset_inputs],
                                "artifacts": [a.path for a in MlflowClient().list_artifacts({run_id!r}, "plots")]}}))
         """)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the service was started as the leader of its own group
+    except ProcessLookupError:
+        pass

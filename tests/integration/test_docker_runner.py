@@ -1,0 +1,84 @@
+"""The Docker runner against the real Docker engine and the real step image.
+
+The same DAG file, switched with MLCYCLE_RUNNER=docker: the full training DAG reaches the same
+registry result as the local runner; a step failing inside its container fails the task with its
+own error in the log and leaves no container; a missing image gives an error that says what to run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.datasets import make_bad_bikeshare
+from tests.integration.airflow_env import AirflowProject
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+STEPS = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
+CONF = {"pipeline": "bikeshare", "window_days": 14}
+
+
+def _containers(image: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"ancestor={image}", "--format", "{{.ID}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def _task_log(project: AirflowProject, task_id: str) -> str:
+    logs = sorted((project.home / "airflow" / "logs").rglob(f"task_id={task_id}/*.log"))
+    assert logs, f"no log for {task_id}"
+    return "\n".join(p.read_text(errors="replace") for p in logs)
+
+
+@pytest.fixture(scope="module")
+def docker_project(tmp_path_factory, docker_engine) -> AirflowProject:
+    return AirflowProject.create(tmp_path_factory.mktemp("docker"), MLCYCLE_RUNNER="docker",
+                                 MLCYCLE_STEP_IMAGE=docker_engine)
+
+
+def test_docker_runner_reaches_the_same_registry_result_as_the_local_runner(docker_project, docker_engine,
+                                                                         tmp_path_factory):
+    docker_project.dags_test("training", "2011-06-30", CONF)
+    states = docker_project.task_states("training", "2011-06-30")
+    assert all(states[t] == "success" for t in STEPS), states
+    assert "StepDockerOperator" in _task_log(docker_project, "train")
+
+    local = AirflowProject.create(tmp_path_factory.mktemp("local"))
+    local.dags_test("training", "2011-06-30", CONF)
+    assert all(s == "success" for s in local.task_states("training", "2011-06-30").values())
+
+    in_docker, on_host = docker_project.registry("bikeshare"), local.registry("bikeshare")
+    assert in_docker["aliases"] == on_host["aliases"] == {"champion": "1", "challenger": "1"}
+    tags_d, tags_l = in_docker["versions"][0]["tags"], on_host["versions"][0]["tags"]
+    for key in ("mlcycle.window_start", "mlcycle.window_end", "mlcycle.data_fingerprint", "gate.blessed"):
+        assert tags_d[key] == tags_l[key], key
+    metric_d = docker_project.run_tags(in_docker["versions"][0]["run_id"])["metrics"]["holdout_rmse"]
+    metric_l = local.run_tags(on_host["versions"][0]["run_id"])["metrics"]["holdout_rmse"]
+    assert metric_d == pytest.approx(metric_l, rel=1e-6), "same data, same pins, same seed: same model"
+    assert _containers(docker_engine) == [], "containers were left behind after success"
+
+
+def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_project, docker_engine, tmp_path):
+    bad = make_bad_bikeshare(tmp_path, "2011-07-06", "out_of_range")
+    before = docker_project.registry("bikeshare")
+    docker_project.dags_test("training", "2011-07-07", {"pipeline": str(bad), "window_days": 7})
+    states = docker_project.task_states("training", "2011-07-07")
+    assert states["validate"] == "failed" and states["register"] == "upstream_failed", states
+
+    log = _task_log(docker_project, "validate")
+    assert "expect_column_values_to_be_between on `windspeed`" in log
+    assert "StepFailed" in log and "step `validate` failed" in log
+    assert _containers(docker_engine) == [], "a failed container was left behind"
+    assert docker_project.registry("bikeshare") == before
+
+
+def test_a_missing_image_says_how_to_build_it(tmp_path, docker_engine):
+    project = AirflowProject.create(tmp_path, MLCYCLE_RUNNER="docker", MLCYCLE_STEP_IMAGE="mlcycle-steps:no-such-tag")
+    project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
+    states = project.task_states("training", "2011-06-30")
+    assert states["ingest"] == "failed"
+    log = _task_log(project, "ingest")
+    assert "mlcycle-steps:no-such-tag is not on this Docker engine: build it with `make images`" in log
+    assert states["validate"] == "upstream_failed", "nothing ran after the failed step"

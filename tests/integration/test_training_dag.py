@@ -1,0 +1,114 @@
+"""The training DAG end to end through `airflow dags test`, against a real local MLflow store.
+
+One Airflow home and one MLflow store for the module; the tests run in order, like a user would:
+a first run that sets the champion, a second run that the gate decides, a strict spec that the gate
+rejects, a bad batch that stops at validation, and a second data set through the same DAG.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.datasets import BIKESHARE_SPEC, make_bad_bikeshare, make_classification_dataset, write_spec_variant
+from tests.integration.airflow_env import AirflowProject
+
+pytestmark = pytest.mark.integration
+
+STEPS = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
+WINDOW = {"window_days": 14}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> AirflowProject:
+    return AirflowProject.create(tmp_path_factory.mktemp("training"))
+
+
+def _run(project: AirflowProject, date: str, conf: dict) -> dict[str, str]:
+    proc = project.dags_test("training", date, conf)
+    states = project.task_states("training", date)
+    if any(states.get(t) != "success" for t in STEPS) and "bad" not in str(conf):
+        print(proc.stdout[-6000:], proc.stderr[-3000:])
+    return states
+
+
+def test_first_run_takes_the_first_run_path_and_sets_the_champion(project):
+    states = _run(project, "2011-06-30", {"pipeline": "bikeshare", **WINDOW})
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("bikeshare")
+    assert [v["version"] for v in registry["versions"]] == ["1"]
+    assert registry["aliases"] == {"champion": "1", "challenger": "1"}
+    tags = registry["versions"][0]["tags"]
+    assert tags["mlcycle.window_start"] == "2011-06-16" and tags["mlcycle.window_end"] == "2011-06-30"
+    assert len(tags["mlcycle.data_fingerprint"]) == 16
+    assert tags["mlcycle.code_version"]
+    assert tags["airflow.dag_id"] == "training"
+    assert tags["airflow.run_id"].startswith("manual__")
+    assert tags["gate.first_run"] == "true" and tags["gate.blessed"] == "true"
+
+    run = project.run_tags(registry["versions"][0]["run_id"])
+    assert "no champion yet" in run["tags"]["gate.reason"]
+    assert "holdout_rmse" in run["metrics"] and "gate_candidate_rmse" in run["metrics"]
+    assert {"plots/feature_importance.png", "plots/residuals.png"} <= set(run["artifacts"])
+    assert any(name.startswith("bikeshare-train-") for name in run["inputs"])
+    report = project.store / "bikeshare" / "reports" / "validation" / "end=2011-06-30" / "report.html"
+    assert "passed" in report.read_text()
+
+
+def test_second_run_registers_a_new_version_and_the_gate_decides(project):
+    states = _run(project, "2011-07-01", {"pipeline": "bikeshare", **WINDOW})
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("bikeshare")
+    assert [v["version"] for v in registry["versions"]] == ["1", "2"]
+    assert registry["aliases"]["challenger"] == "2"
+    v2 = registry["versions"][1]
+    assert v2["tags"]["gate.first_run"] == "false"
+    run = project.run_tags(v2["run_id"])
+    assert "gate_champion_rmse" in run["metrics"], "the champion was not scored on the same slice"
+    expected_champion = "2" if v2["tags"]["gate.blessed"] == "true" else "1"
+    assert registry["aliases"]["champion"] == expected_champion
+
+
+def test_a_strict_spec_makes_the_gate_reject_and_the_champion_stays(project, tmp_path):
+    strict = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_strict.yaml",
+                                evaluation={"threshold": 1.0, "tolerance": 0.0})
+    champion_before = project.registry("bikeshare")["aliases"]["champion"]
+    states = _run(project, "2011-07-02", {"pipeline": str(strict), **WINDOW})
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("bikeshare")
+    newest = registry["versions"][-1]
+    assert newest["version"] == "3" and newest["tags"]["gate.blessed"] == "false"
+    assert "misses the threshold" in newest["tags"]["gate.reason"]
+    assert registry["aliases"] == {"champion": champion_before, "challenger": "3"}
+
+
+def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_path):
+    bad = make_bad_bikeshare(tmp_path, "2011-07-03", "unknown_category")
+    before = project.registry("bikeshare")
+    states = _run(project, "2011-07-04", {"pipeline": str(bad), **WINDOW, "bad": True})
+
+    assert states["ingest"] == "success"
+    assert states["validate"] == "failed"
+    assert all(states[t] == "upstream_failed" for t in STEPS[2:]), states
+    assert project.registry("bikeshare") == before, "a rejected batch changed the registry"
+    quarantined = project.store / "bikeshare" / "quarantine" / "date=2011-07-03"
+    attempts = list(quarantined.iterdir())
+    assert attempts, "the rejected batch was not kept for inspection"
+    assert (attempts[0] / "data.parquet").exists()
+    assert "hurricane" in (attempts[0] / "failures.json").read_text()
+    assert "expect_column_values_to_be_in_set" in (attempts[0] / "report.html").read_text()
+    assert not (project.store / "bikeshare" / "validated" / "date=2011-07-03").exists()
+
+
+def test_a_second_data_set_needs_only_a_spec(project, tmp_path):
+    spec = make_classification_dataset(tmp_path, days=40, start="2011-03-01")
+    states = _run(project, "2011-04-05", {"pipeline": str(spec), "window_days": 21})
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("synthclass")
+    assert registry["aliases"] == {"champion": "1", "challenger": "1"}
+    run = project.run_tags(registry["versions"][0]["run_id"])
+    assert run["metrics"]["holdout_roc_auc"] > 0.7
+    assert "plots/confusion_matrix.png" in run["artifacts"]
