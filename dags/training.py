@@ -64,7 +64,7 @@ from pipeline_support.runner import step_task
 def training():
     extract = extract_task()
     ingest = step_task("ingest")
-    validate = step_task("validate", retries=0)  # a rejected batch does not get better by retrying
+    validate = step_task("validate", retries=0, pool="validation")  # a rejected batch does not improve on retry
     build_features = step_task("build_features")
     train = step_task("train", pool="training")
     evaluate = step_task("evaluate", args=["--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",

@@ -9,7 +9,7 @@ DATE="${1:-2011-06-30}"
 PIPELINE="${2:-bikeshare}"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
   || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
-airflow pools set training 1 "one training run at a time" >/dev/null
+.venv/bin/python scripts/load_airflow_settings.py --file airflow_settings.yaml  # connections, pools, variables
 echo "==> airflow dags test training $DATE (pipeline: $PIPELINE)"
 airflow dags test training "$DATE" --conf "{\"pipeline\": \"$PIPELINE\"}"
 cat <<MSG
