@@ -19,6 +19,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import RandomizedSearchCV, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
@@ -39,7 +40,7 @@ ESTIMATORS = {
 SKOPS_TRUSTED_TYPES = {
     "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
                                "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper"],
-    "random_forest": [],
+    "random_forest": ["sklearn.tree._tree.Tree"],
     "ridge": [],
     "logistic_regression": [],
 }
@@ -55,7 +56,10 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     linear = spec.model.family in ("ridge", "logistic_regression")
     transformers = []
     if numeric:
-        transformers.append(("numeric", StandardScaler() if linear else "passthrough", numeric))
+        # Tree ensembles take missing values natively; linear models get a median imputer, so a spec
+        # that allows nulls (max_null_share) trains with every family.
+        scaled = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        transformers.append(("numeric", scaled if linear else "passthrough", numeric))
     if categorical:
         transformers.append(("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
                              categorical))

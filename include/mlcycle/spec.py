@@ -287,6 +287,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         r.need(src, "path", "source", str)
     if kind == "postgres":
         r.need(src, "table", "source", str)
+        r.need(src, "conn_id", "source", str)
+        r.need(src, "timestamp_column", "source", str)
     if kind == "http":
         r.need(src, "url", "source", str)
     source = Source(kind=kind, options={k: v for k, v in src.items() if k != "kind"}, base_dir=path.parent)

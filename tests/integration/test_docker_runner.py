@@ -26,10 +26,9 @@ def _containers(image: str) -> list[str]:
     return out.split()
 
 
-def _task_log(project: AirflowProject, task_id: str) -> str:
-    logs = sorted((project.home / "airflow" / "logs").rglob(f"task_id={task_id}/*.log"))
-    assert logs, f"no log for {task_id}"
-    return "\n".join(p.read_text(errors="replace") for p in logs)
+def _output(proc: subprocess.CompletedProcess) -> str:
+    """`airflow dags test` streams every task's log to its own output."""
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +39,10 @@ def docker_project(tmp_path_factory, docker_engine) -> AirflowProject:
 
 def test_docker_runner_reaches_the_same_registry_result_as_the_local_runner(docker_project, docker_engine,
                                                                          tmp_path_factory):
-    docker_project.dags_test("training", "2011-06-30", CONF)
+    proc = docker_project.dags_test("training", "2011-06-30", CONF)
     states = docker_project.task_states("training", "2011-06-30")
     assert all(states[t] == "success" for t in STEPS), states
-    assert "StepDockerOperator" in _task_log(docker_project, "train")
+    assert "StepDockerOperator" in _output(proc)
 
     local = AirflowProject.create(tmp_path_factory.mktemp("local"))
     local.dags_test("training", "2011-06-30", CONF)
@@ -63,11 +62,11 @@ def test_docker_runner_reaches_the_same_registry_result_as_the_local_runner(dock
 def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_project, docker_engine, tmp_path):
     bad = make_bad_bikeshare(tmp_path, "2011-07-06", "out_of_range")
     before = docker_project.registry("bikeshare")
-    docker_project.dags_test("training", "2011-07-07", {"pipeline": str(bad), "window_days": 7})
+    proc = docker_project.dags_test("training", "2011-07-07", {"pipeline": str(bad), "window_days": 7})
     states = docker_project.task_states("training", "2011-07-07")
     assert states["validate"] == "failed" and states["register"] == "upstream_failed", states
 
-    log = _task_log(docker_project, "validate")
+    log = _output(proc)
     assert "expect_column_values_to_be_between on `windspeed`" in log
     assert "StepFailed" in log and "step `validate` failed" in log
     assert _containers(docker_engine) == [], "a failed container was left behind"
@@ -76,9 +75,20 @@ def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_proj
 
 def test_a_missing_image_says_how_to_build_it(tmp_path, docker_engine):
     project = AirflowProject.create(tmp_path, MLCYCLE_RUNNER="docker", MLCYCLE_STEP_IMAGE="mlcycle-steps:no-such-tag")
-    project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
+    proc = project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
     states = project.task_states("training", "2011-06-30")
     assert states["ingest"] == "failed"
-    log = _task_log(project, "ingest")
+    log = _output(proc)
     assert "mlcycle-steps:no-such-tag is not on this Docker engine: build it with `make images`" in log
     assert states["validate"] == "upstream_failed", "nothing ran after the failed step"
+
+
+def test_an_unreachable_docker_daemon_says_what_to_run(tmp_path):
+    project = AirflowProject.create(tmp_path, MLCYCLE_RUNNER="docker",
+                                    DOCKER_HOST=f"unix://{tmp_path / 'no-such-docker.sock'}")
+    proc = project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
+    states = project.task_states("training", "2011-06-30")
+    assert states["ingest"] == "failed" and states["validate"] == "upstream_failed"
+    log = _output(proc)
+    assert "cannot reach the Docker daemon" in log
+    assert "scripts/docker-engine.sh" in log and "MLCYCLE_RUNNER=local" in log

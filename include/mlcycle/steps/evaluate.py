@@ -84,7 +84,7 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
 
     result = EvaluateResult(pipeline=spec.name, run_id=run_id, model_uri=model_uri, metric=spec.evaluation.metric,
                             blessed=blessed, first_run=first_run, candidate_score=candidate_score,
-                            champion_score=champion_score, champion_version=champ.version if champ else None,
+                            champion_score=champion_score, champion_version=str(champ.version) if champ else None,
                             reasons=reasons)
     with mlflow.start_run(run_id=run_id):
         metrics = {f"gate_candidate_{spec.evaluation.metric}": candidate_score}

@@ -80,5 +80,5 @@ def register(spec: PipelineSpec, settings: Settings, run_id: str, model_uri: str
                  previous.version if previous else "none")
     current = champion_version(client, name)
     return RegisterResult(pipeline=spec.name, model_name=name, version=str(version.version), blessed=blessed,
-                          champion_version=current.version if current else None,
-                          previous_champion_version=previous.version if previous else None, aliases=aliases)
+                          champion_version=str(current.version) if current else None,
+                          previous_champion_version=str(previous.version) if previous else None, aliases=aliases)

@@ -71,7 +71,7 @@ def _summarise(item: Any) -> dict[str, Any]:
     elif "unexpected_count" in res:
         sample = res.get("partial_unexpected_list", [])[:5]
         observed = (f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected "
-                    f"({res.get('unexpected_percent', 0):.1f}%), e.g. {sample!r}")
+                    f"({res.get('unexpected_percent') or 0:.1f}%), e.g. {sample!r}")
     else:
         observed = ""
     return {"success": bool(item.success), "expectation": describe(config), "observed": observed}

@@ -1,0 +1,100 @@
+"""The command line: exit codes 0 / 1 / 2 / 99, and the JSON result as the last line of stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlcycle import cli
+from tests.conftest import ROOT
+from tests.datasets import make_classification_dataset
+from tests.unit.conftest import step_env
+
+
+@pytest.fixture
+def spec_path(tmp_path):
+    return make_classification_dataset(tmp_path / "data", days=10)
+
+
+def run_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE", "MLFLOW", "AIRFLOW"))}
+    env.update(step_env(tmp_path))
+    return subprocess.run([sys.executable, "-m", "mlcycle", *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def last_json(stdout: str) -> dict:
+    lines = stdout.strip().splitlines()
+    assert lines, "no output on stdout"
+    return json.loads(lines[-1])
+
+
+def test_success_exits_0_with_the_result_as_the_last_line(tmp_path, spec_path):
+    proc = run_cli(tmp_path, "ingest", "--pipeline", str(spec_path), "--start", "2011-03-05",
+                   "--end", "2011-03-06", "--window-days", "2")
+    assert proc.returncode == 0, proc.stderr
+    result = last_json(proc.stdout)
+    assert result == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
+                      "partitions": 2, "rows": 48, "empty_days": []}
+    assert "ingesting synthclass" in proc.stderr  # logs go to stderr, not into the result
+    assert (tmp_path / "home" / "store" / "synthclass" / "raw" / "date=2011-03-05" / "data.parquet").is_file()
+
+
+def test_nothing_to_do_exits_99(tmp_path, spec_path):
+    # Airflow passes timestamps; the CLI keeps the date.
+    proc = run_cli(tmp_path, "ingest", "--pipeline", str(spec_path), "--start", "2011-03-11T00:00:00+00:00",
+                   "--end", "2011-03-12T00:00:00+00:00")
+    assert proc.returncode == 99, proc.stderr
+    result = last_json(proc.stdout)
+    assert result["status"] == "skipped" and "window.data_end" in result["reason"]
+
+
+def test_a_step_error_exits_1_with_the_failure_as_json(tmp_path, spec_path):
+    proc = run_cli(tmp_path, "validate", "--pipeline", str(spec_path), "--start", "2011-03-05",
+                   "--end", "2011-03-06", "--window-days", "1")
+    assert proc.returncode == 1
+    result = last_json(proc.stdout)
+    assert result["status"] == "failed" and result["step"] == "validate"
+    assert "run the ingest step" in result["error"] and result["failures"] == []
+
+
+def test_an_unknown_pipeline_fails_with_the_known_ones(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLCYCLE_PIPELINES_DIR", raising=False)
+    assert cli.main(["suite", "--pipeline", "nope"]) == 1
+    result = last_json(capsys.readouterr().out)
+    assert result["status"] == "failed" and "bikeshare" in result["error"]
+
+
+def test_suite_prints_the_derived_suite(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path))
+    assert cli.main(["suite", "--pipeline", str(ROOT / "include" / "pipelines" / "bikeshare.yaml")]) == 0
+    suite = last_json(capsys.readouterr().out)
+    assert suite["name"] == "bikeshare.partition" and len(suite["expectations"]) > 40
+
+
+def test_an_unexpected_error_exits_1(capsys, monkeypatch, tmp_path, spec_path):
+    monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(cli, "_run", crash)
+    assert cli.main(["ingest", "--pipeline", str(spec_path), "--start", "2011-03-05", "--end", "2011-03-06"]) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["ingest", "--pipeline", "bikeshare", "--start", "2011-03-05"],          # --end missing
+    ["ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06"],
+    ["evaluate", "--pipeline", "bikeshare", "--start", "2011-03-05", "--end", "2011-03-06"],  # no --run-id
+    ["fly", "--pipeline", "bikeshare"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "usage: mlcycle" in capsys.readouterr().err
