@@ -32,6 +32,7 @@ from airflow.providers.docker.exceptions import (
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from pipeline_support.links import MLflowLink, mlflow_url
 from pipeline_support.runner import PROJECT_ROOT, StepFailed, interpret
 
 DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
@@ -53,6 +54,7 @@ class StepDockerOperator(DockerOperator):
     """DockerOperator for a pipeline step: run-time configuration, clear errors, the step contract."""
 
     ui_color = "#e3eefa"
+    operator_extra_links = (MLflowLink(),)
 
     def __init__(self, *, step: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -115,7 +117,9 @@ class StepDockerOperator(DockerOperator):
         except DockerContainerFailedException as exc:
             interpret(self.step, 1, self._last(exc.logs))
             raise  # interpret always raises for a non-zero exit code
-        return interpret(self.step, 0, last_line if isinstance(last_line, str) else "")
+        payload = interpret(self.step, 0, last_line if isinstance(last_line, str) else "")
+        self.mlflow_url = mlflow_url(payload)
+        return payload
 
     @staticmethod
     def _last(logs: Any) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from pipeline_support.links import MLflowLink, mlflow_url
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXIT_NOTHING_TO_DO = 99
 
@@ -71,6 +73,7 @@ class LocalStepOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("command", "env")
     ui_color = "#e8f4ea"
+    operator_extra_links = (MLflowLink(),)
 
     def __init__(self, *, step: str, command: list[str], env: dict[str, str] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -91,7 +94,9 @@ class LocalStepOperator(BaseOperator):
                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **self.env}
         self._hook = SubprocessHook()
         result = self._hook.run_command([str(executable), *self.command], env=env, cwd=str(PROJECT_ROOT))
-        return interpret(self.step, result.exit_code, result.output)
+        payload = interpret(self.step, result.exit_code, result.output)
+        self.mlflow_url = mlflow_url(payload)
+        return payload
 
     def on_kill(self) -> None:
         if self._hook is not None:

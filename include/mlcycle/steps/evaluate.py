@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class EvaluateResult(Result):
     pipeline: str
     run_id: str
+    experiment_id: str
     model_uri: str
     metric: str
     blessed: bool
@@ -68,7 +69,7 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
     _, end = training_window(spec, interval, window_days)
     eval_df = pd.read_parquet(Store(settings.store, spec.name).features_dir(end) / "eval.parquet")
     x_eval, y_eval = eval_df[spec.feature_names], eval_df[spec.target]
-    connect(settings, spec)
+    experiment_id = connect(settings, spec)
     client = MlflowClient()
 
     candidate_score = score(spec, mlflow.sklearn.load_model(model_uri), x_eval, y_eval)
@@ -82,7 +83,8 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
     verdict = "BLESSED" if blessed else "NOT blessed"
     log.info("gate: candidate %s. %s", verdict, "; ".join(reasons))
 
-    result = EvaluateResult(pipeline=spec.name, run_id=run_id, model_uri=model_uri, metric=spec.evaluation.metric,
+    result = EvaluateResult(pipeline=spec.name, run_id=run_id, experiment_id=experiment_id, model_uri=model_uri,
+                            metric=spec.evaluation.metric,
                             blessed=blessed, first_run=first_run, candidate_score=candidate_score,
                             champion_score=champion_score, champion_version=str(champ.version) if champ else None,
                             reasons=reasons)

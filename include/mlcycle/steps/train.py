@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class TrainResult(Result):
     pipeline: str
     run_id: str
+    experiment_id: str
     model_uri: str
     metric: str
     holdout_score: float
@@ -140,7 +141,8 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
                                         tags=tags)
         log.info("candidate: %s %s = %.4f on the hold-out slice (cv %.4f); model %s",
                  spec.name, spec.evaluation.metric, holdout, cv_score, info.model_uri)
-    return TrainResult(pipeline=spec.name, run_id=run.info.run_id, model_uri=info.model_uri,
+    return TrainResult(pipeline=spec.name, run_id=run.info.run_id, experiment_id=experiment_id,
+                       model_uri=info.model_uri,
                        metric=spec.evaluation.metric, holdout_score=holdout, cv_score=cv_score,
                        fingerprint=manifest["fingerprint"], window_start=start.isoformat(),
                        window_end=end.isoformat())
