@@ -21,7 +21,7 @@ images:           ## build the step image (and its base when no registry is reac
 
 mlflow-ui:        ## MLflow UI on the project's store, http://127.0.0.1:5000
 	. scripts/env.sh && .venv-steps/bin/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" \
-	  --default-artifact-root "$$MLCYCLE_ARTIFACT_ROOT" --host 127.0.0.1 --port 5000
+	  --default-artifact-root "$$MLCYCLE_ARTIFACT_ROOT" --host 127.0.0.1 --port 5000 --workers 1
 
 airflow-ui:       ## Airflow (scheduler + API server + UI) on the project's home, http://127.0.0.1:8080
 	. scripts/env.sh && airflow standalone
