@@ -1,0 +1,160 @@
+"""The Airflow side of a PostgreSQL source: stream the training window's rows into landing files.
+
+The step package never imports Airflow, so it cannot use an Airflow connection. The ``extract`` task
+does that part: for a spec with ``source.kind: postgres`` it opens the spec's connection with
+``PostgresHook`` and streams each day of the training window with ``COPY (SELECT ...) TO STDOUT``
+into a landing file::
+
+    $MLCYCLE_STORE/<pipeline>/landing/date=YYYY-MM-DD/data.csv   (MLCYCLE_STORE: $MLCYCLE_HOME/store)
+
+The ``ingest`` step then reads those files (``mlcycle.sources.postgres``) exactly as it reads a file
+source. Rows are never held in memory here: psycopg copies them to disk block by block. Each file
+is written under a temporary name and renamed, so a killed task leaves no half-written day.
+
+For ``file`` and ``http`` sources the task does nothing (the step reads them itself) and says so.
+Only PyYAML is used to read the spec: no pandas, no step package in the Airflow environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.sdk import task
+
+from pipeline_support.runner import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+LANDING_FILE = "data.csv"
+
+
+class ExtractError(Exception):
+    """The spec or the source is not usable for extraction; the message says what to fix."""
+
+
+def resolve_spec(pipeline: str) -> Path:
+    """The spec file, looked up like ``mlcycle.spec.resolve_spec_path``: a path, or a name in the specs folder."""
+    pipelines_dir = Path(os.environ.get("MLCYCLE_PIPELINES_DIR", PROJECT_ROOT / "include" / "pipelines"))
+    candidate = Path(pipeline)
+    if not candidate.is_absolute():
+        candidate = PROJECT_ROOT / candidate  # the steps run with the project as working directory
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        path = candidate
+    else:
+        path = pipelines_dir / f"{pipeline}.yaml"
+    if not path.is_file():
+        raise ExtractError(f"no pipeline spec {pipeline!r}: looked for {path}; pass a spec name in "
+                           f"{pipelines_dir} or a path to a YAML file")
+    return path.resolve()
+
+
+def store_root() -> Path:
+    """The data store, as the steps see it (``mlcycle.settings``): MLCYCLE_STORE or $MLCYCLE_HOME/store."""
+    home = Path(os.environ.get("MLCYCLE_HOME", PROJECT_ROOT / ".local"))
+    root = Path(os.environ.get("MLCYCLE_STORE", home / "store"))
+    return root if root.is_absolute() else PROJECT_ROOT / root
+
+
+def landing_path(root: Path, pipeline: str, day: dt.date) -> Path:
+    return root / pipeline / "landing" / f"date={day.isoformat()}" / LANDING_FILE
+
+
+def training_window(window: dict[str, Any], end: dt.date, window_days: int | None) -> tuple[dt.date, dt.date]:
+    """The same arithmetic as ``mlcycle.steps._common.training_window``: [start, end) clipped to the data."""
+    days = window_days or int(window.get("days") or 28)
+    data_start = _as_date(window.get("data_start"), "window.data_start")
+    data_end = _as_date(window.get("data_end"), "window.data_end") if window.get("data_end") else None
+    stop = min(end, data_end + dt.timedelta(days=1)) if data_end else end
+    return max(end - dt.timedelta(days=days), data_start), stop
+
+
+def _as_date(value: Any, where: str) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ExtractError(f"{where}: an ISO date like 2011-01-01 (got {value!r})") from exc
+
+
+def quote_ident(name: str) -> str:
+    """Quote a (possibly schema-qualified) identifier: ``public.t`` -> ``"public"."t"``."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in str(name).split("."))
+
+
+def copy_day_sql(table: str, timestamp_column: str, day: dt.date) -> str:
+    """One day's rows, in time order (ties broken by the whole row, so the bytes are reproducible).
+
+    The bounds are generated from dates, never from user input, so they are safe to inline; the
+    untyped literals compare correctly with ``timestamptz`` and with UTC-naive ``timestamp`` columns.
+    """
+    ts = quote_ident(timestamp_column)
+    lo, hi = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
+    return (f"COPY (SELECT * FROM {quote_ident(table)} AS t "
+            f"WHERE t.{ts} >= '{lo} 00:00:00+00' AND t.{ts} < '{hi} 00:00:00+00' "
+            f"ORDER BY t.{ts}, t) TO STDOUT WITH (FORMAT csv, HEADER true)")
+
+
+def extract_to_landing(pipeline: str, start: str | dt.date, end: str | dt.date,
+                       window_days: int | str | None = None) -> dict[str, Any]:
+    """Land one CSV per day of the training window of the interval [start, end); a no-op for non-postgres sources."""
+    spec_path = resolve_spec(pipeline)
+    try:
+        spec = yaml.safe_load(spec_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExtractError(f"cannot read pipeline spec {spec_path}: {exc}") from exc
+    source = spec.get("source") or {}
+    name = str(spec.get("name") or spec_path.stem)
+    kind = source.get("kind")
+    if kind != "postgres":
+        log.info("pipeline %s reads a %s source: the ingest step reads it directly, nothing to extract",
+                 name, kind)
+        return {"pipeline": name, "source": kind, "days": 0, "bytes": 0}
+    missing = [k for k in ("conn_id", "table", "timestamp_column") if not source.get(k)]
+    if missing:
+        raise ExtractError(f"pipeline spec {spec_path}: source.{', source.'.join(missing)} required "
+                           f"for a postgres source")
+
+    start_day, end_day = _as_date(start, "start"), _as_date(end, "end")
+    first, stop = training_window(spec.get("window") or {}, end_day, int(window_days) if window_days else None)
+    days = [first + dt.timedelta(days=i) for i in range(max((stop - first).days, 0))]
+    if not days:
+        log.info("the window of [%s, %s) holds no data days of %s: nothing to extract", start_day, end_day, name)
+        return {"pipeline": name, "source": kind, "days": 0, "bytes": 0}
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=source["conn_id"])
+    root = store_root()
+    log.info("extracting %s from table %s (connection %s), %s to %s, into %s", name, source["table"],
+             source["conn_id"], days[0], days[-1], root / name / "landing")
+    total = 0
+    for day in days:
+        target = landing_path(root, name, day)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{LANDING_FILE}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            hook.copy_expert(copy_day_sql(source["table"], source["timestamp_column"], day), tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        total += target.stat().st_size
+    log.info("landed %d day(s) of %s, %d bytes", len(days), name, total)
+    return {"pipeline": name, "source": kind, "days": len(days), "bytes": total,
+            "window_start": days[0].isoformat(), "window_end": stop.isoformat()}
+
+
+@task(task_id="extract")
+def extract_task(params: dict[str, Any] | None = None, data_interval_start: Any = None,
+                 data_interval_end: Any = None) -> dict[str, Any]:
+    """Land the training window of a PostgreSQL source for ``ingest``; a no-op for other sources."""
+    params = params or {}
+    return extract_to_landing(str(params["pipeline"]), data_interval_start.date(), data_interval_end.date(),
+                              params.get("window_days"))
