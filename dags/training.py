@@ -20,8 +20,10 @@ Every partition is written atomically and deterministically, so re-running a dat
 `window_days` (training window).
 
 **Backfill**: *Trigger* → *Backfill* in the UI, or
-`airflow backfill create --dag-id training --from-date 2011-03-01 --to-date 2011-03-07`.
-`max_active_runs=1` and the `training` pool keep backfill runs from training at the same time.
+`airflow backfill create --dag-id training --from-date 2011-03-01 --to-date 2011-03-07 --max-active-runs 1`.
+A backfill has its own max active runs (default 10, whatever this DAG's `max_active_runs=1` says):
+set it to 1 so that each day is gated against the champion the day before left. The `training`
+pool (one slot) keeps any two training tasks from running at the same time.
 
 **Where to look**: MLflow UI (`make mlflow-ui`), reports under `.local/store/<pipeline>/reports/`,
 rejected batches under `.local/store/<pipeline>/quarantine/`.

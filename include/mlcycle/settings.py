@@ -4,7 +4,8 @@ Every step reads its locations from here, so the DAG (or a person at a shell) on
 - ``MLCYCLE_HOME``: project-local state (default ``./.local``).
 - ``MLCYCLE_STORE``: the partitioned data store (default ``$MLCYCLE_HOME/store``).
 - ``MLFLOW_TRACKING_URI``: MLflow tracking and registry (default: SQLite under ``$MLCYCLE_HOME/mlflow``).
-- ``MLCYCLE_ARTIFACT_ROOT``: where new MLflow experiments keep artifacts.
+- ``MLCYCLE_ARTIFACT_ROOT``: where new MLflow experiments keep artifacts (default: a folder beside a
+  local store; the server's own artifact store when tracking is a server).
 - ``MLCYCLE_PIPELINES_DIR``: where pipeline specs are looked up by name (default ``include/pipelines``).
 - ``MLCYCLE_DAG_ID`` / ``MLCYCLE_RUN_ID``: the Airflow run a step belongs to, recorded as lineage.
 """
@@ -41,7 +42,7 @@ class Settings:
     home: Path
     store: Path
     tracking_uri: str
-    artifact_root: str
+    artifact_root: str | None
     pipelines_dir: Path
     dag_id: str
     run_id: str
@@ -52,11 +53,15 @@ class Settings:
         env = os.environ
         home = Path(env.get("MLCYCLE_HOME", ".local")).resolve()
         mlflow_dir = home / "mlflow"
+        tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+        # With a local store, artifacts go to a local folder beside it; a tracking server (http)
+        # keeps them where it was told to (--artifacts-destination), unless this says otherwise.
+        local = not tracking_uri.startswith(("http://", "https://", "databricks"))
         return cls(
             home=home,
             store=Path(env.get("MLCYCLE_STORE", home / "store")).resolve(),
-            tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-            artifact_root=env.get("MLCYCLE_ARTIFACT_ROOT") or (mlflow_dir / "artifacts").as_uri(),
+            tracking_uri=tracking_uri,
+            artifact_root=env.get("MLCYCLE_ARTIFACT_ROOT") or ((mlflow_dir / "artifacts").as_uri() if local else None),
             pipelines_dir=Path(env.get("MLCYCLE_PIPELINES_DIR", DEFAULT_PIPELINES_DIR)),
             dag_id=env.get("MLCYCLE_DAG_ID") or env.get("AIRFLOW_CTX_DAG_ID", "manual"),
             run_id=env.get("MLCYCLE_RUN_ID") or env.get("AIRFLOW_CTX_DAG_RUN_ID", "manual"),

@@ -22,10 +22,11 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
     mlflow.set_registry_uri(settings.tracking_uri)
     experiment = mlflow.get_experiment_by_name(spec.experiment)
     if experiment is None:
-        location = f"{settings.artifact_root.rstrip('/')}/{spec.experiment}"
+        location = f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
         experiment_id = mlflow.create_experiment(spec.experiment, artifact_location=location,
                                                  tags={"mlcycle.pipeline": spec.name})
-        log.info("created MLflow experiment %s (artifacts in %s)", spec.experiment, location)
+        log.info("created MLflow experiment %s (artifacts in %s)", spec.experiment,
+                 location or "the tracking server's artifact store")
         return experiment_id
     return experiment.experiment_id
 

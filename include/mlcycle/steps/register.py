@@ -56,8 +56,11 @@ def register(spec: PipelineSpec, settings: Settings, run_id: str, model_uri: str
         log.info("run %s is already version %s of %s: reusing it", run_id, version.version, name)
     else:
         tags = {k: v for k, v in run.data.tags.items() if k.startswith(("mlcycle.", "airflow.", "gate."))}
-        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
-                                              description="; ".join([run.data.tags.get("gate.reason", "")]))
+        # A logged model's URI (models:/m-...) must come with its model id: a tracking server
+        # rejects it as a bare source, as mlflow.register_model knows too.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id,
+                                              description=run.data.tags.get("gate.reason", ""))
         for _ in range(60):
             version = client.get_model_version(name, version.version)
             if version.status == "READY":

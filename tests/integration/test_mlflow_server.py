@@ -1,0 +1,80 @@
+"""MLflow's tracking server on PostgreSQL, the option after the embedded SQLite store.
+
+A real `mlflow server` (from the step environment) on a fresh PostgreSQL database, with its own
+artifact store; the training DAG talks to it over HTTP only, and registers and promotes there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from tests.conftest import STEPS_BIN
+from tests.integration.airflow_env import AirflowProject, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+STEPS = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
+
+
+@pytest.fixture
+def tracking_server(postgres_dsn, tmp_path):
+    name = f"mlflow_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(postgres_dsn)
+    backend = urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    log = (tmp_path / "mlflow-server.log").open("w")
+    proc = subprocess.Popen(
+        [str(STEPS_BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
+         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
+            time.sleep(2)
+        yield url, artifacts
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_server, tmp_path):
+    url, artifacts = tracking_server
+    project = AirflowProject.create(tmp_path / "home", MLFLOW_TRACKING_URI=url, MLCYCLE_ARTIFACT_ROOT="")
+    project.dags_test("training", "2011-06-30", {"pipeline": "bikeshare", "window_days": 14})
+    states = project.task_states("training", "2011-06-30")
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("bikeshare")  # read through the server, over HTTP
+    assert registry["aliases"] == {"champion": "1", "challenger": "1"}
+    assert registry["versions"][0]["tags"]["gate.first_run"] == "true"
+    saved = {p.name for p in artifacts.rglob("*") if p.is_file()}
+    assert "MLmodel" in saved and "residuals.png" in saved, "artifacts did not go to the server's store"
+    assert not (tmp_path / "home" / "local" / "mlflow").exists(), "something was tracked locally"
