@@ -17,7 +17,7 @@ Trains, evaluates and (when it earns it) promotes a model for one pipeline spec,
 Every partition is written atomically and deterministically, so re-running a date is safe.
 
 **Params** (Trigger DAG w/ config): `pipeline` (a spec in `include/pipelines`, or a path to one),
-`window_days` (training window).
+`window_days` (training window; empty: the spec's `window.days`).
 
 **Backfill**: *Trigger* → *Backfill* in the UI, or
 `airflow backfill create --dag-id training --from-date 2011-03-01 --to-date 2011-03-07 --max-active-runs 1`.
@@ -52,8 +52,9 @@ from pipeline_support.runner import step_task
     params={
         "pipeline": Param("bikeshare", type="string", minLength=1,
                           description="Pipeline spec: a name in include/pipelines or a path to a YAML file."),
-        "window_days": Param(28, type="integer", minimum=7, maximum=366,
-                             description="Training window: days of data before the interval end."),
+        "window_days": Param(None, type=["null", "integer"], minimum=7, maximum=366,
+                             description="Training window: days of data before the interval end. "
+                                         "Empty: the spec's window.days."),
     },
     default_args={
         "owner": "mlops",

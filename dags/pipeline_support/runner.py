@@ -33,7 +33,7 @@ INTERVAL_ARGS = [
     "--pipeline", "{{ params.pipeline }}",
     "--start", "{{ data_interval_start | ds }}",
     "--end", "{{ data_interval_end | ds }}",
-    "--window-days", "{{ params.window_days }}",
+    "--window-days", "{{ params.window_days or '' }}",  # empty: the spec's window.days
 ]
 
 #: Lineage the steps record in MLflow: which DAG and run produced a model.

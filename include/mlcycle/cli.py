@@ -28,11 +28,20 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not an ISO date: {value!r}") from exc
 
 
+def _optional_int(value: str) -> int | None:
+    if value.strip() in ("", "None"):
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from exc
+
+
 def _interval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=_date, required=True, help="data interval start (inclusive), YYYY-MM-DD")
     p.add_argument("--end", type=_date, required=True, help="data interval end (exclusive), YYYY-MM-DD")
-    p.add_argument("--window-days", type=int, default=None,
-                   help="training window in days (default: the spec's window.days)")
+    p.add_argument("--window-days", type=_optional_int, default=None,
+                   help="training window in days (default, or empty: the spec's window.days)")
 
 
 def _parser() -> argparse.ArgumentParser:
