@@ -9,27 +9,32 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' \
   || { echo "error: Python 3.11 is required (found $("$PYTHON" --version)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 
+pip_install() {  # pip install, minus one harmless warning some machines' pip.conf repeats per package
+  local py=$1; shift
+  "$py" -m pip install --quiet "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2)
+}
+
 make_env() {  # make_env DIR STAMP_INPUTS... : rebuild only when an input changed
   local dir=$1; shift
   local stamp="$dir/.mlcycle-requirements.sha"
   local want; want=$(cat "$@" | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 1; fi
   [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
-  "$dir/bin/python" -m pip install --quiet --upgrade pip
+  pip_install "$dir/bin/python" --upgrade pip
   echo "$want" > "$stamp.pending"
   return 0
 }
 
 if make_env .venv requirements.txt requirements-dev.txt constraints-airflow.txt; then
   echo "==> installing the Airflow environment (.venv)"
-  .venv/bin/pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints-airflow.txt
+  pip_install .venv/bin/python -r requirements.txt -r requirements-dev.txt -c constraints-airflow.txt
   mv .venv/.mlcycle-requirements.sha.pending .venv/.mlcycle-requirements.sha
 fi
 if make_env .venv-steps docker/steps/requirements.txt docker/steps/constraints.txt requirements-dev.txt pyproject.toml; then
   echo "==> installing the step environment (.venv-steps)"
-  .venv-steps/bin/pip install --quiet -r docker/steps/requirements.txt -r requirements-dev.txt \
+  pip_install .venv-steps/bin/python -r docker/steps/requirements.txt -r requirements-dev.txt \
     -c docker/steps/constraints.txt
-  .venv-steps/bin/pip install --quiet --no-deps -e .
+  pip_install .venv-steps/bin/python --no-deps -e .
   mv .venv-steps/.mlcycle-requirements.sha.pending .venv-steps/.mlcycle-requirements.sha
 fi
 echo "==> environments ready: .venv (Airflow) and .venv-steps (steps)"
