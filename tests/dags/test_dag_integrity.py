@@ -29,7 +29,7 @@ def test_every_dag_file_imports(dagbag):
 
 
 def test_training_dag_is_wired_in_pipeline_order(dagbag):
-    dag = dagbag.get_dag("training")
+    dag = dagbag.dags["training"]  # from the parsed files: no metadata database needed
     order = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
