@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,7 +126,6 @@ class PipelineSpec:
     evaluation: EvaluationSpec
     suite_path: Path
     experiment: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -375,5 +374,4 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name),
-        extra={k: v for k, v in raw.items() if k in ("attribution",)},
     )

@@ -2,6 +2,7 @@
 
 Layout under ``$MLCYCLE_STORE/<pipeline>/``::
 
+    landing/date=YYYY-MM-DD/data.csv            a PostgreSQL source's day, as the extract task streamed it
     raw/date=YYYY-MM-DD/data.parquet            what ingest read for that day
     validated/date=YYYY-MM-DD/data.parquet      the same bytes, once the suite passed
     quarantine/date=YYYY-MM-DD/<attempt>/       a rejected batch, its failures and its report
@@ -86,6 +87,9 @@ class Store:
     @property
     def base(self) -> Path:
         return self.root / self.pipeline
+
+    def landing(self, day: dt.date) -> Path:
+        return self.base / "landing" / f"date={day.isoformat()}" / "data.csv"
 
     def raw(self, day: dt.date) -> Path:
         return self.base / "raw" / f"date={day.isoformat()}" / PARTITION_FILE

@@ -21,22 +21,20 @@ from mlcycle.errors import SourceError
 from mlcycle.settings import Settings
 from mlcycle.sources.file import select_range
 from mlcycle.spec import PipelineSpec
-from mlcycle.store import days
+from mlcycle.store import Store, days
 
 log = logging.getLogger(__name__)
-
-LANDING_FILE = "data.csv"
-
 
 class PostgresReader:
     def __init__(self, spec: PipelineSpec, store: Path | None = None):
         self.spec = spec
         self.table = str(spec.source.options.get("table"))
         self.timestamp_column = str(spec.source.options.get("timestamp_column") or "")
-        self.landing = (store or Settings.from_env().store) / spec.name / "landing"
+        self.store = Store(store or Settings.from_env().store, spec.name)
+        self.landing = self.store.base / "landing"
 
     def landing_file(self, day: dt.date) -> Path:
-        return self.landing / f"date={day.isoformat()}" / LANDING_FILE
+        return self.store.landing(day)
 
     def _window_csv(self, start: dt.date, end: dt.date) -> bytes:
         """The landing files of [start, end) as one CSV: the first header, then every file's rows."""
