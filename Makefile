@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench images mlflow-ui airflow-ui clean
+.PHONY: setup run test lint bench images mlflow-ui airflow-ui alert-sinks clean
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -25,6 +25,9 @@ mlflow-ui:        ## MLflow UI on the project's store, http://127.0.0.1:5000
 
 airflow-ui:       ## Airflow (scheduler + API server + UI) on the project's home, http://127.0.0.1:8080
 	. scripts/env.sh && airflow standalone
+
+alert-sinks:      ## local mail and webhook sinks for failure alerts (airflow_settings.yaml points at them)
+	bash scripts/setup.sh && .venv/bin/python scripts/alert_sinks.py
 
 clean:            ## remove all project-local state (Airflow DB, MLflow store, data store)
 	rm -rf .local

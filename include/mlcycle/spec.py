@@ -106,6 +106,17 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """When the pipeline runs (its DAGs' timetable): a daily cron in a time zone, first to last day."""
+
+    interval: str = "@daily"
+    timezone: str = "UTC"
+    start: dt.date | None = None
+    end: dt.date | None = None
+    catchup: bool = False
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     description: str
@@ -126,6 +137,7 @@ class PipelineSpec:
     evaluation: EvaluationSpec
     suite_path: Path
     experiment: str
+    schedule: Schedule = Schedule()
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -188,17 +200,53 @@ def resolve_spec_path(pipeline: str, pipelines_dir: Path) -> Path:
     return path.resolve()
 
 
-def load_spec(pipeline: str | Path, pipelines_dir: Path | None = None) -> PipelineSpec:
-    from mlcycle.settings import DEFAULT_PIPELINES_DIR
+#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it.
+PATH_KEYS = (("source", "path"), ("validation", "suite"))
 
-    path = resolve_spec_path(str(pipeline), pipelines_dir or DEFAULT_PIPELINES_DIR)
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_spec_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's mapping with ``extends: <path>`` resolved: the base (its relative paths resolved
+    against its own folder), deep-merged with the file's own keys, which win."""
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise SpecError(f"pipeline spec {_seen[0]}: `extends` goes round in a circle: {chain}")
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"pipeline spec {path} must be a YAML mapping at the top level")
-    return parse_spec(raw, path)
+    for section, key in PATH_KEYS:
+        value = raw[section].get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw[section] = {**raw[section], key: str((path.parent / value).resolve())}
+    base_ref = raw.pop("extends", None)
+    if base_ref is None:
+        return raw
+    if not isinstance(base_ref, str):
+        raise SpecError(f"pipeline spec {path}: `extends` is the path of another spec (got {base_ref!r})")
+    base_path = Path(base_ref) if Path(base_ref).is_absolute() else path.parent / base_ref
+    if not base_path.is_file():
+        raise SpecError(f"pipeline spec {path}: `extends: {base_ref}` names no file ({base_path.resolve()})")
+    return _deep_merge(read_spec_file(base_path, (*_seen, path)), raw)
+
+
+def load_spec(pipeline: str | Path, pipelines_dir: Path | None = None) -> PipelineSpec:
+    from mlcycle.settings import DEFAULT_PIPELINES_DIR
+
+    path = resolve_spec_path(str(pipeline), pipelines_dir or DEFAULT_PIPELINES_DIR)
+    return parse_spec(read_spec_file(path), path)
 
 
 def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
@@ -269,6 +317,52 @@ def _date(r: _Reader, value: Any, where: str) -> dt.date | None:
     except ValueError:
         r.problems.append(f"{where}: an ISO date like 2011-01-01 (got {value!r})")
         return None
+
+
+SCHEDULE_KEYS = ("interval", "timezone", "start", "end", "catchup")
+
+
+def _is_daily_cron(expression: str) -> bool:
+    """``@daily``/``@midnight`` or a five-field cron that fires once a day (fixed minute and hour)."""
+    if expression in ("@daily", "@midnight"):
+        return True
+    fields = expression.split()
+    return (len(fields) == 5 and all(f.isdigit() and len(f) <= 2 for f in fields[:2])
+            and int(fields[0]) < 60 and int(fields[1]) < 24 and fields[2:] == ["*", "*", "*"])
+
+
+def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None, data_end: dt.date | None,
+                    window_days: int | None) -> Schedule:
+    """The ``schedule:`` section (read by the DAG files, too: ``dags/pipeline_support/specs.py``)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    section = r.need(raw, "schedule", "spec", dict, default={})
+    for key in section:
+        if key not in SCHEDULE_KEYS:
+            r.problems.append(f"schedule.{key}: unknown key (known: {', '.join(sorted(SCHEDULE_KEYS))})")
+    interval = r.need(section, "interval", "schedule", str, default="@daily")
+    if interval and not _is_daily_cron(interval):
+        r.problems.append(f"schedule.interval: @daily or a cron that runs once a day, like '0 6 * * *' "
+                          f"(partitions are daily; got {interval!r})")
+    ts = raw.get("timestamp") if isinstance(raw.get("timestamp"), dict) else {}
+    timezone = r.need(section, "timezone", "schedule", str, default=ts.get("timezone") or "UTC")
+    try:
+        ZoneInfo(str(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        r.problems.append(f"schedule.timezone: an IANA time zone name like Europe/Paris (got {timezone!r})")
+    start = _date(r, section.get("start"), "schedule.start")
+    if start is None and data_start is not None and "start" not in section:
+        start = data_start + dt.timedelta(days=window_days or 28)  # the first day with a full window
+    end = _date(r, section.get("end"), "schedule.end") if "end" in section else data_end
+    if start and end and end < start:
+        r.problems.append(f"schedule: end {end} is before start {start}")
+    if data_start and start and start < data_start:
+        r.problems.append(f"schedule.start: {start} is before window.data_start {data_start}: no data")
+    if data_end and end and end > data_end:
+        r.problems.append(f"schedule.end: {end} is after window.data_end {data_end}: no data to train on")
+    catchup = r.need(section, "catchup", "schedule", bool, default=False)
+    return Schedule(interval=interval or "@daily", timezone=str(timezone), start=start, end=end,
+                    catchup=bool(catchup))
 
 
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
@@ -364,6 +458,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     if window_days and evaluation.holdout_days and evaluation.holdout_days >= window_days:
         r.problems.append("evaluation.holdout_days: must be smaller than window.days")
 
+    schedule = _parse_schedule(r, raw, data_start, data_end, window_days)
     suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     r.fail_if_any()
@@ -373,5 +468,5 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         columns=tuple(columns), min_rows_per_partition=min_rows, max_rows_per_partition=max_rows,
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
-        suite_path=suite_path, experiment=str(raw.get("experiment") or name),
+        suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
     )

@@ -32,7 +32,8 @@ RERUN = dt.date(2011, 3, 4)
 #: day left (Airflow's default for a backfill is 10 concurrent runs, whatever the DAG's max_active_runs).
 MAX_ACTIVE_RUNS = 1
 TIMEOUT = 15 * 60
-TASKS = {"extract", "ingest", "validate", "build_features", "train", "evaluate", "register"}
+DAG_ID = "training_bikeshare"
+TASKS = {"interval", "extract", "ingest", "validate", "build_features", "train", "evaluate", "register"}
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -57,7 +58,7 @@ def metadata_db(postgres_dsn):
 
 
 def _runs(project: AirflowProject) -> list[dict]:
-    return _json_output(project.airflow("dags", "list-runs", "training", "-o", "json").stdout)
+    return _json_output(project.airflow("dags", "list-runs", DAG_ID, "-o", "json").stdout)
 
 
 def _wait_until(project: AirflowProject, done, what: str, timeout: float = TIMEOUT) -> list[dict]:
@@ -92,12 +93,12 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
 
     with project.serve():
         deadline = time.monotonic() + 180  # the dag-processor has to parse and serialise the DAG first
-        while project.airflow("dags", "unpause", "training", check=False).returncode != 0:
-            assert time.monotonic() < deadline, f"DAG `training` never appeared:\n{project.service_logs()}"
+        while project.airflow("dags", "unpause", DAG_ID, check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"DAG `{DAG_ID}` never appeared:\n{project.service_logs()}"
             time.sleep(3)
 
         started = time.monotonic()
-        project.airflow("backfill", "create", "--dag-id", "training", "--from-date", FROM.isoformat(),
+        project.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM.isoformat(),
                         "--to-date", TO.isoformat(), "--max-active-runs", str(MAX_ACTIVE_RUNS),
                         "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": WINDOW_DAYS}))
         runs = _wait_until(project, lambda rs: len(rs) == 7 and all(r["state"] in ("success", "failed") for r in rs),
@@ -110,7 +111,7 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         failed = [r["run_id"] for r in runs if r["state"] != "success"]
         assert not failed, f"failed runs: {failed}\n{project.service_logs()}"
         for run in runs:  # a run whose tasks were skipped is `success` too: every task must have run
-            rows = _json_output(project.airflow("tasks", "states-for-dag-run", "training", run["run_id"],
+            rows = _json_output(project.airflow("tasks", "states-for-dag-run", DAG_ID, run["run_id"],
                                                 "-o", "json").stdout)
             assert {r["task_id"]: r["state"] for r in rows} == dict.fromkeys(TASKS, "success"), (run, rows)
         ordered = sorted(runs, key=lambda r: r["logical_date"])
@@ -140,7 +141,7 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         rerun_raw = store / "raw" / f"date={RERUN.isoformat()}" / "data.parquet"
         written = rerun_raw.stat().st_mtime_ns
         (rerun_run,) = [r for r in runs if r["logical_date"].startswith(RERUN.isoformat())]
-        project.airflow("tasks", "clear", "training", "--start-date", RERUN.isoformat(),
+        project.airflow("tasks", "clear", DAG_ID, "--start-date", RERUN.isoformat(),
                         "--end-date", RERUN.isoformat(), "--yes")
 
         def rerun_done(rs: list[dict]) -> bool:

@@ -7,6 +7,8 @@ rejects, a bad batch that stops at validation, and a second data set through the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.datasets import BIKESHARE_SPEC, make_bad_bikeshare, make_classification_dataset, write_spec_variant
@@ -19,13 +21,21 @@ WINDOW = {"window_days": 14}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> AirflowProject:
-    return AirflowProject.create(tmp_path_factory.mktemp("training"))
+def pipelines(tmp_path_factory) -> Path:
+    """The project's specs folder: bikeshare, and (later) a data set onboarded by its spec alone."""
+    folder = tmp_path_factory.mktemp("pipelines")
+    write_spec_variant(BIKESHARE_SPEC, folder / "bikeshare.yaml")
+    return folder
 
 
-def _run(project: AirflowProject, date: str, conf: dict) -> dict[str, str]:
-    proc = project.dags_test("training", date, conf)
-    states = project.task_states("training", date)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, pipelines) -> AirflowProject:
+    return AirflowProject.create(tmp_path_factory.mktemp("training"), MLCYCLE_PIPELINES_DIR=str(pipelines))
+
+
+def _run(project: AirflowProject, date: str, conf: dict, dag_id: str = "training_bikeshare") -> dict[str, str]:
+    proc = project.dags_test(dag_id, date, conf)
+    states = project.task_states(dag_id, date)
     if any(states.get(t) != "success" for t in STEPS) and "bad" not in str(conf):
         print(proc.stdout[-6000:], proc.stderr[-3000:])
     return states
@@ -42,7 +52,7 @@ def test_first_run_takes_the_first_run_path_and_sets_the_champion(project):
     assert tags["mlcycle.window_start"] == "2011-06-16" and tags["mlcycle.window_end"] == "2011-06-30"
     assert len(tags["mlcycle.data_fingerprint"]) == 16
     assert tags["mlcycle.code_version"]
-    assert tags["airflow.dag_id"] == "training"
+    assert tags["airflow.dag_id"] == "training_bikeshare"
     assert tags["airflow.run_id"].startswith("manual__")
     assert tags["gate.first_run"] == "true" and tags["gate.blessed"] == "true"
 
@@ -102,9 +112,9 @@ def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_
     assert not (project.store / "bikeshare" / "validated" / "date=2011-07-03").exists()
 
 
-def test_a_second_data_set_needs_only_a_spec(project, tmp_path):
-    spec = make_classification_dataset(tmp_path, days=40, start="2011-03-01")
-    states = _run(project, "2011-04-05", {"pipeline": str(spec), "window_days": 21})
+def test_a_second_data_set_needs_only_a_spec(project, pipelines):
+    make_classification_dataset(pipelines, days=40, start="2011-03-01")  # its spec lands in the specs folder
+    states = _run(project, "2011-04-05", {"window_days": 21}, dag_id="training_synthclass")
     assert all(states[t] == "success" for t in STEPS), states
 
     registry = project.registry("synthclass")
