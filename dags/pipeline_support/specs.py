@@ -175,6 +175,8 @@ def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, l
     start = _date(section.get("start"), "schedule.start", problems)
     if start is None and data_start is not None:
         start = data_start + dt.timedelta(days=days)  # the first day with a full window of data
+        if data_end is not None and "end" not in section:
+            start = min(start, data_end)  # a data set shorter than its window: its last day at least
     if start is None and "start" not in section:
         problems.append("schedule.start: required when window.data_start is not given")
     end = _date(section.get("end"), "schedule.end", problems) if "end" in section else data_end

@@ -52,13 +52,22 @@ def _column_expectations(col: Column) -> list[dict[str, Any]]:
     return items
 
 
+def _key_expectations(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """The spec's ``key`` is unique: one column, or the columns together; no key, no check (event data)."""
+    if not spec.key:
+        return []
+    if len(spec.key) == 1:
+        return [_expectation("expect_column_values_to_be_unique", column=spec.key[0])]
+    return [_expectation("expect_compound_columns_to_be_unique", column_list=list(spec.key))]
+
+
 def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
     expectations = [
         _expectation("expect_table_columns_to_match_set",
                      column_set=[*spec.column_names, EVENT_TIME], exact_match=True),
         _expectation("expect_table_row_count_to_be_between",
                      min_value=spec.min_rows_per_partition, max_value=spec.max_rows_per_partition),
-        _expectation("expect_column_values_to_be_unique", column=EVENT_TIME),
+        *_key_expectations(spec),
         _expectation("expect_column_values_to_not_be_null", column=EVENT_TIME),
     ]
     for col in spec.columns:

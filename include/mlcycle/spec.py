@@ -25,6 +25,9 @@ EVENT_TIME = "event_time"
 
 REGRESSION_METRICS = {"rmse": False, "mae": False, "r2": True}
 CLASSIFICATION_METRICS = {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": False}
+CATEGORICAL_ENCODINGS = ("auto", "onehot", "native")
+#: Under ``categorical_encoding: auto``, categoricals with more allowed values than this are native.
+ONEHOT_MAX_VALUES = 16
 MODEL_FAMILIES = {
     "regression": ("hist_gradient_boosting", "random_forest", "ridge"),
     "classification": ("hist_gradient_boosting", "random_forest", "logistic_regression"),
@@ -94,6 +97,13 @@ class ModelSpec:
     cv_folds: int
     seed: int
     space: tuple[SearchParam, ...]
+    #: How categorical features reach the model: ``auto`` (one-hot up to ONEHOT_MAX_VALUES allowed
+    #: values, native categorical support of gradient boosting above), ``onehot``, ``native``.
+    categorical_encoding: str = "auto"
+    #: Seconds after which the search stops starting new candidates (at least one always runs).
+    budget_seconds: float | None = 600.0
+    #: Gradient boosting stops adding trees when a held-out tenth of the training slice stops improving.
+    early_stopping: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,8 @@ class PipelineSpec:
     suite_path: Path
     experiment: str
     schedule: Schedule = Schedule()
+    #: Columns that identify a row (the suite checks they are unique together); empty: no key.
+    key: tuple[str, ...] = (EVENT_TIME,)
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -353,6 +365,8 @@ def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None,
     start = _date(r, section.get("start"), "schedule.start")
     if start is None and data_start is not None and "start" not in section:
         start = data_start + dt.timedelta(days=window_days or 28)  # the first day with a full window
+        if data_end is not None and "end" not in section:
+            start = min(start, data_end)  # a data set shorter than its window: its last day at least
     end = _date(r, section.get("end"), "schedule.end") if "end" in section else data_end
     if start and end and end < start:
         r.problems.append(f"schedule: end {end} is before start {start}")
@@ -363,6 +377,26 @@ def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None,
     catchup = r.need(section, "catchup", "schedule", bool, default=False)
     return Schedule(interval=interval or "@daily", timezone=str(timezone), start=start, end=end,
                     catchup=bool(catchup))
+
+
+def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, ...]:
+    """``key``: the columns that identify a row (default: the timestamp); ``[]`` or null: no key."""
+    if "key" not in raw:
+        return (EVENT_TIME,)
+    value = raw["key"]
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        r.problems.append(f"spec.key: a list of column names, or [] for none (got {value!r})")
+        return ()
+    for column in value:
+        if names and column not in names and column != EVENT_TIME:
+            r.problems.append(f"spec.key: {column!r} is not among the columns (nor {EVENT_TIME})")
+    if len(set(value)) != len(value):
+        r.problems.append(f"spec.key: a column is listed twice in {value!r}")
+    return tuple(value)
 
 
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
@@ -432,6 +466,14 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     n_iter = r.need(search, "n_iter", "model.search", int, default=8)
     if n_iter is not None and not 1 <= n_iter <= 200:
         r.problems.append(f"model.search.n_iter: between 1 and 200 (got {n_iter})")
+    encoding = r.need(m, "categorical_encoding", "model", str, default="auto")
+    if encoding not in CATEGORICAL_ENCODINGS:
+        r.problems.append(f"model.categorical_encoding: one of {', '.join(CATEGORICAL_ENCODINGS)} (got {encoding!r})")
+    if encoding == "native" and family != "hist_gradient_boosting":
+        r.problems.append(f"model.categorical_encoding: native needs hist_gradient_boosting (family is {family!r})")
+    budget = r.need(search, "budget_seconds", "model.search", (int, float), default=600.0)
+    if isinstance(budget, bool) or (budget is not None and budget <= 0):
+        r.problems.append(f"model.search.budget_seconds: a positive number of seconds (got {budget!r})")
     model = ModelSpec(
         family=family,
         registered_name=r.need(m, "registered_name", "model", str, default=name),
@@ -439,6 +481,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         cv_folds=r.need(search, "cv_folds", "model.search", int, default=3),
         seed=r.need(search, "seed", "model.search", int, default=42),
         space=tuple(_parse_space(r, search.get("space"))),
+        categorical_encoding=encoding,
+        budget_seconds=float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None,
+        early_stopping=bool(r.need(search, "early_stopping", "model.search", bool, default=True)),
     )
 
     e = r.need(raw, "evaluation", "spec", dict) or {}
@@ -459,6 +504,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         r.problems.append("evaluation.holdout_days: must be smaller than window.days")
 
     schedule = _parse_schedule(r, raw, data_start, data_end, window_days)
+    key = _parse_key(r, raw, names)
     suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     r.fail_if_any()
@@ -469,4 +515,5 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
+        key=key,
     )
