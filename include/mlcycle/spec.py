@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from mlcycle.derive import CALENDAR_PARTS, Derivations, parse_derivations
 from mlcycle.errors import SpecError
 
 ColumnType = Literal["numeric", "integer", "categorical", "string"]
@@ -77,6 +79,9 @@ class Timestamp:
     year: int | None = None
     day_column: str | None = None
     hour_column: str | None = None
+    #: IANA zone of naive timestamps, and of the daily partitions' boundaries (aware timestamps keep
+    #: their own offset; every partition is one local calendar day).
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,12 @@ class PipelineSpec:
     schedule: Schedule = Schedule()
     #: Columns that identify a row (the suite checks they are unique together); empty: no key.
     key: tuple[str, ...] = (EVENT_TIME,)
+    #: Derived columns, row filters and an optional transform function (``mlcycle.derive``).
+    derivations: Derivations = Derivations()
+
+    @property
+    def timezone(self) -> str:
+        return self.timestamp.timezone
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -346,8 +357,6 @@ def _is_daily_cron(expression: str) -> bool:
 def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None, data_end: dt.date | None,
                     window_days: int | None) -> Schedule:
     """The ``schedule:`` section (read by the DAG files, too: ``dags/pipeline_support/specs.py``)."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     section = r.need(raw, "schedule", "spec", dict, default={})
     for key in section:
         if key not in SCHEDULE_KEYS:
@@ -429,8 +438,15 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         r.need(ts, "day_column", "timestamp", str)
     else:
         r.problems.append(f"timestamp.kind: column or day_of_year (got {ts_kind!r})")
+    ts_zone = r.need(ts, "timezone", "timestamp", str, default="UTC")
+    try:
+        ZoneInfo(str(ts_zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        r.problems.append(f"timestamp.timezone: an IANA time zone name like America/New_York (got {ts_zone!r})")
+    if kind == "postgres" and ts_zone != "UTC":
+        r.problems.append("timestamp.timezone: a postgres source is extracted by UTC day; use UTC (or a file source)")
     timestamp = Timestamp(kind=ts_kind, column=ts.get("column"), format=ts.get("format"), year=ts.get("year"),
-                          day_column=ts.get("day_column"), hour_column=ts.get("hour_column"))
+                          day_column=ts.get("day_column"), hour_column=ts.get("hour_column"), timezone=str(ts_zone))
 
     partition = r.need(raw, "partition", "spec", str, default="daily")
     if partition != "daily":
@@ -505,6 +521,18 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
 
     schedule = _parse_schedule(r, raw, data_start, data_end, window_days)
     key = _parse_key(r, raw, names)
+    derivations = parse_derivations(raw, path.parent, r.problems)
+    known = set(names) | {EVENT_TIME, *CALENDAR_PARTS}
+    for column, expression in derivations.derive:
+        if names and column not in names:
+            r.problems.append(f"derive.{column}: declare the derived column under `columns` too (its type, "
+                              "role and allowed values are checked like any other)")
+        for ref in sorted(expression.names - known):
+            r.problems.append(f"derive.{column}: {ref!r} is neither a column nor a calendar part "
+                              f"({', '.join(CALENDAR_PARTS)})")
+    for i, expression in enumerate(derivations.filters):
+        for ref in sorted(expression.names - known):
+            r.problems.append(f"filter[{i}]: {ref!r} is neither a column nor a calendar part")
     suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     r.fail_if_any()
@@ -515,5 +543,5 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
-        key=key,
+        key=key, derivations=derivations,
     )

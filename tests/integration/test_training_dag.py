@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.datasets import BIKESHARE_SPEC, make_bad_bikeshare, make_classification_dataset, write_spec_variant
+from tests.datasets import (
+    BIKESHARE_SPEC,
+    make_bad_bikeshare,
+    make_classification_dataset,
+    make_events_dataset,
+    write_spec_variant,
+)
 from tests.integration.airflow_env import AirflowProject
 
 pytestmark = pytest.mark.integration
@@ -122,3 +128,23 @@ def test_a_second_data_set_needs_only_a_spec(project, pipelines):
     run = project.run_tags(registry["versions"][0]["run_id"])
     assert run["metrics"]["holdout_roc_auc"] > 0.7
     assert "plots/confusion_matrix.png" in run["artifacts"]
+
+
+def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(project, pipelines):
+    """Events (no key), a derived label, a filter, a 100-value categorical, New York time, 2023."""
+    make_events_dataset(pipelines, start="2023-02-27", days=21)
+    states = _run(project, "2023-03-16", {}, dag_id="training_flights")
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("flights")
+    assert registry["aliases"] == {"champion": "1", "challenger": "1"}
+    tags = registry["versions"][0]["tags"]
+    assert (tags["mlcycle.window_start"], tags["mlcycle.window_end"]) == ("2023-03-01", "2023-03-15")
+    run = project.run_tags(registry["versions"][0]["run_id"])
+    # The whole classification metric set, and the gate's metric named.
+    assert {f"holdout_{m}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")} <= set(run["metrics"])
+    assert run["metrics"]["holdout_roc_auc"] > 0.7
+    assert run["params"]["gate_metric"] == "roc_auc"
+    # The day clocks went forward is one local day of 23 hours, like any other partition.
+    sunday = project.store / "flights" / "validated" / "date=2023-03-12"
+    assert sunday.exists()

@@ -19,6 +19,7 @@ from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
 from mlcycle.store import Store, days, file_sha256, write_json, write_parquet
+from mlcycle.timestamps import day_start
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
             f"{spec.min_training_rows} (window.min_training_rows). Widen the window (param window_days) "
             f"or backfill earlier dates."
         )
-    cutoff = pd.Timestamp(end - dt.timedelta(days=spec.evaluation.holdout_days), tz="UTC")
+    cutoff = day_start(end - dt.timedelta(days=spec.evaluation.holdout_days), spec.timezone)
     train, evaluation = table[table[EVENT_TIME] < cutoff], table[table[EVENT_TIME] >= cutoff]
     if train.empty or evaluation.empty:
         raise NotEnoughData(f"the split at {cutoff.date()} leaves an empty slice "
