@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench images mlflow-ui airflow-ui alert-sinks clean
+.PHONY: setup run test lint bench bench-training images mlflow-ui airflow-ui alert-sinks clean
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -15,6 +15,9 @@ lint:
 
 bench:            ## parse times, DAG wall time, peak memory per step
 	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python scripts/bench.py
+
+bench-training:   ## the search on a 25k-row window with a 100-value categorical, quiet and busy
+	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_training.py
 
 images:           ## build the step image (and its base when no registry is reachable)
 	bash scripts/build-images.sh

@@ -148,3 +148,13 @@ def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(p
     # The day clocks went forward is one local day of 23 hours, like any other partition.
     sunday = project.store / "flights" / "validated" / "date=2023-03-12"
     assert sunday.exists()
+    # The registered classifier gives probabilities through pyfunc, as the README documents.
+    proba = project.steps_python(f"""
+        import json, mlflow, pandas as pd
+        rows = pd.read_parquet({str(project.store / "flights" / "features")!r} + "/end=2023-03-15/eval.parquet").head(5)
+        model = mlflow.pyfunc.load_model("models:/flights@champion")
+        p = model.get_raw_model().predict_proba(rows[model.metadata.get_input_schema().input_names()])
+        print(json.dumps({{"shape": list(p.shape), "sums": [round(float(x), 9) for x in p.sum(axis=1)],
+                           "labels": [int(x) for x in model.predict(rows[model.metadata.get_input_schema().input_names()])]}}))
+    """)
+    assert proba["shape"] == [5, 2] and proba["sums"] == [1.0] * 5 and set(proba["labels"]) <= {0, 1}
