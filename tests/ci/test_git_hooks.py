@@ -37,6 +37,11 @@ def commit(repo: Path, tmp_path: Path, files: dict[str, str]) -> subprocess.Comp
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
     git(repo, "add", *files)
+    return git_with_hooks(repo, tmp_path, "commit", "-m", "change")
+
+
+def git_with_hooks(repo: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """A git command whose hooks run; their output (on stdout and stderr alike) in ``stdout``."""
     env = tool_env(
         PRE_COMMIT_HOME=str(tmp_path / "pre-commit-home"),
         GIT_AUTHOR_NAME="t",
@@ -45,13 +50,13 @@ def commit(repo: Path, tmp_path: Path, files: dict[str, str]) -> subprocess.Comp
         GIT_COMMITTER_EMAIL="t@example.org",
     )
     return subprocess.run(
-        ["git", "commit", "-m", "change"],
+        ["git", *args],
         cwd=repo,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
+        timeout=600,
     )
 
 
@@ -91,16 +96,7 @@ def test_a_push_with_a_broken_dag_is_refused(hooked, tmp_path):
     )
     committed = commit(hooked, tmp_path, {"dags/broken.py": broken})
     assert committed.returncode == 0, committed.stdout
-    env = tool_env(PRE_COMMIT_HOME=str(tmp_path / "pre-commit-home"))
-    pushed = subprocess.run(
-        ["git", "push", "-q", "origin", "main"],
-        cwd=hooked,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
+    pushed = git_with_hooks(hooked, tmp_path, "push", "-q", "origin", "main")
     assert pushed.returncode != 0, pushed.stdout[-3000:]
     assert "DAG integrity" in pushed.stdout and "Failed" in pushed.stdout, pushed.stdout[-3000:]
     assert "unit tests" not in pushed.stdout  # fail_fast: the slow stage did not run
