@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 INCLUDE_FLOOR=85
 DAGS_FLOOR=50
 COV=.venv/bin/coverage
-$COV combine --quiet .coverage.unit .coverage.airflow
+data=$(ls .coverage.unit .coverage.airflow 2>/dev/null || true)
+[ -n "$data" ] || { echo "error: no coverage data (.coverage.unit, .coverage.airflow): run make test first" >&2; exit 1; }
+# shellcheck disable=SC2086  # one word per data file
+$COV combine --quiet --keep $data
 $COV xml --quiet -o coverage.xml
 $COV report
 status=0
