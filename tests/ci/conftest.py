@@ -44,8 +44,15 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     )
 
 
+@pytest.fixture(scope="session")
+def environments_current() -> None:
+    """The environments match the working tree's requirement files, so that `make setup` run in a
+    scratch copy (which links them) finds nothing to do and never reinstalls them from there."""
+    subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, check=True, capture_output=True, timeout=1800)
+
+
 @pytest.fixture
-def scratch_repo(tmp_path) -> Path:
+def scratch_repo(tmp_path, environments_current) -> Path:
     """A git repository holding the working tree as it is now (tracked and new files, not ignored ones),
     committed once, with the project's environments linked in rather than rebuilt."""
     repo = tmp_path / "repo"

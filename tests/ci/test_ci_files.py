@@ -189,6 +189,7 @@ def test_gitlab_install_and_lint_jobs_run(gitlab_ci_local, scratch_repo):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "environments ready" in output and "All checks passed" in output
+    assert "==> installing" not in output, "the scratch copy reinstalled the linked environments"
 
 
 def test_gitlab_lint_job_fails_on_a_lint_error(gitlab_ci_local, scratch_repo):
