@@ -8,7 +8,9 @@ it finds with its path in the file, so a person can fix them in one go.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +47,11 @@ class Column:
     max: float | None = None
     values: tuple[Any, ...] | None = None
     max_null_share: float = 0.0
+    #: A partition's standard deviation of this column may not fall below this (a dead sensor reports a
+    #: constant). Default for numeric features: above zero; set 0 to allow a constant day.
+    min_std: float | None = None
+    #: A partition must hold at least this many distinct values of this column.
+    min_distinct: int | None = None
 
 
 @dataclass(frozen=True)
@@ -195,11 +202,23 @@ class _Reader:
                 return None
             return default
         value = data[key]
-        if kind is not object and not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        numeric = any(k in (int, float) for k in kinds) and bool not in kinds
+        if kind is not object and (not isinstance(value, kind) or (numeric and isinstance(value, bool))):
+            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
             self.problems.append(f"{where}.{key}: expected {names}, got {value!r}")
             return None if default is ... else default
         return value
+
+    def known_keys(self, data: Any, where: str, keys: set[str] | tuple[str, ...]) -> None:
+        """Every key of ``data`` must be one of ``keys``: a typo is a problem, never silently ignored."""
+        if not isinstance(data, dict):
+            return
+        for key in data:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), [str(k) for k in keys], n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(keys))})"
+                self.problems.append(f"{where}.{key}: unknown key{hint}")
 
     def fail_if_any(self) -> None:
         if self.problems:
@@ -294,9 +313,21 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
         share = r.need(body, "max_null_share", where, (int, float), default=0.0)
         if share is not None and not 0 <= share <= 1:
             r.problems.append(f"{where}.max_null_share: between 0 and 1 (got {share})")
+        low = r.need(body, "min", where, (int, float), default=None)
+        high = r.need(body, "max", where, (int, float), default=None)
+        if low is not None and high is not None and low > high:
+            r.problems.append(f"{where}: min {low} is greater than max {high}")
+        min_std = r.need(body, "min_std", where, (int, float), default=None)
+        if min_std is not None and min_std < 0:
+            r.problems.append(f"{where}.min_std: zero or more (got {min_std})")
+        min_distinct = r.need(body, "min_distinct", where, int, default=None)
+        if min_distinct is not None and min_distinct < 1:
+            r.problems.append(f"{where}.min_distinct: at least 1 (got {min_distinct})")
+        if min_std is not None and ctype not in ("numeric", "integer"):
+            r.problems.append(f"{where}.min_std: only for numeric and integer columns")
         columns.append(Column(
-            name=str(name), type=ctype, role=role,
-            min=body.get("min"), max=body.get("max"),
+            name=str(name), type=ctype, role=role, min_std=min_std, min_distinct=min_distinct,
+            min=low, max=high,
             values=tuple(values) if values else None,
             max_null_share=float(share or 0.0),
         ))
@@ -408,9 +439,50 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
     return tuple(value)
 
 
+#: The keys each section of a spec may have. Anything else is a typo (``mn`` for ``min``) that would
+#: otherwise be ignored without a word, and is reported with the closest known key.
+TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
+            "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
+            "transform")
+SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
+               "http": ("kind", "url", "format", "timeout_seconds")}
+TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
+COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct")
+VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition")
+WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
+MODEL_KEYS = ("family", "registered_name", "categorical_encoding", "search")
+SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping")
+SPACE_KEYS = ("low", "high", "log", "integer", "values")
+EVALUATION_KEYS = ("metric", "holdout_days", "threshold", "tolerance")
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+
+
+def _check_keys(r: _Reader, raw: dict[str, Any]) -> None:
+    r.known_keys(raw, "spec", TOP_KEYS)
+    src = raw.get("source") if isinstance(raw.get("source"), dict) else {}
+    r.known_keys(src, "source", SOURCE_KEYS.get(src.get("kind"), ("kind",)) if src.get("kind") in SOURCE_KEYS
+                 else tuple(k for keys in SOURCE_KEYS.values() for k in keys))
+    r.known_keys(raw.get("timestamp"), "timestamp", TIMESTAMP_KEYS)
+    for name, body in (raw.get("columns") or {}).items() if isinstance(raw.get("columns"), dict) else ():
+        r.known_keys(body, f"columns.{name}", COLUMN_KEYS)
+    r.known_keys(raw.get("validation"), "validation", VALIDATION_KEYS)
+    r.known_keys(raw.get("window"), "window", WINDOW_KEYS)
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    r.known_keys(model, "model", MODEL_KEYS)
+    search = model.get("search") if isinstance(model.get("search"), dict) else {}
+    r.known_keys(search, "model.search", SEARCH_KEYS)
+    for param, body in (search.get("space") or {}).items() if isinstance(search.get("space"), dict) else ():
+        r.known_keys(body, f"model.search.space.{param}", SPACE_KEYS)
+    r.known_keys(raw.get("evaluation"), "evaluation", EVALUATION_KEYS)
+
+
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     r = _Reader(str(path))
+    _check_keys(r, raw)
     name = r.need(raw, "name", "spec", str)
+    if isinstance(name, str) and not _IDENTIFIER.match(name):
+        r.problems.append(f"spec.name: a plain identifier, letters, digits and underscores, starting with a "
+                          f"letter (got {name!r}): it names folders, DAGs and the registered model")
     task = r.need(raw, "task", "spec", str)
     if task not in ("regression", "classification"):
         r.problems.append(f"spec.task: regression or classification (got {task!r})")
@@ -472,7 +544,14 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     data_start = _date(r, r.need(window, "data_start", "window"), "window.data_start")
     data_end = _date(r, window.get("data_end"), "window.data_end")
     window_days = r.need(window, "days", "window", int, default=28)
+    if window_days is not None and not 1 <= window_days <= 3660:
+        r.problems.append(f"window.days: between 1 and 3660 (got {window_days})")
+        window_days = None
     min_training_rows = r.need(window, "min_training_rows", "window", int, default=100)
+    if min_training_rows is not None and min_training_rows < 1:
+        r.problems.append(f"window.min_training_rows: at least 1 (got {min_training_rows})")
+    if data_start and data_end and data_end < data_start:
+        r.problems.append(f"window: data_end {data_end} is before data_start {data_start}")
 
     m = r.need(raw, "model", "spec", dict) or {}
     family = r.need(m, "family", "model", str)
@@ -511,10 +590,15 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     tolerance = r.need(e, "tolerance", "evaluation", (int, float), default=0.0)
     if isinstance(threshold, (int, float)) and not math.isfinite(threshold):
         r.problems.append("evaluation.threshold: a finite number")
+    if isinstance(tolerance, (int, float)) and not 0 <= tolerance <= 1:
+        r.problems.append(f"evaluation.tolerance: a share between 0 and 1 (got {tolerance})")
+    holdout_days = r.need(e, "holdout_days", "evaluation", int, default=7)
+    if holdout_days is not None and holdout_days < 1:
+        r.problems.append(f"evaluation.holdout_days: at least 1 (got {holdout_days})")
     evaluation = EvaluationSpec(
         metric=metric, greater_is_better=known.get(metric, False),
         threshold=float(threshold or 0.0), tolerance=float(tolerance or 0.0),
-        holdout_days=r.need(e, "holdout_days", "evaluation", int, default=7),
+        holdout_days=holdout_days or 1,
     )
     if window_days and evaluation.holdout_days and evaluation.holdout_days >= window_days:
         r.problems.append("evaluation.holdout_days: must be smaller than window.days")

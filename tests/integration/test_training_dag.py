@@ -100,6 +100,20 @@ def test_a_strict_spec_makes_the_gate_reject_and_the_champion_stays(project, tmp
     assert registry["aliases"] == {"champion": champion_before, "challenger": "3"}
 
 
+def test_a_spec_that_drops_a_feature_still_gates_against_the_champion(project, tmp_path):
+    """The champion was trained with `windspeed`; the new spec no longer uses it. Each model is scored
+    on the columns of its own signature, so the gate still compares both on the same rows."""
+    slimmer = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_slim.yaml",
+                                 columns={"windspeed": {"role": "ignore"}}, evaluation={"tolerance": 1.0})
+    champion_before = project.registry("bikeshare")["aliases"]["champion"]
+    states = _run(project, "2011-07-03", {"pipeline": str(slimmer), **WINDOW})
+    assert all(states[t] == "success" for t in STEPS), states
+    newest = project.registry("bikeshare")["versions"][-1]
+    run = project.run_tags(newest["run_id"])
+    assert "gate_champion_rmse" in run["metrics"], run["tags"]["gate.reason"]
+    assert f"champion {'rmse'}" in run["tags"]["gate.reason"] and newest["tags"]["gate.champion_version"] == champion_before
+
+
 def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_path):
     bad = make_bad_bikeshare(tmp_path, "2011-07-03", "unknown_category")
     before = project.registry("bikeshare")
