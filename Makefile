@@ -5,7 +5,7 @@ setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
 
 run:              ## the main job: one run of the training DAG on the embedded default
-	bash scripts/run.sh $(DATE) $(PIPELINE)
+	bash scripts/run.sh "$(DATE)" "$(PIPELINE)"  # quoted: an empty DATE keeps its place
 
 test:             ## the whole test suite (lint, unit, DAG, integration)
 	bash scripts/test.sh
