@@ -5,7 +5,7 @@ setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
 
 run:              ## the main job: one run of the training DAG on the embedded default
-	bash scripts/run.sh $(DATE) $(PIPELINE)
+	bash scripts/run.sh "$(DATE)" "$(PIPELINE)"  # quoted: an empty DATE keeps its place
 
 test:             ## the whole test suite (lint, unit, DAG, integration)
 	bash scripts/test.sh
@@ -36,7 +36,7 @@ clean:            ## remove all project-local state (Airflow DB, MLflow store, d
 	rm -rf .local
 
 # --- one check at a time: what both CI systems and the git hooks call (CONTRIBUTING.md) -----------
-.PHONY: unit dag-tests ci-checks coverage docs hooks ci deploy-trigger
+.PHONY: unit dag-tests ci-checks coverage docs hooks ci deploy-trigger format-baseline
 AUTO_APPROVE ?= true
 
 unit:             ## the step package's unit tests (.venv-steps)
@@ -47,6 +47,9 @@ dag-tests:        ## DAG integrity (.venv)
 
 ci-checks:        ## the CI files, hooks and docs: actionlint, GitLab schema, gitlab-ci-local, pre-commit, mkdocs
 	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python -m pytest tests/ci -q
+
+format-baseline:  ## list the files ruff format would still change as not yet formatted (review the diff)
+	bash scripts/setup.sh && .venv/bin/python scripts/ruff_format_baseline.py
 
 coverage:         ## combine the coverage of the last `make test`, write coverage.xml, check the floors
 	bash scripts/coverage.sh

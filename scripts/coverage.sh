@@ -5,11 +5,15 @@
 #   COVERAGE_FLOORS=0 reports without failing (scripts/test.sh sets it when it ran a subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Floors measured on 2026-11-23 (include/ 85.4% from the unit tests; dags/ 54.8% from the DAG tests
-# alone, as steps and task bodies also run in subprocesses that are not measured). Raise, never lower.
+# Floors measured on 2026-11-23, subprocesses included: the unit tests alone give include/ 84.3%;
+# with the DAG tests and two training-DAG runs, include/ 85.3% and dags/ 75.2% (the full suite adds
+# the PostgreSQL, HTTP, Docker and backfill paths). Raise them as coverage rises, never lower them.
 INCLUDE_FLOOR=85
-DAGS_FLOOR=50
+DAGS_FLOOR=70
 COV=.venv/bin/coverage
+# Combined data goes to its own file: with `patch = subprocess`, reading `.coverage` would fold every
+# `.coverage.*` file into it again and delete them.
+export COVERAGE_FILE=.coverage-all
 data=$(ls .coverage.unit .coverage.airflow 2>/dev/null || true)
 [ -n "$data" ] || { echo "error: no coverage data (.coverage.unit, .coverage.airflow): run make test first" >&2; exit 1; }
 # shellcheck disable=SC2086  # one word per data file

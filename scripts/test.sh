@@ -10,8 +10,8 @@ source scripts/env.sh
 echo "==> ruff check (with Airflow's AIR rules)"
 .venv/bin/ruff check .
 echo "==> unit tests of the step package (.venv-steps)"
-COVERAGE_FILE=.coverage.unit .venv-steps/bin/python -m pytest tests/unit tests/data -q --cov --cov-report= "$@"
+COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q --cov --cov-report= "$@"
 echo "==> DAG and integration tests (.venv)"
-COVERAGE_FILE=.coverage.airflow .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q --cov --cov-report= "$@"
+COVERAGE_FILE="$PWD/.coverage.airflow" .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q --cov --cov-report= "$@"
 echo "==> coverage of include/ and dags/ (coverage.xml)"
 COVERAGE_FLOORS=$([ $# -eq 0 ] && echo 1 || echo 0) bash scripts/coverage.sh  # floors apply to the whole suite
