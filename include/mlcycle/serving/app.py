@@ -21,12 +21,13 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from mlcycle.serving import metrics as m
 from mlcycle.serving.model import ServedModel, read_schema

@@ -218,6 +218,43 @@ def _double_tree_regressors(onx: Any, estimator: Any) -> int:
     return rewritten
 
 
+def _double_imputers(onx: Any, model: Any) -> int:
+    """onnxruntime has no double kernel for ``Imputer`` (ai.onnx.ml): rewrite each one that replaces
+    NaN into ``Where(IsNaN(X), fill, X)``, the fill values read in double from the fitted imputer."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+    from sklearn.impute import SimpleImputer
+
+    fills = [est.statistics_ for _, est in _walk(model) if isinstance(est, SimpleImputer)]
+    imputers = [n for n in onx.graph.node if n.op_type == "Imputer"]
+    if len(fills) != len(imputers):
+        return 0
+    for node, fill in zip(imputers, fills, strict=True):
+        replaced = _attr(node, "replaced_value_float")
+        if replaced is not None and not np.isnan(replaced):
+            continue
+        name = node.output[0]
+        fill_name, mask = f"{name}_fill", f"{name}_isnan"
+        onx.graph.initializer.append(numpy_helper.from_array(np.asarray(fill, dtype=np.float64).reshape(1, -1),
+                                                             fill_name))
+        index = list(onx.graph.node).index(node)
+        onx.graph.node.remove(node)
+        onx.graph.node.insert(index, helper.make_node("Where", [mask, fill_name, node.input[0]], [name],
+                                                      name=f"{node.name}_where"))
+        onx.graph.node.insert(index, helper.make_node("IsNaN", [node.input[0]], [mask], name=f"{node.name}_isnan"))
+    return len(imputers)
+
+
+def _walk(est: Any) -> Iterator[tuple[str, Any]]:
+    """Every estimator inside a Pipeline or ColumnTransformer, in the order skl2onnx converts them."""
+    for entry in getattr(est, "steps", None) or getattr(est, "transformers_", None) or []:
+        name, child = entry[0], entry[1]
+        if isinstance(child, str):  # "passthrough" or "drop"
+            continue
+        yield name, child
+        yield from _walk(child)
+
+
 def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
     """Convert ``model`` and measure it against the Pipeline on ``x_eval``; never raises for the converter."""
     try:
@@ -229,6 +266,7 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
             onx = convert_sklearn(model, initial_types=_initial_types(schema.features), target_opset=TARGET_OPSET,
                                   options=options)
         _double_tree_regressors(onx, model.steps[-1][1])
+        _double_imputers(onx, model)
         data = onx.SerializeToString()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
