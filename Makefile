@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench images mlflow-ui airflow-ui clean
+.PHONY: setup run test lint bench images mlflow-ui airflow-ui clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -28,3 +28,13 @@ airflow-ui:       ## Airflow (scheduler + API server + UI) on the project's home
 
 clean:            ## remove all project-local state (Airflow DB, MLflow store, data store)
 	rm -rf .local
+
+serve:            ## serve the embedded default's @champion on http://127.0.0.1:8000 (after make run)
+	bash scripts/serve.sh $(PIPELINE) $(PORT)
+
+serving-image:    ## build the serving image of @champion: mlcycle-serving-<pipeline>:v<version>
+	bash scripts/serving-image.sh $(PIPELINE)
+
+bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wrk)
+	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
+	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion
