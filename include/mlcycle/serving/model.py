@@ -74,10 +74,10 @@ def read_schema(folder: Path) -> ServingSchema:
     return ServingSchema.from_dict(meta)
 
 
-def read_info(folder: Path, mlmodel: dict[str, Any]) -> ModelInfo:
+def read_info(folder: Path, mlmodel: dict[str, Any], default_name: str) -> ModelInfo:
     info_path = folder / SERVING_INFO
     raw = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return ModelInfo(name=str(raw.get("name") or folder.name), version=str(raw.get("version") or "unregistered"),
+    return ModelInfo(name=str(raw.get("name") or default_name), version=str(raw.get("version") or "unregistered"),
                      run_id=raw.get("run_id") or mlmodel.get("run_id"), model_uri=raw.get("model_uri"),
                      fingerprint=raw.get("fingerprint"), window_start=raw.get("window_start"),
                      window_end=raw.get("window_end"), code_version=raw.get("code_version"),
@@ -142,7 +142,7 @@ class ServedModel:
         self.folder = Path(folder)
         self.mlmodel = _read_mlmodel(self.folder)
         self.schema = read_schema(self.folder)
-        self.info = read_info(self.folder, self.mlmodel)
+        self.info = read_info(self.folder, self.mlmodel, self.schema.pipeline)
         self.signature = self.mlmodel.get("signature")
         self.names = self.schema.feature_names
         self.classification = self.schema.task == "classification"
