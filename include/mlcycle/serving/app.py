@@ -155,12 +155,16 @@ class Server:
             if text == b"{":
                 return [self.one.validate_json(body)], True
             if text == b"[":
-                parsed = json.loads(body)
-                return self.validate_rows(parsed), False
+                return self.many.validate_json(body), False
         except ValidationError as exc:
             errors = _errors(exc)
             if errors and errors[0]["type"] == "json_invalid":
                 raise BadRequest(400, f"invalid JSON: {errors[0]['msg']}", reason="invalid_json") from None
+            if any(e["type"] == "too_long" and len(e["loc"]) == 0 for e in errors):
+                raise BadRequest(413, f"more than {self.schema.max_rows} rows in one request",
+                                 reason="too_many_rows") from None
+            if any(e["type"] == "too_short" and len(e["loc"]) == 0 for e in errors):
+                raise BadRequest(422, "the request holds no rows", reason="empty") from None
             raise BadRequest(422, f"{len(errors)} problem(s) in the row", errors, _reason(errors)) from None
         except ValueError as exc:
             raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None

@@ -184,6 +184,8 @@ class ServedModel:
             self.path_reason = f"{ONNX_FILE} lacks inputs for {', '.join(missing)}"
             return
         self._outputs = [o.name for o in session.get_outputs()]
+        kinds = {"tensor(string)": object, "tensor(int64)": np.int64, "tensor(float)": np.float32}
+        self._encoders = [(name, kinds.get(self._inputs[name], np.float64)) for name in self.names]
         self.session = session
         rows = self.example + sample_rows(self.schema)
         try:
@@ -213,18 +215,14 @@ class ServedModel:
         return float(np.max(np.abs(a - b))) if a.size else 0.0
 
     def encode(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """Rows to the ONNX inputs: one (n, 1) array per feature, in the dtype the graph declares."""
+        """Rows to the ONNX inputs: one (n, 1) array per feature, in the dtype the graph declares.
+
+        Rows are validated already: numbers are numbers (None, for a nullable feature, becomes NaN in
+        a float array), categories have the type the graph expects.
+        """
         feeds = {}
-        for name in self.names:
-            kind = self._inputs[name]
-            values = [r[name] for r in rows]
-            if kind == "tensor(string)":
-                arr = np.array([str(v) for v in values], dtype=object)
-            elif kind == "tensor(int64)":
-                arr = np.array(values, dtype=np.int64)
-            else:
-                arr = np.array([math.nan if v is None else v for v in values],
-                               dtype=np.float32 if kind == "tensor(float)" else np.float64)
+        for name, dtype in self._encoders:
+            arr = np.array([r[name] for r in rows], dtype=dtype)
             feeds[name] = arr.reshape(-1, 1)
         return feeds
 

@@ -98,7 +98,9 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
         features.append(FeatureSchema(name=col.name, type=col.type, dtype=dtype,
                                       min=None if col.min is None else float(col.min),
                                       max=None if col.max is None else float(col.max),
-                                      values=values, nullable=col.max_null_share > 0))
+                                      # A null category has no encoding the fast path shares with the
+                                      # Pipeline: only numbers may be null (NaN, which both handle).
+                                      values=values, nullable=col.max_null_share > 0 and col.type not in ("categorical", "string")))
     return ServingSchema(
         pipeline=spec.name, task=spec.task, target=spec.target, features=tuple(features),
         classes=tuple(_plain(c) for c in classes) if classes is not None else None,
