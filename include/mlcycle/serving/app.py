@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
+from mlcycle import __version__
 from mlcycle.serving import metrics as m
 from mlcycle.serving.model import ServedModel, read_schema
 from mlcycle.serving.predlog import LoggedRequest, PredictionLog
@@ -329,6 +330,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             "pipeline": schema.pipeline, "model_name": info.name, "model_version": info.version,
             "run_id": info.run_id, "model_uri": info.model_uri, "data_fingerprint": info.fingerprint,
             "window": {"start": info.window_start, "end": info.window_end}, "code_version": info.code_version,
+            "serving_code_version": os.environ.get("MLCYCLE_CODE_VERSION") or __version__,
             "signature": model.signature, "task": schema.task, "target": schema.target,
             "classes": [str(c) for c in model.classes] if model.classes else None,
             "inference_path": model.path, "inference_path_reason": model.path_reason,
