@@ -172,7 +172,9 @@ def test_health_ready_metadata_metrics(client):
     assert client.get("/ready").json()["inference_path"] == "onnx"
     meta = client.get("/metadata").json()
     assert meta["inference_path"] == "onnx" and meta["onnx_max_abs_diff"] <= 1e-6 and meta["signature"]
+    assert meta["serving_code_version"] and [f["name"] for f in meta["features"]][:2] == ["season", "mnth"]
     post(client, "/predict", _bad(client.rows, hr=...))
+    post(client, "/predict", client.rows[0])
     text = client.get("/metrics").text
     assert 'mlcycle_requests_total{endpoint="/predict",status="200"}' in text
     assert 'mlcycle_rejected_requests_total{reason="missing_field"}' in text
