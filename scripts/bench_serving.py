@@ -116,7 +116,29 @@ def in_process(folder: Path, rows: list[dict]) -> dict[str, float]:
             fn(rows[:1000])
             times.append(time.perf_counter() - t)
         out[name] = statistics.median(times) * 1e3
+    out.update(log_cost(model, one))
     return out
+
+
+def log_cost(model, one: list[dict]) -> dict[str, float]:
+    """What the prediction log adds to a request: the append on the request path (the write is off it)."""
+    import datetime as dt
+
+    from mlcycle.serving.predlog import LoggedRequest, PredictionLog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plog = PredictionLog(Path(tmp), "bench", model.info.name, model.info.version, model.names,
+                             flush_rows=10_000, flush_seconds=3600)
+        pred = model.predict(one).predictions
+        times = []
+        for i in range(5_000):
+            t = time.perf_counter()
+            plog.append(LoggedRequest(f"r{i}", dt.datetime.now(dt.UTC), "predict", one, pred, None, 0.1))
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plog.close()
+        return {"log_append_us": statistics.median(times) * 1e6,
+                "log_write_5000_rows_ms": (time.perf_counter() - t) * 1e3}
 
 
 def main() -> int:
