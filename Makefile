@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench images mlflow-ui airflow-ui clean serve serving-image bench-serving
+.PHONY: setup run test lint bench bench-training images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -10,11 +10,14 @@ run:              ## the main job: one run of the training DAG on the embedded d
 test:             ## the whole test suite (lint, unit, DAG, integration)
 	bash scripts/test.sh
 
-lint:
-	bash scripts/setup.sh && .venv/bin/ruff check .
+lint:             ## ruff check, and ruff format --check (files listed in pyproject.toml are not yet formatted)
+	bash scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 bench:            ## parse times, DAG wall time, peak memory per step
 	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python scripts/bench.py
+
+bench-training:   ## the search on a 25k-row window with a 100-value categorical, quiet and busy
+	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_training.py
 
 images:           ## build the step image (and its base when no registry is reachable)
 	bash scripts/build-images.sh
@@ -26,8 +29,41 @@ mlflow-ui:        ## MLflow UI on the project's store, http://127.0.0.1:5000
 airflow-ui:       ## Airflow (scheduler + API server + UI) on the project's home, http://127.0.0.1:8080
 	. scripts/env.sh && airflow standalone
 
+alert-sinks:      ## local mail and webhook sinks for failure alerts (airflow_settings.yaml points at them)
+	bash scripts/setup.sh && .venv/bin/python scripts/alert_sinks.py
+
 clean:            ## remove all project-local state (Airflow DB, MLflow store, data store)
 	rm -rf .local
+
+# --- one check at a time: what both CI systems and the git hooks call (CONTRIBUTING.md) -----------
+.PHONY: unit dag-tests ci-checks coverage docs hooks ci deploy-trigger
+AUTO_APPROVE ?= true
+
+unit:             ## the step package's unit tests (.venv-steps)
+	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python -m pytest tests/unit tests/data -q
+
+dag-tests:        ## DAG integrity (.venv)
+	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python -m pytest tests/dags -q
+
+ci-checks:        ## the CI files, hooks and docs: actionlint, GitLab schema, gitlab-ci-local, pre-commit, mkdocs
+	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python -m pytest tests/ci -q
+
+coverage:         ## combine the coverage of the last `make test`, write coverage.xml, check the floors
+	bash scripts/coverage.sh
+
+docs:             ## the documentation site (README, operations guide, API reference) into site/
+	bash scripts/setup.sh && .venv/bin/mkdocs build --strict
+
+hooks:            ## install the git hooks: pre-commit (lint, format, files) and pre-push (DAG and unit tests)
+	bash scripts/setup.sh && .venv/bin/pre-commit install --hook-type pre-commit --hook-type pre-push
+
+ci:               ## what CI runs: install PostgreSQL and Docker, build the images, make test
+	bash .ci/run
+
+deploy-trigger:   ## trigger deploy_<PIPELINE> on the Airflow at $$AIRFLOW_API_URL: make deploy-trigger ENV=staging
+	@case "$(ENV)" in staging|production) ;; *) echo "error: ENV must be staging or production (got '$(ENV)')" >&2; exit 2;; esac
+	python3 scripts/trigger_dag.py --dag-id "deploy_$(or $(PIPELINE),bikeshare)" --note "$${CI_COMMIT_SHA:-$${GITHUB_SHA:-manual}}" \
+	  --conf '{"version": "$(VERSION)", "target": "$(ENV)", "auto_approve": $(AUTO_APPROVE)}'
 
 serve:            ## serve the embedded default's @champion on http://127.0.0.1:8000 (after make run)
 	bash scripts/serve.sh $(PIPELINE) $(PORT)

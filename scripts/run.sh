@@ -10,14 +10,19 @@ PIPELINE="${2:-bikeshare}"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
   || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
 .venv/bin/python scripts/load_airflow_settings.py --file airflow_settings.yaml  # connections, pools, variables
-echo "==> airflow dags test training $DATE (pipeline: $PIPELINE)"
-airflow dags test training "$DATE" --conf "{\"pipeline\": \"$PIPELINE\"}"
+# The pipeline's DAG, and a check that its schedule serves DATE (a clear error instead of an empty run).
+plan=$(.venv/bin/python scripts/pipeline_run.py "$PIPELINE" "$DATE")
+DAG_ID=${plan%% *}
+CONF=${plan#* }
+NAME=${DAG_ID#training_}
+echo "==> airflow dags test $DAG_ID $DATE (pipeline: $PIPELINE; a manual run covers the day before $DATE)"
+airflow dags test "$DAG_ID" "$DATE" --conf "$CONF"
 cat <<MSG
 
 ==> Done. Where to look:
-  MLflow UI:          make mlflow-ui      (http://127.0.0.1:5000; model registry: $PIPELINE, aliases @champion/@challenger)
+  MLflow UI:          make mlflow-ui      (http://127.0.0.1:5000; model registry: $NAME, aliases @champion/@challenger)
   Airflow UI:         make airflow-ui     (http://127.0.0.1:8080; same Airflow home: $AIRFLOW_HOME)
-  Validation reports: $MLCYCLE_HOME/store/$PIPELINE/reports/validation/
-  Data partitions:    $MLCYCLE_HOME/store/$PIPELINE/{raw,validated,features}/
-  Quarantine:         $MLCYCLE_HOME/store/$PIPELINE/quarantine/
+  Validation reports: $MLCYCLE_HOME/store/$NAME/reports/validation/
+  Data partitions:    $MLCYCLE_HOME/store/$NAME/{raw,validated,features}/
+  Quarantine:         $MLCYCLE_HOME/store/$NAME/quarantine/
 MSG

@@ -25,9 +25,10 @@ make_env() {  # make_env DIR STAMP_INPUTS... : rebuild only when an input change
   return 0
 }
 
-if make_env .venv requirements.txt requirements-dev.txt constraints-airflow.txt; then
+if make_env .venv requirements.txt requirements-dev.txt requirements-tools.txt constraints-airflow.txt; then
   echo "==> installing the Airflow environment (.venv)"
-  pip_install .venv/bin/python -r requirements.txt -r requirements-dev.txt -c constraints-airflow.txt
+  pip_install .venv/bin/python -r requirements.txt -r requirements-dev.txt -r requirements-tools.txt \
+    -c constraints-airflow.txt
   mv .venv/.mlcycle-requirements.sha.pending .venv/.mlcycle-requirements.sha
 fi
 if make_env .venv-steps docker/steps/requirements.txt docker/steps/constraints.txt requirements-dev.txt pyproject.toml; then
@@ -36,5 +37,14 @@ if make_env .venv-steps docker/steps/requirements.txt docker/steps/constraints.t
     -c docker/steps/constraints.txt
   pip_install .venv-steps/bin/python --no-deps -e .
   mv .venv-steps/.mlcycle-requirements.sha.pending .venv-steps/.mlcycle-requirements.sha
+fi
+# Node tools of the repository checks (gitlab-ci-local), pinned by .ci/gitlab-ci-local/package-lock.json.
+# Optional on a laptop without npm: the tests that need them skip and say why.
+NODE_TOOLS=.ci/gitlab-ci-local
+node_want=$(sha256sum "$NODE_TOOLS/package-lock.json" | cut -c1-16)
+if command -v npm >/dev/null && [ "$(cat "$NODE_TOOLS/node_modules/.mlcycle-lock.sha" 2>/dev/null)" != "$node_want" ]; then
+  echo "==> installing the node tools ($NODE_TOOLS)"
+  npm ci --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$node_want" > "$NODE_TOOLS/node_modules/.mlcycle-lock.sha"
 fi
 echo "==> environments ready: .venv (Airflow) and .venv-steps (steps)"

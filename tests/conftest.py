@@ -13,6 +13,7 @@ STEPS_BIN = ROOT / ".venv-steps" / "bin"
 BIKESHARE_CSV = ROOT / "include" / "data" / "bikeshare" / "bikeshare_hourly_2011.csv"
 
 sys.path.insert(0, str(ROOT / "dags"))  # the DAG helper package, as Airflow puts dags/ on the path
+sys.path.insert(0, str(ROOT / "plugins"))  # the timetable plugin the DAG files import, likewise
 
 
 @pytest.fixture(scope="session")

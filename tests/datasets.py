@@ -314,3 +314,94 @@ def make_bad_bikeshare(folder: Path, day: str, kind: str) -> Path:
         _write_csv(csv_path, header, rows)
     return write_spec_variant(BIKESHARE_SPEC, folder / f"bikeshare_{kind}.yaml",
                               source={"kind": "file", "path": str(csv_path.resolve()), "format": "csv"})
+
+
+# --------------------------------------------------------------------------------------------
+# The generated event data set: everything a real event log brings, in one spec
+
+EVENT_ZONE = "America/New_York"
+_ZONES = tuple(f"z{i:03d}" for i in range(100))
+_CARRIERS = ("AA", "DL", "UA", "WN")
+
+
+def _event_rows(start: dt.date, days: int, per_slot: int, seed: int) -> list[list[str]]:
+    """Flights in local New York time: several per 30-minute slot (no unique timestamp), some cancelled
+    (no outcome), a 100-value zone, and an arrival delay that the target is a rule on."""
+    from zoneinfo import ZoneInfo
+
+    rng = random.Random(seed)
+    zone = ZoneInfo(EVENT_ZONE)
+    effect = {z: rng.gauss(0.0, 1.0) for z in _ZONES}
+    rows: list[list[str]] = []
+    for d in range(days):
+        day = start + dt.timedelta(days=d)
+        for slot in range(48):
+            local = dt.datetime(day.year, day.month, day.day, slot // 2, 30 * (slot % 2))
+            # a local time that does not exist (clocks forward) is not in a real log either
+            if local.replace(tzinfo=zone).astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) != local:
+                continue
+            for _ in range(per_slot):
+                z, carrier = rng.choice(_ZONES), rng.choice(_CARRIERS)
+                distance = round(rng.uniform(80, 2500), 1)
+                cancelled = 1 if rng.random() < 0.05 else 0
+                peak = 1.0 if 16 <= local.hour <= 20 else 0.0
+                delay = (rng.gauss(0, 12) + 14 * effect[z] + 10 * peak + distance / 250
+                         + {"AA": 4, "DL": -3, "UA": 2, "WN": 0}[carrier])
+                rows.append([local.strftime("%Y-%m-%d %H:%M:%S"), z, carrier, f"{distance}",
+                             "" if cancelled else f"{delay:.1f}", str(cancelled)])
+    return rows
+
+
+def events_spec(name: str, csv_path: Path, start: dt.date, end: dt.date) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": "Generated flight events in local New York time: a derived `late` label, "
+                       "cancelled flights filtered out, a 100-value zone, several events per timestamp.",
+        "task": "classification",
+        "target": "late",
+        "source": {"kind": "file", "path": str(csv_path.resolve()), "format": "csv"},
+        "timestamp": {"kind": "column", "column": "ts", "format": "%Y-%m-%d %H:%M:%S",
+                      "timezone": EVENT_ZONE},
+        "key": [],  # events: many flights share a timestamp, nothing identifies a row
+        "derive": {"late": "arr_delay > 15", "dow": "day_of_week", "hour": "hour"},
+        "filter": ["cancelled == 0"],
+        "columns": {
+            "ts": {"type": "string", "role": "ignore"},
+            "zone": {"type": "categorical", "values": list(_ZONES)},
+            "carrier": {"type": "categorical", "values": list(_CARRIERS)},
+            "distance": {"type": "numeric", "min": 0, "max": 5000},
+            "arr_delay": {"type": "numeric", "role": "ignore"},  # the label is a rule on it: it would leak
+            "cancelled": {"type": "integer", "min": 0, "max": 0, "role": "ignore"},  # filtered: all 0
+            "dow": {"type": "integer", "min": 0, "max": 6},
+            "hour": {"type": "integer", "min": 0, "max": 23},
+            "late": {"type": "categorical", "values": [0, 1]},
+        },
+        "validation": {"suite": f"{name}.suite.json", "min_rows_per_partition": 50},
+        "window": {"data_start": start.isoformat(), "data_end": end.isoformat(), "days": 14,
+                   "min_training_rows": 500},
+        "model": {
+            "family": "hist_gradient_boosting",  # the 100-value zone goes to the trees natively
+            "registered_name": name,
+            "search": {"n_iter": 1, "cv_folds": 2, "seed": 3, "space": {
+                "learning_rate": {"values": [0.1]}, "max_iter": {"values": [100]},
+                "max_leaf_nodes": {"values": [15]},
+            }},
+        },
+        "evaluation": {"metric": "roc_auc", "holdout_days": 3, "threshold": 0.6, "tolerance": 0.05},
+        "experiment": name,
+    }
+
+
+def make_events_dataset(folder: Path, *, start: str = "2023-02-27", days: int = 21, per_slot: int = 3,
+                        name: str = "flights", seed: int = 11) -> Path:
+    """Write ``folder/<name>.csv`` and its spec ``folder/<name>.yaml`` (dates around the US daylight-saving
+    change of 2023-03-12); return the spec's path. Deterministic: same arguments, same bytes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    first = dt.date.fromisoformat(start)
+    csv_path = folder / f"{name}.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ts", "zone", "carrier", "distance", "arr_delay", "cancelled"])
+        writer.writerows(_event_rows(first, days, per_slot, seed))
+    return _dump(events_spec(name, csv_path, first, first + dt.timedelta(days=days - 1)), folder / f"{name}.yaml")

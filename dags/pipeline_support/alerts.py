@@ -39,10 +39,12 @@ from __future__ import annotations
 import html
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook, BaseNotifier
 
@@ -228,6 +230,11 @@ class PipelineFailureNotifier(BaseNotifier):
             self._warn_unconfigured(alert)
             return
         for name, send in channels:
+            unreachable = self._unreachable(name)
+            if unreachable:
+                log.warning("failure alert NOT sent by %s: %s. Nothing else to do here; for local sinks run "
+                            "`make alert-sinks`, or remove the connection.", name, unreachable)
+                continue
             try:
                 send(alert, context)
                 log.info("failure alert sent by %s: %s", name, alert.subject)
@@ -241,6 +248,33 @@ class PipelineFailureNotifier(BaseNotifier):
             if self._connection_exists(conn_id):
                 found.append((f"connection `{conn_id}`", send))
         return found
+
+    def _unreachable(self, channel: str) -> str | None:
+        """Why a channel's server cannot be reached now (one TCP connect, 2 s), or None when it can.
+
+        A local sink that is not running is the common case on a laptop: say so in one line instead of
+        the provider's retries and tracebacks. Only host and port are probed; delivery errors are the
+        provider's to report.
+        """
+        conn_id = self.smtp_conn_id if self.smtp_conn_id in channel else self.webhook_conn_id
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except Exception:  # noqa: BLE001 - it existed a moment ago; let the send report what is wrong
+            return None
+        if conn_id == self.smtp_conn_id:
+            host, port = conn.host or "localhost", int(conn.port or 25)
+        else:
+            url = str(((conn.extra_dejson or {}).get("config") or {}).get("path") or "")
+            parts = urlsplit(url if "://" in url else "")
+            if not parts.hostname:
+                return None
+            default = {"http": 80, "json": 80, "form": 80, "xml": 80}.get(parts.scheme, 443)
+            host, port = parts.hostname, parts.port or default
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError as exc:
+            return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+        return None
 
     @staticmethod
     def _environment() -> str | None:

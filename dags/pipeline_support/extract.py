@@ -12,7 +12,7 @@ source. Rows are never held in memory here: psycopg copies them to disk block by
 is written under a temporary name and renamed, so a killed task leaves no half-written day.
 
 For ``file`` and ``http`` sources the task does nothing (the step reads them itself) and says so.
-Only PyYAML is used to read the spec: no pandas, no step package in the Airflow environment.
+The spec is read with PyYAML (``pipeline_support.specs``): no pandas, no step package here.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from airflow.sdk import task
 
-from pipeline_support.runner import PROJECT_ROOT
+from pipeline_support.specs import PROJECT_ROOT, SpecProblem, read_spec, resolve_spec, training_window
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +35,6 @@ LANDING_FILE = "data.csv"
 
 class ExtractError(Exception):
     """The spec or the source is not usable for extraction; the message says what to fix."""
-
-
-def resolve_spec(pipeline: str) -> Path:
-    """The spec file, looked up like ``mlcycle.spec.resolve_spec_path``: a path, or a name in the specs folder."""
-    pipelines_dir = Path(os.environ.get("MLCYCLE_PIPELINES_DIR", PROJECT_ROOT / "include" / "pipelines"))
-    candidate = Path(pipeline)
-    if not candidate.is_absolute():
-        candidate = PROJECT_ROOT / candidate  # the steps run with the project as working directory
-    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
-        path = candidate
-    else:
-        path = pipelines_dir / f"{pipeline}.yaml"
-    if not path.is_file():
-        raise ExtractError(f"no pipeline spec {pipeline!r}: looked for {path}; pass a spec name in "
-                           f"{pipelines_dir} or a path to a YAML file")
-    return path.resolve()
 
 
 def store_root() -> Path:
@@ -63,15 +46,6 @@ def store_root() -> Path:
 
 def landing_path(root: Path, pipeline: str, day: dt.date) -> Path:
     return root / pipeline / "landing" / f"date={day.isoformat()}" / LANDING_FILE
-
-
-def training_window(window: dict[str, Any], end: dt.date, window_days: int | None) -> tuple[dt.date, dt.date]:
-    """The same arithmetic as ``mlcycle.steps._common.training_window``: [start, end) clipped to the data."""
-    days = window_days or int(window.get("days") or 28)
-    data_start = _as_date(window.get("data_start"), "window.data_start")
-    data_end = _as_date(window.get("data_end"), "window.data_end") if window.get("data_end") else None
-    stop = min(end, data_end + dt.timedelta(days=1)) if data_end else end
-    return max(end - dt.timedelta(days=days), data_start), stop
 
 
 def _as_date(value: Any, where: str) -> dt.date:
@@ -104,11 +78,11 @@ def copy_day_sql(table: str, timestamp_column: str, day: dt.date) -> str:
 def extract_to_landing(pipeline: str, start: str | dt.date, end: str | dt.date,
                        window_days: int | str | None = None) -> dict[str, Any]:
     """Land one CSV per day of the training window of the interval [start, end); a no-op for non-postgres sources."""
-    spec_path = resolve_spec(pipeline)
     try:
-        spec = yaml.safe_load(spec_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ExtractError(f"cannot read pipeline spec {spec_path}: {exc}") from exc
+        spec_path = resolve_spec(pipeline)
+        spec = read_spec(spec_path)
+    except SpecProblem as exc:
+        raise ExtractError(str(exc)) from exc
     source = spec.get("source") or {}
     name = str(spec.get("name") or spec_path.stem)
     kind = source.get("kind")
@@ -122,7 +96,10 @@ def extract_to_landing(pipeline: str, start: str | dt.date, end: str | dt.date,
                            f"for a postgres source")
 
     start_day, end_day = _as_date(start, "start"), _as_date(end, "end")
-    first, stop = training_window(spec.get("window") or {}, end_day, int(window_days) if window_days else None)
+    try:
+        first, stop = training_window(spec.get("window") or {}, end_day, int(window_days) if window_days else None)
+    except SpecProblem as exc:
+        raise ExtractError(f"pipeline spec {spec_path}: {exc}") from exc
     days = [first + dt.timedelta(days=i) for i in range(max((stop - first).days, 0))]
     if not days:
         log.info("the window of [%s, %s) holds no data days of %s: nothing to extract", start_day, end_day, name)
@@ -152,9 +129,9 @@ def extract_to_landing(pipeline: str, start: str | dt.date, end: str | dt.date,
 
 
 @task(task_id="extract")
-def extract_task(params: dict[str, Any] | None = None, data_interval_start: Any = None,
-                 data_interval_end: Any = None) -> dict[str, Any]:
-    """Land the training window of a PostgreSQL source for ``ingest``; a no-op for other sources."""
-    params = params or {}
-    return extract_to_landing(str(params["pipeline"]), data_interval_start.date(), data_interval_end.date(),
-                              params.get("window_days"))
+def extract_task(plan: dict[str, Any]) -> dict[str, Any]:
+    """Land the training window of a PostgreSQL source for ``ingest``; a no-op for other sources.
+
+    ``plan`` is the ``interval`` task's result: spec, data interval and window of this run.
+    """
+    return extract_to_landing(str(plan["spec"]), plan["start"], plan["end"], plan.get("window_days"))

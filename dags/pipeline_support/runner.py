@@ -28,13 +28,15 @@ from pipeline_support.links import MLflowLink, mlflow_url
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXIT_NOTHING_TO_DO = 99
 
-#: Arguments every interval-keyed step receives, rendered from the run's data interval and params.
+#: Arguments every interval-keyed step receives: the run's plan, made once by the ``interval`` task.
 INTERVAL_ARGS = [
-    "--pipeline", "{{ params.pipeline }}",
-    "--start", "{{ data_interval_start | ds }}",
-    "--end", "{{ data_interval_end | ds }}",
-    "--window-days", "{{ params.window_days or '' }}",  # empty: the spec's window.days
+    "--pipeline", "{{ ti.xcom_pull(task_ids='interval')['spec'] }}",
+    "--start", "{{ ti.xcom_pull(task_ids='interval')['start'] }}",
+    "--end", "{{ ti.xcom_pull(task_ids='interval')['end'] }}",
+    "--window-days", "{{ ti.xcom_pull(task_ids='interval')['window_days'] or '' }}",  # empty: window.days
 ]
+#: The spec argument of a step that is not keyed on the interval (register).
+PIPELINE_ARGS = ["--pipeline", "{{ ti.xcom_pull(task_ids='interval')['spec'] }}"]
 
 #: Lineage the steps record in MLflow: which DAG and run produced a model.
 LINEAGE_ENV = {"MLCYCLE_DAG_ID": "{{ dag.dag_id }}", "MLCYCLE_RUN_ID": "{{ run_id }}"}
@@ -106,7 +108,7 @@ class LocalStepOperator(BaseOperator):
 def step_task(step: str, *, interval: bool = True, args: Sequence[str] = (), task_id: str | None = None,
               **kwargs: Any) -> BaseOperator:
     """The one place that decides how a step runs. ``args`` are extra (templated) CLI arguments."""
-    command = [step, *(INTERVAL_ARGS if interval else ["--pipeline", "{{ params.pipeline }}"]), *args]
+    command = [step, *(INTERVAL_ARGS if interval else PIPELINE_ARGS), *args]
     runner = os.environ.get("MLCYCLE_RUNNER", "local")
     if runner == "docker":
         from pipeline_support.docker_runner import docker_step

@@ -112,6 +112,9 @@ def _serving_image(args: argparse.Namespace, settings, spec) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from mlcycle.threads import limit_threads
+
+    limit_threads()  # before the numeric libraries load (see mlcycle.threads)
     from mlcycle.settings import Settings
     from mlcycle.spec import load_spec
 

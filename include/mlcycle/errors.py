@@ -30,6 +30,10 @@ class ValidationFailed(StepError):
         self.report = report
 
 
+class DataQualityError(StepError):
+    """Validated partitions that together do not make usable data (a feature constant over a slice)."""
+
+
 class NotEnoughData(StepError):
     """The training window holds too little validated data to train on."""
 

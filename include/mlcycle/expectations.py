@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mlcycle.errors import SpecError
 from mlcycle.spec import EVENT_TIME, Column, PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,22 @@ def _column_expectations(col: Column) -> list[dict[str, Any]]:
     if col.values:
         items.append(_expectation("expect_column_values_to_be_in_set", column=col.name,
                                   value_set=list(col.values)))
+    if col.min_std is not None:  # a day's spread may not collapse (a dead sensor reports a constant)
+        items.append(_expectation("expect_column_stdev_to_be_between", column=col.name,
+                                  min_value=col.min_std, strict_min=col.min_std == 0))
+    if col.min_distinct is not None:
+        items.append(_expectation("expect_column_unique_value_count_to_be_between", column=col.name,
+                                  min_value=col.min_distinct))
     return items
+
+
+def _key_expectations(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """The spec's ``key`` is unique: one column, or the columns together; no key, no check (event data)."""
+    if not spec.key:
+        return []
+    if len(spec.key) == 1:
+        return [_expectation("expect_column_values_to_be_unique", column=spec.key[0])]
+    return [_expectation("expect_compound_columns_to_be_unique", column_list=list(spec.key))]
 
 
 def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
@@ -58,7 +74,7 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
                      column_set=[*spec.column_names, EVENT_TIME], exact_match=True),
         _expectation("expect_table_row_count_to_be_between",
                      min_value=spec.min_rows_per_partition, max_value=spec.max_rows_per_partition),
-        _expectation("expect_column_values_to_be_unique", column=EVENT_TIME),
+        *_key_expectations(spec),
         _expectation("expect_column_values_to_not_be_null", column=EVENT_TIME),
     ]
     for col in spec.columns:
@@ -71,10 +87,32 @@ def suite_from_spec(spec: PipelineSpec) -> dict[str, Any]:
     }
 
 
+def suite_drift(committed: dict[str, Any], generated: dict[str, Any]) -> list[str]:
+    """How a committed suite differs from the one the spec generates, one line per expectation."""
+    def keyed(suite: dict[str, Any]) -> dict[str, str]:
+        return {json.dumps({"type": e["type"], "kwargs": e.get("kwargs", {})}, sort_keys=True): describe(e)
+                for e in suite.get("expectations", [])}
+
+    ours, theirs = keyed(generated), keyed(committed)
+    return ([f"missing from the committed suite: {ours[k]}" for k in ours if k not in theirs]
+            + [f"in the committed suite but not in the spec: {theirs[k]}" for k in theirs if k not in ours])
+
+
 def load_suite(spec: PipelineSpec) -> dict[str, Any]:
-    """The suite kept in the repository, or (for a new spec without one) the suite derived now."""
+    """The suite kept in the repository, or (for a new spec without one) the suite derived now.
+
+    A committed suite must be exactly what the spec generates: a spec edited without regenerating its
+    suite (or a suite edited by hand) would validate against rules nobody reviewed together.
+    """
     if spec.suite_path.is_file():
-        return json.loads(spec.suite_path.read_text())
+        committed = json.loads(spec.suite_path.read_text())
+        drift = suite_drift(committed, suite_from_spec(spec))
+        if drift:
+            listing = "\n  - ".join(drift)
+            raise SpecError(f"the committed suite {spec.suite_path} does not match spec {spec.path} "
+                            f"({len(drift)} difference(s)):\n  - {listing}\nRegenerate it and review the "
+                            f"change: mlcycle suite --pipeline {spec.path} --write")
+        return committed
     log.warning("no suite at %s: using the suite derived from the spec; keep it in the repository with "
                 "`mlcycle suite --pipeline %s --write`", spec.suite_path, spec.name)
     return suite_from_spec(spec)

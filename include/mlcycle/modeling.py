@@ -6,6 +6,8 @@ transformations training did (no training/serving skew).
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -21,11 +23,13 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import RandomizedSearchCV, TimeSeriesSplit
+from sklearn.model_selection import ParameterSampler, RandomizedSearchCV, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from mlcycle.spec import PipelineSpec, SearchParam
+from mlcycle.spec import ONEHOT_MAX_VALUES, PipelineSpec, SearchParam
+
+log = logging.getLogger(__name__)
 
 ESTIMATORS = {
     ("regression", "hist_gradient_boosting"): HistGradientBoostingRegressor,
@@ -47,12 +51,29 @@ SKOPS_TRUSTED_TYPES = {
 COMMON_TRUSTED_TYPES = ["numpy.dtype", "builtins.slice"]
 
 SCORING = {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2",
-           "accuracy": "accuracy", "f1": "f1_weighted", "roc_auc": "roc_auc_ovr", "log_loss": "neg_log_loss"}
+           "accuracy": "accuracy", "f1": "f1", "roc_auc": "roc_auc_ovr", "log_loss": "neg_log_loss"}
+
+
+def categorical_split(spec: PipelineSpec) -> tuple[list[str], list[str]]:
+    """The categorical features that are one-hot encoded, and those the model handles natively.
+
+    Native categorical support (gradient boosting only) splits on groups of categories and costs no
+    wide dense matrix: under ``auto`` it takes every categorical with more than ONEHOT_MAX_VALUES
+    allowed values. Small ones stay one-hot, which every family and the ONNX converter understand.
+    """
+    categorical = [c for c in spec.feature_columns if c.type in ("categorical", "string")]
+    encoding = spec.model.categorical_encoding
+    if spec.model.family != "hist_gradient_boosting" or encoding == "onehot":
+        return [c.name for c in categorical], []
+    if encoding == "native":
+        return [], [c.name for c in categorical]
+    wide = [c.name for c in categorical if c.values is None or len(c.values) > ONEHOT_MAX_VALUES]
+    return [c.name for c in categorical if c.name not in wide], wide
 
 
 def build_pipeline(spec: PipelineSpec) -> Pipeline:
     numeric = [c.name for c in spec.feature_columns if c.type in ("numeric", "integer")]
-    categorical = [c.name for c in spec.feature_columns if c.type in ("categorical", "string")]
+    onehot, native = categorical_split(spec)
     linear = spec.model.family in ("ridge", "logistic_regression")
     transformers = []
     if numeric:
@@ -60,13 +81,27 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         # that allows nulls (max_null_share) trains with every family.
         scaled = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         transformers.append(("numeric", scaled if linear else "passthrough", numeric))
-    if categorical:
+    if onehot:
         transformers.append(("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                             categorical))
+                             onehot))
+    if native:
+        # Codes 0..k-1 in the order of the spec's allowed values; unknown or missing: NaN, which the
+        # trees send down their missing-value branch. At most 255 codes (the trees' bin limit).
+        categories = [list(spec.column(name).values) if spec.column(name).values else "auto" for name in native]
+        transformers.append(("native", OrdinalEncoder(categories=categories, handle_unknown="use_encoded_value",
+                                                      unknown_value=np.nan, encoded_missing_value=np.nan,
+                                                      max_categories=255 if "auto" in categories else None),
+                             native))
     pre = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     estimator = ESTIMATORS[(spec.task, spec.model.family)]()
     if "random_state" in estimator.get_params():
         estimator.set_params(random_state=spec.model.seed)
+    if spec.model.family == "hist_gradient_boosting":
+        n_before = len(numeric) + (len(onehot) and sum(len(spec.column(c).values or ()) for c in onehot))
+        mask = [False] * n_before + [True] * len(native)
+        estimator.set_params(categorical_features=mask if native else None,
+                             early_stopping=spec.model.early_stopping, validation_fraction=0.1,
+                             n_iter_no_change=10)
     return Pipeline([("preprocess", pre), ("model", estimator)])
 
 
@@ -80,9 +115,42 @@ def _distribution(p: SearchParam) -> Any:
     return stats.uniform(p.low, p.high - p.low)
 
 
-def build_search(spec: PipelineSpec, n_samples: int) -> RandomizedSearchCV:
+class BudgetedRandomSearch(RandomizedSearchCV):
+    """A random search that stops starting new candidates once ``budget_seconds`` have passed.
+
+    Candidates are evaluated one at a time, in the order RandomizedSearchCV would draw them, through
+    ``_run_search``, scikit-learn's extension point for search strategies; at least one always runs.
+    ``candidates_run`` tells how many did.
+    """
+
+    def __init__(self, estimator, param_distributions, *, n_iter=10, scoring=None, n_jobs=None, refit=True,
+                 cv=None, verbose=0, pre_dispatch="2*n_jobs", random_state=None, error_score=np.nan,
+                 return_train_score=False, budget_seconds=None):
+        super().__init__(estimator, param_distributions, n_iter=n_iter, scoring=scoring, n_jobs=n_jobs,
+                         refit=refit, cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
+                         random_state=random_state, error_score=error_score,
+                         return_train_score=return_train_score)
+        self.budget_seconds = budget_seconds
+
+    def _run_search(self, evaluate_candidates) -> None:
+        began = time.perf_counter()
+        self.candidates_run = 0
+        for params in ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state):
+            evaluate_candidates([params])
+            self.candidates_run += 1
+            elapsed = time.perf_counter() - began
+            log.info("search: candidate %d/%d done (%.1f s)", self.candidates_run, self.n_iter, elapsed)
+            if self.budget_seconds is not None and elapsed > self.budget_seconds:
+                if self.candidates_run < self.n_iter:
+                    log.warning("search: budget of %.0f s spent after %d of %d candidates; keeping the best "
+                                "so far (model.search.budget_seconds)", self.budget_seconds,
+                                self.candidates_run, self.n_iter)
+                break
+
+
+def build_search(spec: PipelineSpec, n_samples: int) -> BudgetedRandomSearch:
     folds = max(2, min(spec.model.cv_folds, n_samples // 50))
-    return RandomizedSearchCV(
+    return BudgetedRandomSearch(
         build_pipeline(spec),
         {f"model__{p.name}": _distribution(p) for p in spec.model.space},
         n_iter=spec.model.n_iter,
@@ -92,7 +160,35 @@ def build_search(spec: PipelineSpec, n_samples: int) -> RandomizedSearchCV:
         n_jobs=1,
         refit=True,
         error_score="raise",
+        budget_seconds=spec.model.budget_seconds,
     )
+
+
+def metric_set(spec: PipelineSpec, model: Any, features: pd.DataFrame, target: pd.Series) -> dict[str, float]:
+    """The task's standard metrics on one slice.
+
+    Regression: rmse, mae, r2. Classification: accuracy, precision, recall and f1 (of the positive
+    class, the last of the model's sorted classes, for a binary task; weighted over classes
+    otherwise), roc_auc (one-vs-rest for more than two classes) and log_loss.
+    """
+    if spec.task == "regression":
+        pred = model.predict(features)
+        return {"rmse": float(np.sqrt(skm.mean_squared_error(target, pred))),
+                "mae": float(skm.mean_absolute_error(target, pred)), "r2": float(skm.r2_score(target, pred))}
+    pred = model.predict(features)
+    proba = model.predict_proba(features)
+    classes = list(model.classes_)
+    binary = len(classes) == 2
+    averaging = {"average": "binary", "pos_label": classes[-1]} if binary else {"average": "weighted"}
+    out = {"accuracy": float(skm.accuracy_score(target, pred)),
+           "precision": float(skm.precision_score(target, pred, zero_division=0, **averaging)),
+           "recall": float(skm.recall_score(target, pred, zero_division=0, **averaging)),
+           "f1": float(skm.f1_score(target, pred, zero_division=0, **averaging)),
+           "log_loss": float(skm.log_loss(target, proba, labels=classes))}
+    if len(set(target)) > 1:
+        out["roc_auc"] = float(skm.roc_auc_score(target, proba[:, 1]) if binary else
+                               skm.roc_auc_score(target, proba, multi_class="ovr", labels=classes))
+    return out
 
 
 def score(spec: PipelineSpec, model: Any, features: pd.DataFrame, target: pd.Series) -> float:
@@ -114,8 +210,11 @@ def score(spec: PipelineSpec, model: Any, features: pd.DataFrame, target: pd.Ser
         return float(skm.r2_score(target, pred))
     if metric == "accuracy":
         return float(skm.accuracy_score(target, pred))
-    if metric == "f1":
-        return float(skm.f1_score(target, pred, average="weighted"))
+    if metric == "f1":  # of the positive class for a binary task (as metric_set), weighted otherwise
+        classes = list(model.classes_)
+        if len(classes) == 2:
+            return float(skm.f1_score(target, pred, average="binary", pos_label=classes[-1], zero_division=0))
+        return float(skm.f1_score(target, pred, average="weighted", zero_division=0))
     raise ValueError(f"unknown metric {metric}")
 
 

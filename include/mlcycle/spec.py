@@ -8,13 +8,17 @@ it finds with its path in the file, so a person can fix them in one go.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from mlcycle.derive import CALENDAR_PARTS, Derivations, parse_derivations
 from mlcycle.errors import SpecError
 
 ColumnType = Literal["numeric", "integer", "categorical", "string"]
@@ -25,6 +29,9 @@ EVENT_TIME = "event_time"
 
 REGRESSION_METRICS = {"rmse": False, "mae": False, "r2": True}
 CLASSIFICATION_METRICS = {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": False}
+CATEGORICAL_ENCODINGS = ("auto", "onehot", "native")
+#: Under ``categorical_encoding: auto``, categoricals with more allowed values than this are native.
+ONEHOT_MAX_VALUES = 16
 MODEL_FAMILIES = {
     "regression": ("hist_gradient_boosting", "random_forest", "ridge"),
     "classification": ("hist_gradient_boosting", "random_forest", "logistic_regression"),
@@ -40,6 +47,11 @@ class Column:
     max: float | None = None
     values: tuple[Any, ...] | None = None
     max_null_share: float = 0.0
+    #: A partition's standard deviation of this column may not fall below this (a dead sensor reports a
+    #: constant). Default for numeric features: above zero; set 0 to allow a constant day.
+    min_std: float | None = None
+    #: A partition must hold at least this many distinct values of this column.
+    min_distinct: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,9 @@ class Timestamp:
     year: int | None = None
     day_column: str | None = None
     hour_column: str | None = None
+    #: IANA zone of naive timestamps, and of the daily partitions' boundaries (aware timestamps keep
+    #: their own offset; every partition is one local calendar day).
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,13 @@ class ModelSpec:
     cv_folds: int
     seed: int
     space: tuple[SearchParam, ...]
+    #: How categorical features reach the model: ``auto`` (one-hot up to ONEHOT_MAX_VALUES allowed
+    #: values, native categorical support of gradient boosting above), ``onehot``, ``native``.
+    categorical_encoding: str = "auto"
+    #: Seconds after which the search stops starting new candidates (at least one always runs).
+    budget_seconds: float | None = 600.0
+    #: Gradient boosting stops adding trees when a held-out tenth of the training slice stops improving.
+    early_stopping: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,17 @@ class EvaluationSpec:
     threshold: float
     tolerance: float
     holdout_days: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the pipeline runs (its DAGs' timetable): a daily cron in a time zone, first to last day."""
+
+    interval: str = "@daily"
+    timezone: str = "UTC"
+    start: dt.date | None = None
+    end: dt.date | None = None
+    catchup: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +168,15 @@ class PipelineSpec:
     evaluation: EvaluationSpec
     suite_path: Path
     experiment: str
+    schedule: Schedule = Schedule()
+    #: Columns that identify a row (the suite checks they are unique together); empty: no key.
+    key: tuple[str, ...] = (EVENT_TIME,)
+    #: Derived columns, row filters and an optional transform function (``mlcycle.derive``).
+    derivations: Derivations = Derivations()
+
+    @property
+    def timezone(self) -> str:
+        return self.timestamp.timezone
     serving: ServingSpec = ServingSpec()
 
     @property
@@ -170,11 +212,23 @@ class _Reader:
                 return None
             return default
         value = data[key]
-        if kind is not object and not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        numeric = any(k in (int, float) for k in kinds) and bool not in kinds
+        if kind is not object and (not isinstance(value, kind) or (numeric and isinstance(value, bool))):
+            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
             self.problems.append(f"{where}.{key}: expected {names}, got {value!r}")
             return None if default is ... else default
         return value
+
+    def known_keys(self, data: Any, where: str, keys: set[str] | tuple[str, ...]) -> None:
+        """Every key of ``data`` must be one of ``keys``: a typo is a problem, never silently ignored."""
+        if not isinstance(data, dict):
+            return
+        for key in data:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), [str(k) for k in keys], n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(keys))})"
+                self.problems.append(f"{where}.{key}: unknown key{hint}")
 
     def fail_if_any(self) -> None:
         if self.problems:
@@ -198,17 +252,53 @@ def resolve_spec_path(pipeline: str, pipelines_dir: Path) -> Path:
     return path.resolve()
 
 
-def load_spec(pipeline: str | Path, pipelines_dir: Path | None = None) -> PipelineSpec:
-    from mlcycle.settings import DEFAULT_PIPELINES_DIR
+#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it.
+PATH_KEYS = (("source", "path"), ("validation", "suite"))
 
-    path = resolve_spec_path(str(pipeline), pipelines_dir or DEFAULT_PIPELINES_DIR)
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_spec_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's mapping with ``extends: <path>`` resolved: the base (its relative paths resolved
+    against its own folder), deep-merged with the file's own keys, which win."""
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise SpecError(f"pipeline spec {_seen[0]}: `extends` goes round in a circle: {chain}")
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"pipeline spec {path} must be a YAML mapping at the top level")
-    return parse_spec(raw, path)
+    for section, key in PATH_KEYS:
+        value = raw[section].get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw[section] = {**raw[section], key: str((path.parent / value).resolve())}
+    base_ref = raw.pop("extends", None)
+    if base_ref is None:
+        return raw
+    if not isinstance(base_ref, str):
+        raise SpecError(f"pipeline spec {path}: `extends` is the path of another spec (got {base_ref!r})")
+    base_path = Path(base_ref) if Path(base_ref).is_absolute() else path.parent / base_ref
+    if not base_path.is_file():
+        raise SpecError(f"pipeline spec {path}: `extends: {base_ref}` names no file ({base_path.resolve()})")
+    return _deep_merge(read_spec_file(base_path, (*_seen, path)), raw)
+
+
+def load_spec(pipeline: str | Path, pipelines_dir: Path | None = None) -> PipelineSpec:
+    from mlcycle.settings import DEFAULT_PIPELINES_DIR
+
+    path = resolve_spec_path(str(pipeline), pipelines_dir or DEFAULT_PIPELINES_DIR)
+    return parse_spec(read_spec_file(path), path)
 
 
 def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
@@ -233,9 +323,21 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
         share = r.need(body, "max_null_share", where, (int, float), default=0.0)
         if share is not None and not 0 <= share <= 1:
             r.problems.append(f"{where}.max_null_share: between 0 and 1 (got {share})")
+        low = r.need(body, "min", where, (int, float), default=None)
+        high = r.need(body, "max", where, (int, float), default=None)
+        if low is not None and high is not None and low > high:
+            r.problems.append(f"{where}: min {low} is greater than max {high}")
+        min_std = r.need(body, "min_std", where, (int, float), default=None)
+        if min_std is not None and min_std < 0:
+            r.problems.append(f"{where}.min_std: zero or more (got {min_std})")
+        min_distinct = r.need(body, "min_distinct", where, int, default=None)
+        if min_distinct is not None and min_distinct < 1:
+            r.problems.append(f"{where}.min_distinct: at least 1 (got {min_distinct})")
+        if min_std is not None and ctype not in ("numeric", "integer"):
+            r.problems.append(f"{where}.min_std: only for numeric and integer columns")
         columns.append(Column(
-            name=str(name), type=ctype, role=role,
-            min=body.get("min"), max=body.get("max"),
+            name=str(name), type=ctype, role=role, min_std=min_std, min_distinct=min_distinct,
+            min=low, max=high,
             values=tuple(values) if values else None,
             max_null_share=float(share or 0.0),
         ))
@@ -281,9 +383,116 @@ def _date(r: _Reader, value: Any, where: str) -> dt.date | None:
         return None
 
 
+SCHEDULE_KEYS = ("interval", "timezone", "start", "end", "catchup")
+
+
+def _is_daily_cron(expression: str) -> bool:
+    """``@daily``/``@midnight`` or a five-field cron that fires once a day (fixed minute and hour)."""
+    if expression in ("@daily", "@midnight"):
+        return True
+    fields = expression.split()
+    return (len(fields) == 5 and all(f.isdigit() and len(f) <= 2 for f in fields[:2])
+            and int(fields[0]) < 60 and int(fields[1]) < 24 and fields[2:] == ["*", "*", "*"])
+
+
+def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None, data_end: dt.date | None,
+                    window_days: int | None) -> Schedule:
+    """The ``schedule:`` section (read by the DAG files, too: ``dags/pipeline_support/specs.py``)."""
+    section = r.need(raw, "schedule", "spec", dict, default={})
+    for key in section:
+        if key not in SCHEDULE_KEYS:
+            r.problems.append(f"schedule.{key}: unknown key (known: {', '.join(sorted(SCHEDULE_KEYS))})")
+    interval = r.need(section, "interval", "schedule", str, default="@daily")
+    if interval and not _is_daily_cron(interval):
+        r.problems.append(f"schedule.interval: @daily or a cron that runs once a day, like '0 6 * * *' "
+                          f"(partitions are daily; got {interval!r})")
+    ts = raw.get("timestamp") if isinstance(raw.get("timestamp"), dict) else {}
+    timezone = r.need(section, "timezone", "schedule", str, default=ts.get("timezone") or "UTC")
+    try:
+        ZoneInfo(str(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        r.problems.append(f"schedule.timezone: an IANA time zone name like Europe/Paris (got {timezone!r})")
+    start = _date(r, section.get("start"), "schedule.start")
+    if start is None and data_start is not None and "start" not in section:
+        start = data_start + dt.timedelta(days=window_days or 28)  # the first day with a full window
+        if data_end is not None and "end" not in section:
+            start = min(start, data_end)  # a data set shorter than its window: its last day at least
+    end = _date(r, section.get("end"), "schedule.end") if "end" in section else data_end
+    if start and end and end < start:
+        r.problems.append(f"schedule: end {end} is before start {start}")
+    if data_start and start and start < data_start:
+        r.problems.append(f"schedule.start: {start} is before window.data_start {data_start}: no data")
+    if data_end and end and end > data_end:
+        r.problems.append(f"schedule.end: {end} is after window.data_end {data_end}: no data to train on")
+    catchup = r.need(section, "catchup", "schedule", bool, default=False)
+    return Schedule(interval=interval or "@daily", timezone=str(timezone), start=start, end=end,
+                    catchup=bool(catchup))
+
+
+def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, ...]:
+    """``key``: the columns that identify a row (default: the timestamp); ``[]`` or null: no key."""
+    if "key" not in raw:
+        return (EVENT_TIME,)
+    value = raw["key"]
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        r.problems.append(f"spec.key: a list of column names, or [] for none (got {value!r})")
+        return ()
+    for column in value:
+        if names and column not in names and column != EVENT_TIME:
+            r.problems.append(f"spec.key: {column!r} is not among the columns (nor {EVENT_TIME})")
+    if len(set(value)) != len(value):
+        r.problems.append(f"spec.key: a column is listed twice in {value!r}")
+    return tuple(value)
+
+
+#: The keys each section of a spec may have. Anything else is a typo (``mn`` for ``min``) that would
+#: otherwise be ignored without a word, and is reported with the closest known key.
+TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
+            "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
+            "transform", "serving")
+SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
+               "http": ("kind", "url", "format", "timeout_seconds")}
+TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
+COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct")
+VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition")
+WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
+MODEL_KEYS = ("family", "registered_name", "categorical_encoding", "search")
+SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping")
+SPACE_KEYS = ("low", "high", "log", "integer", "values")
+EVALUATION_KEYS = ("metric", "holdout_days", "threshold", "tolerance")
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+
+
+def _check_keys(r: _Reader, raw: dict[str, Any]) -> None:
+    r.known_keys(raw, "spec", TOP_KEYS)
+    src = raw.get("source") if isinstance(raw.get("source"), dict) else {}
+    r.known_keys(src, "source", SOURCE_KEYS.get(src.get("kind"), ("kind",)) if src.get("kind") in SOURCE_KEYS
+                 else tuple(k for keys in SOURCE_KEYS.values() for k in keys))
+    r.known_keys(raw.get("timestamp"), "timestamp", TIMESTAMP_KEYS)
+    for name, body in (raw.get("columns") or {}).items() if isinstance(raw.get("columns"), dict) else ():
+        r.known_keys(body, f"columns.{name}", COLUMN_KEYS)
+    r.known_keys(raw.get("validation"), "validation", VALIDATION_KEYS)
+    r.known_keys(raw.get("window"), "window", WINDOW_KEYS)
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    r.known_keys(model, "model", MODEL_KEYS)
+    search = model.get("search") if isinstance(model.get("search"), dict) else {}
+    r.known_keys(search, "model.search", SEARCH_KEYS)
+    for param, body in (search.get("space") or {}).items() if isinstance(search.get("space"), dict) else ():
+        r.known_keys(body, f"model.search.space.{param}", SPACE_KEYS)
+    r.known_keys(raw.get("evaluation"), "evaluation", EVALUATION_KEYS)
+
+
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     r = _Reader(str(path))
+    _check_keys(r, raw)
     name = r.need(raw, "name", "spec", str)
+    if isinstance(name, str) and not _IDENTIFIER.match(name):
+        r.problems.append(f"spec.name: a plain identifier, letters, digits and underscores, starting with a "
+                          f"letter (got {name!r}): it names folders, DAGs and the registered model")
     task = r.need(raw, "task", "spec", str)
     if task not in ("regression", "classification"):
         r.problems.append(f"spec.task: regression or classification (got {task!r})")
@@ -311,8 +520,15 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         r.need(ts, "day_column", "timestamp", str)
     else:
         r.problems.append(f"timestamp.kind: column or day_of_year (got {ts_kind!r})")
+    ts_zone = r.need(ts, "timezone", "timestamp", str, default="UTC")
+    try:
+        ZoneInfo(str(ts_zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        r.problems.append(f"timestamp.timezone: an IANA time zone name like America/New_York (got {ts_zone!r})")
+    if kind == "postgres" and ts_zone != "UTC":
+        r.problems.append("timestamp.timezone: a postgres source is extracted by UTC day; use UTC (or a file source)")
     timestamp = Timestamp(kind=ts_kind, column=ts.get("column"), format=ts.get("format"), year=ts.get("year"),
-                          day_column=ts.get("day_column"), hour_column=ts.get("hour_column"))
+                          day_column=ts.get("day_column"), hour_column=ts.get("hour_column"), timezone=str(ts_zone))
 
     partition = r.need(raw, "partition", "spec", str, default="daily")
     if partition != "daily":
@@ -338,7 +554,14 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     data_start = _date(r, r.need(window, "data_start", "window"), "window.data_start")
     data_end = _date(r, window.get("data_end"), "window.data_end")
     window_days = r.need(window, "days", "window", int, default=28)
+    if window_days is not None and not 1 <= window_days <= 3660:
+        r.problems.append(f"window.days: between 1 and 3660 (got {window_days})")
+        window_days = None
     min_training_rows = r.need(window, "min_training_rows", "window", int, default=100)
+    if min_training_rows is not None and min_training_rows < 1:
+        r.problems.append(f"window.min_training_rows: at least 1 (got {min_training_rows})")
+    if data_start and data_end and data_end < data_start:
+        r.problems.append(f"window: data_end {data_end} is before data_start {data_start}")
 
     m = r.need(raw, "model", "spec", dict) or {}
     family = r.need(m, "family", "model", str)
@@ -348,6 +571,14 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     n_iter = r.need(search, "n_iter", "model.search", int, default=8)
     if n_iter is not None and not 1 <= n_iter <= 200:
         r.problems.append(f"model.search.n_iter: between 1 and 200 (got {n_iter})")
+    encoding = r.need(m, "categorical_encoding", "model", str, default="auto")
+    if encoding not in CATEGORICAL_ENCODINGS:
+        r.problems.append(f"model.categorical_encoding: one of {', '.join(CATEGORICAL_ENCODINGS)} (got {encoding!r})")
+    if encoding == "native" and family != "hist_gradient_boosting":
+        r.problems.append(f"model.categorical_encoding: native needs hist_gradient_boosting (family is {family!r})")
+    budget = r.need(search, "budget_seconds", "model.search", (int, float), default=600.0)
+    if isinstance(budget, bool) or (budget is not None and budget <= 0):
+        r.problems.append(f"model.search.budget_seconds: a positive number of seconds (got {budget!r})")
     model = ModelSpec(
         family=family,
         registered_name=r.need(m, "registered_name", "model", str, default=name),
@@ -355,6 +586,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         cv_folds=r.need(search, "cv_folds", "model.search", int, default=3),
         seed=r.need(search, "seed", "model.search", int, default=42),
         space=tuple(_parse_space(r, search.get("space"))),
+        categorical_encoding=encoding,
+        budget_seconds=float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None,
+        early_stopping=bool(r.need(search, "early_stopping", "model.search", bool, default=True)),
     )
 
     e = r.need(raw, "evaluation", "spec", dict) or {}
@@ -366,14 +600,33 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     tolerance = r.need(e, "tolerance", "evaluation", (int, float), default=0.0)
     if isinstance(threshold, (int, float)) and not math.isfinite(threshold):
         r.problems.append("evaluation.threshold: a finite number")
+    if isinstance(tolerance, (int, float)) and not 0 <= tolerance <= 1:
+        r.problems.append(f"evaluation.tolerance: a share between 0 and 1 (got {tolerance})")
+    holdout_days = r.need(e, "holdout_days", "evaluation", int, default=7)
+    if holdout_days is not None and holdout_days < 1:
+        r.problems.append(f"evaluation.holdout_days: at least 1 (got {holdout_days})")
     evaluation = EvaluationSpec(
         metric=metric, greater_is_better=known.get(metric, False),
         threshold=float(threshold or 0.0), tolerance=float(tolerance or 0.0),
-        holdout_days=r.need(e, "holdout_days", "evaluation", int, default=7),
+        holdout_days=holdout_days or 1,
     )
     if window_days and evaluation.holdout_days and evaluation.holdout_days >= window_days:
         r.problems.append("evaluation.holdout_days: must be smaller than window.days")
 
+    schedule = _parse_schedule(r, raw, data_start, data_end, window_days)
+    key = _parse_key(r, raw, names)
+    derivations = parse_derivations(raw, path.parent, r.problems)
+    known = set(names) | {EVENT_TIME, *CALENDAR_PARTS}
+    for column, expression in derivations.derive:
+        if names and column not in names:
+            r.problems.append(f"derive.{column}: declare the derived column under `columns` too (its type, "
+                              "role and allowed values are checked like any other)")
+        for ref in sorted(expression.names - known):
+            r.problems.append(f"derive.{column}: {ref!r} is neither a column nor a calendar part "
+                              f"({', '.join(CALENDAR_PARTS)})")
+    for i, expression in enumerate(derivations.filters):
+        for ref in sorted(expression.names - known):
+            r.problems.append(f"filter[{i}]: {ref!r} is neither a column nor a calendar part")
     suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     serving = _parse_serving(r, raw.get("serving"))
@@ -384,7 +637,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         columns=tuple(columns), min_rows_per_partition=min_rows, max_rows_per_partition=max_rows,
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
-        suite_path=suite_path, experiment=str(raw.get("experiment") or name), serving=serving,
+        suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
+        key=key, derivations=derivations, serving=serving,
     )
 
 
@@ -394,6 +648,7 @@ def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
     if not isinstance(raw, dict):
         r.problems.append("serving: a mapping with `tolerance`, `unknown_categories`, `max_rows`")
         return ServingSpec()
+    r.known_keys(raw, "serving", ("tolerance", "unknown_categories", "max_rows"))
     tolerance = r.need(raw, "tolerance", "serving", (int, float), default=1e-6)
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         r.problems.append(f"serving.tolerance: a finite number >= 0 (got {tolerance})")

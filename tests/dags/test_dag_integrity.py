@@ -29,7 +29,7 @@ def test_every_dag_file_imports(dagbag):
 
 
 def test_training_dag_is_wired_in_pipeline_order(dagbag):
-    dag = dagbag.dags["training"]  # from the parsed files: no metadata database needed
+    dag = dagbag.dags["training_bikeshare"]  # from the parsed files: no metadata database needed
     order = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
@@ -77,7 +77,8 @@ assert not heavy, f"parsing imported {{heavy}}"
 print(len(bag.dags))
 """
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          env={"AIRFLOW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                          env={"AIRFLOW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+                               "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.strip().splitlines()[-1]) >= 1
 

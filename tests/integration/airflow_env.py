@@ -188,7 +188,7 @@ class AirflowProject:
             import json
             from mlflow import MlflowClient
             r = MlflowClient().get_run({run_id!r})
-            print(json.dumps({{"tags": r.data.tags, "metrics": r.data.metrics,
+            print(json.dumps({{"tags": r.data.tags, "metrics": r.data.metrics, "params": r.data.params,
                                "inputs": [d.dataset.name for d in r.inputs.dataset_inputs],
                                "artifacts": [a.path for a in MlflowClient().list_artifacts({run_id!r}, "plots")]}}))
         """)

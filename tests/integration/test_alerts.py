@@ -166,27 +166,27 @@ def bad_batch_conf(tmp_path: Path) -> dict:
 def test_a_rejected_batch_alerts_by_email_and_webhook(tmp_path, smtp_sink, webhook_sink, capsys):
     project = AirflowProject.create(tmp_path / "home", **alert_connections(smtp_sink.port, webhook_sink.port))
 
-    proc = project.dags_test("training", RUN_DATE, conf=bad_batch_conf(tmp_path))
+    proc = project.dags_test("training_bikeshare", RUN_DATE, conf=bad_batch_conf(tmp_path))
     output = proc.stdout + proc.stderr
 
-    states = project.task_states("training", RUN_DATE)
+    states = project.task_states("training_bikeshare", RUN_DATE)
     assert (states["ingest"], states["validate"], states["build_features"]) == \
         ("success", "failed", "upstream_failed"), states
-    run_id = run_id_of(project, "training", RUN_DATE)
+    run_id = run_id_of(project, "training_bikeshare", RUN_DATE)
 
     # One e-mail for the failed task, one for the failed run, none for the tasks that succeeded.
     mails = smtp_sink.wait_for(2)
     assert len(mails) == 2, [m.subject for m in mails]
-    task_mail = next(m for m in mails if "task training.validate failed" in m.subject)
-    run_mail = next(m for m in mails if "DAG run training failed" in m.subject)
+    task_mail = next(m for m in mails if "task training_bikeshare.validate failed" in m.subject)
+    run_mail = next(m for m in mails if "DAG run training_bikeshare failed" in m.subject)
     assert task_mail.rcpt_tos == [RECIPIENT]
     # The Variable alerts_environment comes from airflow_settings.yaml, loaded by AirflowProject.create.
-    assert task_mail.subject == f"[Airflow local-dev] task training.validate failed: {run_id}"
+    assert task_mail.subject == f"[Airflow local-dev] task training_bikeshare.validate failed: {run_id}"
     reports = sorted(project.store.glob("*/reports/validation/*/report.html"))
     assert len(reports) == 1, reports
     report = str(reports[0])
-    log_url = f"http://localhost:8080/dags/training/runs/{quote(run_id)}/tasks/validate?try_number=1"
-    for expected in ("training", "validate", run_id, "2011-06-30T00:00:00+00:00", "1 of 1", log_url,
+    log_url = f"http://localhost:8080/dags/training_bikeshare/runs/{quote(run_id)}/tasks/validate?try_number=1"
+    for expected in ("training_bikeshare", "validate", run_id, "2011-06-30T00:00:00+00:00", "1 of 1", log_url,
                      "StepFailed: step `validate` failed (exit code 1)", f"{BAD_DAY}: {FAILED_EXPECTATION}",
                      "'hurricane'", report):
         assert expected in task_mail.body, f"{expected!r} not in the e-mail:\n{task_mail.body}"
@@ -198,10 +198,10 @@ def test_a_rejected_batch_alerts_by_email_and_webhook(tmp_path, smtp_sink, webho
     assert {h.path for h in hooks} == {WEBHOOK_PATH}
     task_hook = next(h for h in hooks if h.payload["title"] == task_mail.subject)
     assert task_hook.payload["type"] == "failure"
-    for expected in ("DAG: training", "task: validate", f"run: {run_id}", "try: 1 of 1", log_url,
+    for expected in ("DAG: training_bikeshare", "task: validate", f"run: {run_id}", "try: 1 of 1", log_url,
                      f"report: {report}", f"{BAD_DAY}: {FAILED_EXPECTATION}"):
         assert expected in task_hook.payload["message"], f"{expected!r} not in:\n{task_hook.payload['message']}"
-    assert any("DAG run training failed" in h.payload["title"] for h in hooks)
+    assert any("DAG run training_bikeshare failed" in h.payload["title"] for h in hooks)
 
     latency = task_mail.received - failure_time(output)
     with capsys.disabled():
@@ -216,10 +216,10 @@ def test_without_alert_connections_the_run_fails_only_on_validation(tmp_path):
     for conn_id in ("alerts_smtp", "alerts_webhook"):  # loaded from airflow_settings.yaml: take them away
         project.airflow("connections", "delete", conn_id)
 
-    proc = project.dags_test("training", RUN_DATE, conf=bad_batch_conf(tmp_path))
+    proc = project.dags_test("training_bikeshare", RUN_DATE, conf=bad_batch_conf(tmp_path))
     output = proc.stdout + proc.stderr
 
-    states = project.task_states("training", RUN_DATE)
+    states = project.task_states("training_bikeshare", RUN_DATE)
     assert [t for t, s in states.items() if s == "failed"] == ["validate"], states
     assert states["ingest"] == "success"
     assert "StepFailed: step `validate` failed" in output

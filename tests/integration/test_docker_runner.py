@@ -39,14 +39,14 @@ def docker_project(tmp_path_factory, docker_engine) -> AirflowProject:
 
 def test_docker_runner_reaches_the_same_registry_result_as_the_local_runner(docker_project, docker_engine,
                                                                          tmp_path_factory):
-    proc = docker_project.dags_test("training", "2011-06-30", CONF)
-    states = docker_project.task_states("training", "2011-06-30")
+    proc = docker_project.dags_test("training_bikeshare", "2011-06-30", CONF)
+    states = docker_project.task_states("training_bikeshare", "2011-06-30")
     assert all(states[t] == "success" for t in STEPS), states
     assert "StepDockerOperator" in _output(proc)
 
     local = AirflowProject.create(tmp_path_factory.mktemp("local"))
-    local.dags_test("training", "2011-06-30", CONF)
-    assert all(s == "success" for s in local.task_states("training", "2011-06-30").values())
+    local.dags_test("training_bikeshare", "2011-06-30", CONF)
+    assert all(s == "success" for s in local.task_states("training_bikeshare", "2011-06-30").values())
 
     in_docker, on_host = docker_project.registry("bikeshare"), local.registry("bikeshare")
     assert in_docker["aliases"] == on_host["aliases"] == {"champion": "1", "challenger": "1"}
@@ -62,8 +62,8 @@ def test_docker_runner_reaches_the_same_registry_result_as_the_local_runner(dock
 def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_project, docker_engine, tmp_path):
     bad = make_bad_bikeshare(tmp_path, "2011-07-06", "out_of_range")
     before = docker_project.registry("bikeshare")
-    proc = docker_project.dags_test("training", "2011-07-07", {"pipeline": str(bad), "window_days": 7})
-    states = docker_project.task_states("training", "2011-07-07")
+    proc = docker_project.dags_test("training_bikeshare", "2011-07-07", {"pipeline": str(bad), "window_days": 7})
+    states = docker_project.task_states("training_bikeshare", "2011-07-07")
     assert states["validate"] == "failed" and states["register"] == "upstream_failed", states
 
     log = _output(proc)
@@ -75,8 +75,8 @@ def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_proj
 
 def test_a_missing_image_says_how_to_build_it(tmp_path, docker_engine):
     project = AirflowProject.create(tmp_path, MLCYCLE_RUNNER="docker", MLCYCLE_STEP_IMAGE="mlcycle-steps:no-such-tag")
-    proc = project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
-    states = project.task_states("training", "2011-06-30")
+    proc = project.dags_test("training_bikeshare", "2011-06-30", {**CONF, "window_days": 7})
+    states = project.task_states("training_bikeshare", "2011-06-30")
     assert states["ingest"] == "failed"
     log = _output(proc)
     assert "mlcycle-steps:no-such-tag is not on this Docker engine: build it with `make images`" in log
@@ -86,8 +86,8 @@ def test_a_missing_image_says_how_to_build_it(tmp_path, docker_engine):
 def test_an_unreachable_docker_daemon_says_what_to_run(tmp_path):
     project = AirflowProject.create(tmp_path, MLCYCLE_RUNNER="docker",
                                     DOCKER_HOST=f"unix://{tmp_path / 'no-such-docker.sock'}")
-    proc = project.dags_test("training", "2011-06-30", {**CONF, "window_days": 7})
-    states = project.task_states("training", "2011-06-30")
+    proc = project.dags_test("training_bikeshare", "2011-06-30", {**CONF, "window_days": 7})
+    states = project.task_states("training_bikeshare", "2011-06-30")
     assert states["ingest"] == "failed" and states["validate"] == "upstream_failed"
     log = _output(proc)
     assert "cannot reach the Docker daemon" in log

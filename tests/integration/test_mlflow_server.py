@@ -68,8 +68,8 @@ def tracking_server(postgres_dsn, tmp_path):
 def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_server, tmp_path):
     url, artifacts = tracking_server
     project = AirflowProject.create(tmp_path / "home", MLFLOW_TRACKING_URI=url, MLCYCLE_ARTIFACT_ROOT="")
-    project.dags_test("training", "2011-06-30", {"pipeline": "bikeshare", "window_days": 14})
-    states = project.task_states("training", "2011-06-30")
+    project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": "bikeshare", "window_days": 14})
+    states = project.task_states("training_bikeshare", "2011-06-30")
     assert all(states[t] == "success" for t in STEPS), states
 
     registry = project.registry("bikeshare")  # read through the server, over HTTP

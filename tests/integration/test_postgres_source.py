@@ -120,12 +120,12 @@ def test_file_source_extract_is_a_no_op(tmp_path, monkeypatch, postgres_dsn):
 
 def test_training_dag_runs_end_to_end_on_the_postgres_source(tmp_path, postgres_dsn, pg_spec):
     project = AirflowProject.create(tmp_path / "home", AIRFLOW_CONN_BIKESHARE_POSTGRES=postgres_dsn)
-    proc = project.dags_test("training", "2011-03-07", {"pipeline": str(pg_spec), "window_days": 14})
-    states = project.task_states("training", "2011-03-07")
+    proc = project.dags_test("training_bikeshare_postgres", "2011-03-07", {"pipeline": str(pg_spec), "window_days": 14})
+    states = project.task_states("training_bikeshare_postgres", "2011-03-07")
     assert all(states.get(t) == "success" for t in TASKS), (states, proc.stdout[-6000:], proc.stderr[-3000:])
 
     base = project.store / "bikeshare_postgres"
-    # `dags test training 2011-03-07` runs the interval [03-06, 03-07): the window is the 14 days before 03-07.
+    # `dags test training_bikeshare_postgres 2011-03-07` runs the interval [03-06, 03-07): the window is the 14 days before 03-07.
     days = [f"date={dt.date(2011, 2, 21) + dt.timedelta(days=i)}" for i in range(14)]
     assert sorted(p.name for p in (base / "landing").iterdir()) == days
     assert sorted(p.name for p in (base / "validated").iterdir()) == days

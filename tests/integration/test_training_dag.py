@@ -7,9 +7,17 @@ rejects, a bad batch that stops at validation, and a second data set through the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.datasets import BIKESHARE_SPEC, make_bad_bikeshare, make_classification_dataset, write_spec_variant
+from tests.datasets import (
+    BIKESHARE_SPEC,
+    make_bad_bikeshare,
+    make_classification_dataset,
+    make_events_dataset,
+    write_spec_variant,
+)
 from tests.integration.airflow_env import AirflowProject
 
 pytestmark = pytest.mark.integration
@@ -19,13 +27,21 @@ WINDOW = {"window_days": 14}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> AirflowProject:
-    return AirflowProject.create(tmp_path_factory.mktemp("training"))
+def pipelines(tmp_path_factory) -> Path:
+    """The project's specs folder: bikeshare, and (later) a data set onboarded by its spec alone."""
+    folder = tmp_path_factory.mktemp("pipelines")
+    write_spec_variant(BIKESHARE_SPEC, folder / "bikeshare.yaml")
+    return folder
 
 
-def _run(project: AirflowProject, date: str, conf: dict) -> dict[str, str]:
-    proc = project.dags_test("training", date, conf)
-    states = project.task_states("training", date)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, pipelines) -> AirflowProject:
+    return AirflowProject.create(tmp_path_factory.mktemp("training"), MLCYCLE_PIPELINES_DIR=str(pipelines))
+
+
+def _run(project: AirflowProject, date: str, conf: dict, dag_id: str = "training_bikeshare") -> dict[str, str]:
+    proc = project.dags_test(dag_id, date, conf)
+    states = project.task_states(dag_id, date)
     if any(states.get(t) != "success" for t in STEPS) and "bad" not in str(conf):
         print(proc.stdout[-6000:], proc.stderr[-3000:])
     return states
@@ -42,7 +58,7 @@ def test_first_run_takes_the_first_run_path_and_sets_the_champion(project):
     assert tags["mlcycle.window_start"] == "2011-06-16" and tags["mlcycle.window_end"] == "2011-06-30"
     assert len(tags["mlcycle.data_fingerprint"]) == 16
     assert tags["mlcycle.code_version"]
-    assert tags["airflow.dag_id"] == "training"
+    assert tags["airflow.dag_id"] == "training_bikeshare"
     assert tags["airflow.run_id"].startswith("manual__")
     assert tags["gate.first_run"] == "true" and tags["gate.blessed"] == "true"
 
@@ -84,6 +100,20 @@ def test_a_strict_spec_makes_the_gate_reject_and_the_champion_stays(project, tmp
     assert registry["aliases"] == {"champion": champion_before, "challenger": "3"}
 
 
+def test_a_spec_that_drops_a_feature_still_gates_against_the_champion(project, tmp_path):
+    """The champion was trained with `windspeed`; the new spec no longer uses it. Each model is scored
+    on the columns of its own signature, so the gate still compares both on the same rows."""
+    slimmer = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_slim.yaml",
+                                 columns={"windspeed": {"role": "ignore"}}, evaluation={"tolerance": 1.0})
+    champion_before = project.registry("bikeshare")["aliases"]["champion"]
+    states = _run(project, "2011-07-03", {"pipeline": str(slimmer), **WINDOW})
+    assert all(states[t] == "success" for t in STEPS), states
+    newest = project.registry("bikeshare")["versions"][-1]
+    run = project.run_tags(newest["run_id"])
+    assert "gate_champion_rmse" in run["metrics"], run["tags"]["gate.reason"]
+    assert f"champion {'rmse'}" in run["tags"]["gate.reason"] and newest["tags"]["gate.champion_version"] == champion_before
+
+
 def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_path):
     bad = make_bad_bikeshare(tmp_path, "2011-07-03", "unknown_category")
     before = project.registry("bikeshare")
@@ -102,9 +132,9 @@ def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_
     assert not (project.store / "bikeshare" / "validated" / "date=2011-07-03").exists()
 
 
-def test_a_second_data_set_needs_only_a_spec(project, tmp_path):
-    spec = make_classification_dataset(tmp_path, days=40, start="2011-03-01")
-    states = _run(project, "2011-04-05", {"pipeline": str(spec), "window_days": 21})
+def test_a_second_data_set_needs_only_a_spec(project, pipelines):
+    make_classification_dataset(pipelines, days=40, start="2011-03-01")  # its spec lands in the specs folder
+    states = _run(project, "2011-04-05", {"window_days": 21}, dag_id="training_synthclass")
     assert all(states[t] == "success" for t in STEPS), states
 
     registry = project.registry("synthclass")
@@ -112,3 +142,33 @@ def test_a_second_data_set_needs_only_a_spec(project, tmp_path):
     run = project.run_tags(registry["versions"][0]["run_id"])
     assert run["metrics"]["holdout_roc_auc"] > 0.7
     assert "plots/confusion_matrix.png" in run["artifacts"]
+
+
+def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(project, pipelines):
+    """Events (no key), a derived label, a filter, a 100-value categorical, New York time, 2023."""
+    make_events_dataset(pipelines, start="2023-02-27", days=21)
+    states = _run(project, "2023-03-16", {}, dag_id="training_flights")
+    assert all(states[t] == "success" for t in STEPS), states
+
+    registry = project.registry("flights")
+    assert registry["aliases"] == {"champion": "1", "challenger": "1"}
+    tags = registry["versions"][0]["tags"]
+    assert (tags["mlcycle.window_start"], tags["mlcycle.window_end"]) == ("2023-03-01", "2023-03-15")
+    run = project.run_tags(registry["versions"][0]["run_id"])
+    # The whole classification metric set, and the gate's metric named.
+    assert {f"holdout_{m}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")} <= set(run["metrics"])
+    assert run["metrics"]["holdout_roc_auc"] > 0.7
+    assert run["params"]["gate_metric"] == "roc_auc"
+    # The day clocks went forward is one local day of 23 hours, like any other partition.
+    sunday = project.store / "flights" / "validated" / "date=2023-03-12"
+    assert sunday.exists()
+    # The registered classifier gives probabilities through pyfunc, as the README documents.
+    proba = project.steps_python(f"""
+        import json, mlflow, pandas as pd
+        rows = pd.read_parquet({str(project.store / "flights" / "features")!r} + "/end=2023-03-15/eval.parquet").head(5)
+        model = mlflow.pyfunc.load_model("models:/flights@champion")
+        p = model.get_raw_model().predict_proba(rows[model.metadata.get_input_schema().input_names()])
+        print(json.dumps({{"shape": list(p.shape), "sums": [round(float(x), 9) for x in p.sum(axis=1)],
+                           "labels": [int(x) for x in model.predict(rows[model.metadata.get_input_schema().input_names()])]}}))
+    """)
+    assert proba["shape"] == [5, 2] and proba["sums"] == [1.0] * 5 and set(proba["labels"]) <= {0, 1}

@@ -39,7 +39,7 @@ def test_success_exits_0_with_the_result_as_the_last_line(tmp_path, spec_path):
     assert proc.returncode == 0, proc.stderr
     result = last_json(proc.stdout)
     assert result == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
-                      "partitions": 2, "rows": 48, "empty_days": []}
+                      "partitions": 2, "rows": 48, "empty_days": [], "filtered": {}}
     assert "ingesting synthclass" in proc.stderr  # logs go to stderr, not into the result
     assert (tmp_path / "home" / "store" / "synthclass" / "raw" / "date=2011-03-05" / "data.parquet").is_file()
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from mlcycle.errors import SourceError
 from mlcycle.spec import EVENT_TIME, PipelineSpec
-from mlcycle.timestamps import derive_event_time
+from mlcycle.timestamps import day_start, derive_event_time
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def select_range(df: pd.DataFrame, spec: PipelineSpec, start: dt.date, end: dt.d
     """Add ``event_time`` and keep the rows in [start, end), in time order (ties keep file order)."""
     frame = df.copy()
     frame[EVENT_TIME] = derive_event_time(frame, spec.timestamp).to_numpy()
-    lo, hi = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
+    lo, hi = day_start(start, spec.timezone), day_start(end, spec.timezone)  # local calendar days
     mask = (frame[EVENT_TIME] >= lo) & (frame[EVENT_TIME] < hi)
     return frame.loc[mask].sort_values(EVENT_TIME, kind="stable").reset_index(drop=True)
 

@@ -58,6 +58,14 @@ def decide(spec: PipelineSpec, candidate: float, champion: float | None) -> tupl
     return passes_floor and keeps_up, reasons
 
 
+def _signature_columns(model_uri: str) -> list[str]:
+    """The input columns a logged model was trained on, from its signature ([] when it has none)."""
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(model_uri).signature
+    return list(signature.inputs.input_names()) if signature is not None else []
+
+
 def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id: str, model_uri: str,
              window_days: int | None = None) -> EvaluateResult:
     import mlflow
@@ -75,10 +83,23 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
     candidate_score = score(spec, mlflow.sklearn.load_model(model_uri), x_eval, y_eval)
     champ = champion_version(client, spec.model.registered_name)
     champion_score = None
+    unscorable = None
     if champ is not None:
-        champion_model = mlflow.sklearn.load_model(f"models:/{spec.model.registered_name}@champion")
-        champion_score = score(spec, champion_model, x_eval, y_eval)
+        champion_uri = f"models:/{spec.model.registered_name}@champion"
+        # Each model is scored on the columns of its own signature: a spec change that adds or drops
+        # a feature must not make the champion unscorable forever (or score it on the wrong columns).
+        wanted = _signature_columns(champion_uri) or spec.feature_names
+        missing = [c for c in wanted if c not in eval_df.columns]
+        if missing:
+            unscorable = (f"champion version {champ.version} needs column(s) {', '.join(missing)}, which this "
+                          f"evaluation slice no longer has (the spec changed): it cannot be scored on the same "
+                          f"data, so the threshold alone decides")
+            log.warning("gate: %s", unscorable)
+        else:
+            champion_score = score(spec, mlflow.sklearn.load_model(champion_uri), eval_df[wanted], y_eval)
     blessed, reasons = decide(spec, candidate_score, champion_score)
+    if unscorable:
+        reasons = [reasons[0], unscorable]
     first_run = champ is None
     verdict = "BLESSED" if blessed else "NOT blessed"
     log.info("gate: candidate %s. %s", verdict, "; ".join(reasons))

@@ -2,7 +2,8 @@
 
 The evaluation slice is the most recent ``evaluation.holdout_days`` of the window; everything before
 it is the training slice, so no evaluation row is older than a training row (no leakage). Both
-slices keep the spec's features and target, plus ``event_time`` for reference.
+slices keep every column of the spec (features, target and the others, so that a champion trained on
+another feature set can be scored on its own columns), plus ``event_time`` for reference.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mlcycle.errors import NotEnoughData
+from mlcycle.errors import DataQualityError, NotEnoughData
 from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
 from mlcycle.store import Store, days, file_sha256, write_json, write_parquet
+from mlcycle.timestamps import day_start
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,26 @@ class FeaturesResult(Result):
     eval_rows: int
     fingerprint: str
     path: str
+
+
+def collapsed_features(spec: PipelineSpec, frame: pd.DataFrame, what: str) -> list[str]:
+    """Features whose spread collapsed over ``frame``: a numeric one constant (or below its ``min_std``),
+    any with fewer distinct values than its ``min_distinct``. A feature that does not vary cannot be
+    learnt from, and a slice where it is stuck would judge candidate and champion on a broken input."""
+    problems = []
+    for column in spec.feature_columns:
+        values = frame[column.name]
+        if column.type in ("numeric", "integer") and values.notna().sum() > 1:
+            std = float(values.std())
+            floor = column.min_std or 0.0
+            if std <= floor:
+                detail = f"constant at {values.dropna().iloc[0]:g}" if std == 0 else f"std {std:.3g}"
+                problems.append(f"`{column.name}` is {detail} over the {what} ({len(frame)} rows; "
+                                f"allowed: std above {floor:g})")
+        if column.min_distinct is not None and values.nunique() < column.min_distinct:
+            problems.append(f"`{column.name}` has {values.nunique()} distinct value(s) over the {what} "
+                            f"(min_distinct {column.min_distinct})")
+    return problems
 
 
 def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
@@ -48,7 +70,9 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
         hashes.append(f"{day}:{file_sha256(path)}")
     if missing:
         log.warning("%d day(s) of the window have no validated partition: %s", len(missing), ", ".join(missing))
-    columns = [*spec.feature_names, spec.target, EVENT_TIME]
+    # Every column of the spec, not only today's features: a champion trained on another feature set
+    # is scored on the columns of its own signature (evaluate), as long as the data still has them.
+    columns = [*(c for c in spec.column_names if c != spec.target), spec.target, EVENT_TIME]
     table = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     table = table.sort_values(EVENT_TIME, kind="stable").reset_index(drop=True)
     if len(table) < spec.min_training_rows:
@@ -57,11 +81,19 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
             f"{spec.min_training_rows} (window.min_training_rows). Widen the window (param window_days) "
             f"or backfill earlier dates."
         )
-    cutoff = pd.Timestamp(end - dt.timedelta(days=spec.evaluation.holdout_days), tz="UTC")
+    cutoff = day_start(end - dt.timedelta(days=spec.evaluation.holdout_days), spec.timezone)
     train, evaluation = table[table[EVENT_TIME] < cutoff], table[table[EVENT_TIME] >= cutoff]
     if train.empty or evaluation.empty:
         raise NotEnoughData(f"the split at {cutoff.date()} leaves an empty slice "
                             f"(train {len(train)} rows, evaluation {len(evaluation)} rows)")
+    problems = collapsed_features(spec, train, "training slice") + collapsed_features(spec, evaluation,
+                                                                                      "evaluation slice")
+    if problems:
+        raise DataQualityError(
+            f"the window {start} to {end} of {spec.name} passed validation day by day, but as a whole it "
+            f"cannot train or judge a model: " + "; ".join(problems) + ". Nothing was written, so neither "
+            "training nor the gate sees it. Look for a stuck source (a dead sensor) in those days, then "
+            "restate them or widen the window; `min_std`/`min_distinct` in the spec set the floors.")
     # The fingerprint names exactly which validated bytes went into this feature table.
     fingerprint = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
     folder = store.features_dir(end)

@@ -13,6 +13,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 
+from mlcycle import derive
 from mlcycle.errors import NothingToDo, SourceError, ValidationFailed
 from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
@@ -20,6 +21,7 @@ from mlcycle.sources import reader_for
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
 from mlcycle.store import Store, days, write_json, write_parquet, write_text
+from mlcycle.timestamps import local_days
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class IngestResult(Result):
     partitions: int
     rows: int
     empty_days: list[str]
+    #: Rows the spec's filters (or transform) removed, by rule: dropped on purpose, and counted.
+    filtered: dict[str, int]
 
 
 def _quarantine_unreadable(spec: PipelineSpec, store: Store, interval: Interval, attempt: str,
@@ -70,7 +74,8 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
                                f"failed: {exc}. The batch is quarantined; report: {report}",
                                failures=[{"expectation": "source is readable", "observed": str(exc)}],
                                report=report) from exc
-    day_of_row = frame[EVENT_TIME].dt.date
+    frame, filtered = derive.apply(frame, spec.derivations, spec.timezone, EVENT_TIME)
+    day_of_row = local_days(frame[EVENT_TIME], spec.timezone)
     empty: list[str] = []
     for i, day in enumerate(days(start, end), start=1):
         part = frame.loc[day_of_row == day]
@@ -82,4 +87,5 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
     if empty:
         log.warning("no rows for %s: those partitions are empty and will fail validation", ", ".join(empty))
     return IngestResult(pipeline=spec.name, window_start=start.isoformat(), window_end=end.isoformat(),
-                        partitions=(end - start).days, rows=len(frame), empty_days=empty)
+                        partitions=(end - start).days, rows=len(frame), empty_days=empty,
+                        filtered=filtered)

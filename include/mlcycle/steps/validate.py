@@ -38,7 +38,9 @@ class ValidateResult(Result):
 def _per_partition(expectation: dict[str, Any]) -> bool:
     """Expectations whose verdict on one day cannot be read off a batch of several days."""
     kind = expectation["type"]
-    return kind == "expect_table_row_count_to_be_between" or (
+    aggregates = ("expect_table_row_count_to_be_between", "expect_column_stdev_to_be_between",
+                  "expect_column_unique_value_count_to_be_between")
+    return kind in aggregates or (
         kind == "expect_column_values_to_not_be_null" and expectation["kwargs"].get("mostly", 1) < 1)
 
 
