@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench bench-training images mlflow-ui airflow-ui alert-sinks clean
+.PHONY: setup run test lint bench bench-training images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -67,3 +67,13 @@ deploy-trigger:   ## trigger deploy_<PIPELINE> on the Airflow at $$AIRFLOW_API_U
 	@case "$(ENV)" in staging|production) ;; *) echo "error: ENV must be staging or production (got '$(ENV)')" >&2; exit 2;; esac
 	python3 scripts/trigger_dag.py --dag-id "deploy_$(or $(PIPELINE),bikeshare)" --note "$${CI_COMMIT_SHA:-$${GITHUB_SHA:-manual}}" \
 	  --conf '{"version": "$(VERSION)", "target": "$(ENV)", "auto_approve": $(AUTO_APPROVE)}'
+
+serve:            ## serve the embedded default's @champion on http://127.0.0.1:8000 (after make run)
+	bash scripts/serve.sh $(PIPELINE) $(PORT)
+
+serving-image:    ## build the serving image of @champion: mlcycle-serving-<pipeline>:v<version>
+	bash scripts/serving-image.sh $(PIPELINE)
+
+bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wrk)
+	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
+	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion

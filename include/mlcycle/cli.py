@@ -69,7 +69,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", required=True)
     p = step("suite", "print (or --write) the expectation suite derived from the spec", interval=False)
     p.add_argument("--write", action="store_true", help="write it to the path the spec names")
+    _serving_args(sub, step)
     return parser
+
+
+def _serving_args(sub, step) -> None:
+    """``serve`` (runs the prediction server) and ``serving-image`` (builds its image for one version)."""
+    env = os.environ
+    p = sub.add_parser("serve", help="serve a model over HTTP (/predict, /invocations, /docs, /metrics)",
+                       description="serve a model over HTTP (/predict, /invocations, /docs, /metrics)")
+    p.add_argument("--model-uri", default=env.get("MLCYCLE_SERVING_MODEL_URI"), required=not env.get(
+        "MLCYCLE_SERVING_MODEL_URI"), help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
+    p.add_argument("--host", default=env.get("MLCYCLE_SERVING_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env.get("MLCYCLE_SERVING_PORT", "8000")))
+    p.add_argument("--workers", type=int, default=int(env.get("MLCYCLE_SERVING_WORKERS", "0") or 0),
+                   help="worker processes (default: one per core)")
+    p = step("serving-image", "build the serving image holding one model version (reused when unchanged)",
+             interval=False)
+    p.add_argument("--model-uri", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a folder")
+    p.add_argument("--tag", default=None, help="image tag (default mlcycle-serving-<pipeline>:v<version>)")
+    p.add_argument("--base-image", default=None, help="default: python:3.11-slim, else local/python-base:3.11")
+    p.add_argument("--force", action="store_true", help="rebuild even if an image for this version and code exists")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mlcycle.serving.fetch import resolve_model
+    from mlcycle.serving.serve import default_workers, run
+    from mlcycle.settings import Settings
+
+    settings = Settings.from_env()
+    folder = resolve_model(args.model_uri, settings.home / "serving", settings.tracking_uri)
+    os.environ.setdefault("MLCYCLE_STORE", str(settings.store))
+    return run(folder, args.host, args.port, args.workers or default_workers())
+
+
+def _serving_image(args: argparse.Namespace, settings, spec) -> dict[str, Any]:
+    from mlcycle.serving.fetch import resolve_model
+    from mlcycle.serving.image import build_serving_image
+
+    folder = resolve_model(args.model_uri, settings.home / "serving", settings.tracking_uri)
+    return build_serving_image(spec.name, folder, settings, args.tag, args.base_image, args.force).to_dict()
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,6 +126,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.write:
             return {"written": str(write_suite(spec))}
         return suite_from_spec(spec)
+    if args.step == "serving-image":
+        return _serving_image(args, settings, spec)
     if args.step == "register":
         from mlcycle.steps.register import register
 
@@ -120,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("alembic", "great_expectations", "urllib3", "matplotlib", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.step == "serve":
+            return _serve(args)
         result = _run(args)
     except NothingToDo as exc:
         log.warning("nothing to do: %s", exc)

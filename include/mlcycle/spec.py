@@ -139,6 +139,15 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class ServingSpec:
+    """``serving:`` (optional): how the prediction server treats this pipeline's model."""
+
+    tolerance: float = 1e-6  # largest difference allowed between the ONNX fast path and the Pipeline
+    unknown_categories: Literal["reject", "accept"] = "reject"  # a category outside `values`
+    max_rows: int = 10_000  # rows per request
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     description: str
@@ -168,6 +177,7 @@ class PipelineSpec:
     @property
     def timezone(self) -> str:
         return self.timestamp.timezone
+    serving: ServingSpec = ServingSpec()
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -443,7 +453,7 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
 #: otherwise be ignored without a word, and is reported with the closest known key.
 TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
             "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
-            "transform")
+            "transform", "serving")
 SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
                "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
@@ -619,6 +629,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
             r.problems.append(f"filter[{i}]: {ref!r} is neither a column nor a calendar part")
     suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
+    serving = _parse_serving(r, raw.get("serving"))
     r.fail_if_any()
     return PipelineSpec(
         name=name, description=str(raw.get("description", "")).strip(), path=path,
@@ -627,5 +638,24 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
-        key=key, derivations=derivations,
+        key=key, derivations=derivations, serving=serving,
     )
+
+
+def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
+    if raw is None:
+        return ServingSpec()
+    if not isinstance(raw, dict):
+        r.problems.append("serving: a mapping with `tolerance`, `unknown_categories`, `max_rows`")
+        return ServingSpec()
+    r.known_keys(raw, "serving", ("tolerance", "unknown_categories", "max_rows"))
+    tolerance = r.need(raw, "tolerance", "serving", (int, float), default=1e-6)
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        r.problems.append(f"serving.tolerance: a finite number >= 0 (got {tolerance})")
+    unknown = r.need(raw, "unknown_categories", "serving", str, default="reject")
+    if unknown not in ("reject", "accept"):
+        r.problems.append(f"serving.unknown_categories: reject or accept (got {unknown!r})")
+    max_rows = r.need(raw, "max_rows", "serving", int, default=10_000)
+    if max_rows is not None and max_rows < 1:
+        r.problems.append(f"serving.max_rows: at least 1 (got {max_rows})")
+    return ServingSpec(tolerance=float(tolerance or 0.0), unknown_categories=unknown, max_rows=max_rows or 1)

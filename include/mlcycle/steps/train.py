@@ -90,11 +90,41 @@ def _quiet_mlflow_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*dataset source.*", module="mlflow")
 
 
+def _log_fast_path(spec: PipelineSpec, model, x_train: pd.DataFrame, x_eval: pd.DataFrame, model_id: str) -> None:
+    """The model converted to ONNX, put inside the logged model's folder (``model.onnx``) when it
+    matches the Pipeline on the evaluation slice within ``serving.tolerance``; the measured parity is a
+    run tag (copied to the model version at register) and a logged-model tag either way."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlcycle.serving.export import serving_schema, to_onnx
+    from mlcycle.serving.model import ONNX_FILE
+
+    schema = serving_schema(spec, model, x_train)
+    export = to_onnx(schema, model, x_eval)
+    usable = export.model is not None and export.max_abs_diff is not None and \
+        export.max_abs_diff <= schema.tolerance and not export.label_mismatches
+    tags = {"mlcycle.onnx": ("logged: " if usable else "not logged: ") + export.reason,
+            "mlcycle.onnx_max_abs_diff": "none" if export.max_abs_diff is None else f"{export.max_abs_diff:.6g}"}
+    mlflow.set_tags(tags)
+    client = MlflowClient()
+    client.set_logged_model_tags(model_id, tags)
+    if usable:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / ONNX_FILE
+            path.write_bytes(export.model)
+            client.log_model_artifact(model_id, str(path))
+        mlflow.log_metric("onnx_max_abs_diff", export.max_abs_diff)
+    else:
+        log.warning("no ONNX fast path for this model (%s): the server will use the Pipeline", export.reason)
+
+
 def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_days: int | None = None) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
 
     from mlcycle.modeling import build_search, metric_set, score, trusted_types
+    from mlcycle.serving.export import serving_metadata
     from mlcycle.tracking import connect
 
     start, end = training_window(spec, interval, window_days)
@@ -154,7 +184,8 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
         signature = infer_signature(example, model.predict(example))
         info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=example,
                                         serialization_format="skops", skops_trusted_types=trusted_types(spec),
-                                        tags=tags)
+                                        tags=tags, metadata=serving_metadata(spec, model, x_train))
+        _log_fast_path(spec, model, x_train, x_eval, info.model_id)
         log.info("candidate: %s %s = %.4f on the hold-out slice (cv %.4f); model %s",
                  spec.name, spec.evaluation.metric, holdout, cv_score, info.model_uri)
     return TrainResult(pipeline=spec.name, run_id=run.info.run_id, experiment_id=experiment_id,

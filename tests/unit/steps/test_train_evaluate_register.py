@@ -109,6 +109,23 @@ def test_the_run_has_plots_a_dataset_input_and_the_gate_decision(lifecycle):
     assert json.loads(open(decision).read())["blessed"] is True
 
 
+def test_the_model_carries_what_serving_needs(lifecycle):
+    """The serving schema in the MLmodel metadata, model.onnx in the model folder, the parity as tags."""
+    import mlflow
+
+    from mlcycle.serving.model import ONNX_FILE, ServedModel
+
+    name = lifecycle.spec.model.registered_name
+    mv = lifecycle.client.get_model_version(name, "1")
+    assert float(mv.tags["mlcycle.onnx_max_abs_diff"]) <= 1e-6 and mv.tags["mlcycle.onnx"].startswith("logged")
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/1",
+                                                 dst_path=str(lifecycle.tmp / "served"))
+    model = ServedModel(folder)
+    assert (model.folder / ONNX_FILE).is_file() and model.path == "onnx", model.path_reason
+    assert model.schema.task == "classification" and model.schema.classes == (0, 1)
+    assert [f.name for f in model.schema.features] == lifecycle.spec.feature_names
+
+
 def test_the_champion_loads_and_predicts(lifecycle):
     import mlflow
 

@@ -1,0 +1,96 @@
+"""Prometheus metrics of the prediction server.
+
+With several worker processes, ``mlcycle serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+folder, so ``/metrics`` of any worker reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+ENDPOINTS = {"/predict", "/invocations", "/health", "/ready", "/metadata", "/metrics"}
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("mlcycle_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"])
+LATENCY = Histogram("mlcycle_request_latency_seconds", "request latency in the server, by endpoint", ["endpoint"],
+                    buckets=LATENCY_BUCKETS)
+REJECTED = Counter("mlcycle_rejected_requests_total", "requests rejected before the model, by reason", ["reason"])
+ROWS = Counter("mlcycle_predicted_rows_total", "rows predicted")
+MODEL_INFO = Gauge("mlcycle_model_info", "the served model (value 1)",
+                   ["name", "version", "run_id", "inference_path"], multiprocess_mode="max")
+PREDICTION_LABELS = Counter("mlcycle_predictions_by_label_total", "classification: predicted rows by label", ["label"])
+_prediction_hist: Histogram | None = None
+
+
+def model_loaded(model: Any) -> None:
+    """Register the model's info metric and, for regression, a prediction histogram scaled to it."""
+    global _prediction_hist
+    info = model.info
+    MODEL_INFO.labels(info.name, info.version, info.run_id or "", model.path).set(1)
+    if not model.classification and _prediction_hist is None:
+        from mlcycle.serving.model import sample_rows
+
+        values = sorted(model.predict(model.example + sample_rows(model.schema, 64)).predictions)
+        lo, hi = values[0], values[-1]
+        step = (hi - lo) / 10 or 1.0
+        buckets = sorted({round(lo + i * step, 6) for i in range(11)})
+        _prediction_hist = Histogram("mlcycle_prediction", "regression: distribution of predicted values",
+                                     buckets=buckets)
+
+
+def observe_predictions(model: Any, predictions: list[Any]) -> None:
+    ROWS.inc(len(predictions))
+    if model.classification:
+        for label in predictions:
+            PREDICTION_LABELS.labels(str(label)).inc()
+    elif _prediction_hist is not None:
+        for value in predictions:
+            _prediction_hist.observe(value)
+
+
+def exposition() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts every HTTP request by endpoint and status, and times it."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            path = scope.get("path", "")
+            endpoint = path if path in ENDPOINTS else "other"
+            REQUESTS.labels(endpoint, str(status[0])).inc()
+            LATENCY.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,51 @@
+"""Settings of the prediction server, from the environment (the CLI sets the model folder).
+
+- ``MLCYCLE_SERVING_MODEL``: the model folder to serve (required by the server itself).
+- ``MLCYCLE_STORE``: the data store; the prediction log goes to ``<store>/<pipeline>/predictions/``.
+- ``MLCYCLE_SERVING_LOG``: ``on`` (default when a store is set) or ``off``.
+- ``MLCYCLE_SERVING_LOG_FLUSH_ROWS`` (5000) and ``MLCYCLE_SERVING_LOG_FLUSH_SECONDS`` (10): when the
+  log's buffer is written; also the most a hard kill can lose per worker.
+- ``MLCYCLE_SERVING_MAX_BODY_BYTES``: larger request bodies get 413 (default 8 MiB).
+- ``MLCYCLE_SERVING_PATH``: ``auto`` (default: ONNX when it matches the Pipeline) or ``pipeline``.
+- ``MLCYCLE_SERVING_HOST``, ``MLCYCLE_SERVING_PORT``, ``MLCYCLE_SERVING_WORKERS``: defaults of ``mlcycle serve``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    model_dir: Path
+    store: Path | None
+    log_enabled: bool
+    flush_rows: int
+    flush_seconds: float
+    max_body_bytes: int
+    path: str
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        env = os.environ
+        model = env.get("MLCYCLE_SERVING_MODEL", "").strip()
+        if not model:
+            raise ValueError("MLCYCLE_SERVING_MODEL is not set: start the server with `mlcycle serve --model-uri ...`")
+        store_raw = env.get("MLCYCLE_STORE", "").strip()
+        store = Path(store_raw).resolve() if store_raw else None
+        log_flag = env.get("MLCYCLE_SERVING_LOG", "on" if store else "off").strip().lower()
+        return cls(
+            model_dir=Path(model).resolve(), store=store,
+            log_enabled=log_flag in ("on", "1", "true", "yes") and store is not None,
+            flush_rows=_env_int("MLCYCLE_SERVING_LOG_FLUSH_ROWS", 5_000),
+            flush_seconds=float(env.get("MLCYCLE_SERVING_LOG_FLUSH_SECONDS", "") or 10.0),
+            max_body_bytes=_env_int("MLCYCLE_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024),
+            path=env.get("MLCYCLE_SERVING_PATH", "auto").strip().lower() or "auto",
+        )

@@ -1,0 +1,89 @@
+"""The serving schema from the spec, the encoding of rows, and the choice of inference path."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from mlcycle.errors import SpecError
+from mlcycle.serving.model import ONNX_FILE, ServedModel, sample_rows
+from mlcycle.serving.schema import ServingSchema
+from mlcycle.spec import load_spec
+from tests.datasets import BIKESHARE_SPEC, write_spec_variant
+
+
+def test_schema_from_bikeshare_spec_carries_types_ranges_and_values(bike_model):
+    spec, folder, _ = bike_model
+    model = ServedModel(folder)
+    by_name = {f.name: f for f in model.schema.features}
+    assert list(by_name) == spec.feature_names
+    assert by_name["season"].dtype == "long" and by_name["season"].values == (1, 2, 3, 4)
+    assert by_name["mnth"].dtype == "string" and "Sept" in by_name["mnth"].values
+    assert (by_name["temp"].dtype, by_name["temp"].min, by_name["temp"].max, by_name["temp"].nullable) == \
+        ("double", 0.0, 1.0, True)
+    assert by_name["hr"].dtype == "long" and by_name["hr"].max == 23.0
+    assert model.schema.task == "regression" and model.schema.target == "bikers"
+    # The round trip through the MLmodel file is lossless.
+    assert ServingSchema.from_dict(model.schema.to_dict()) == model.schema
+
+
+def test_fast_path_matches_the_pipeline_on_held_out_rows(bike_model):
+    _, folder, x_eval = bike_model
+    model = ServedModel(folder)
+    assert model.path == "onnx", model.path_reason
+    rows = x_eval.to_dict("records")
+    fast = np.asarray(model.predict(rows).predictions)
+    exact = model.pipeline.predict(x_eval)
+    assert np.max(np.abs(fast - exact)) <= 1e-6
+
+
+def test_classification_fast_path_gives_labels_and_probabilities(clf_model):
+    _, folder, x_eval = clf_model
+    model = ServedModel(folder)
+    assert model.path == "onnx", model.path_reason
+    result = model.predict(x_eval.to_dict("records"))
+    assert result.predictions == model.pipeline.predict(x_eval).tolist()
+    assert np.max(np.abs(np.asarray(result.probabilities) - model.pipeline.predict_proba(x_eval))) <= 1e-6
+
+
+def test_encoding_gives_one_column_per_input_in_the_graphs_dtype(bike_model):
+    _, folder, x_eval = bike_model
+    model = ServedModel(folder)
+    feeds = model.encode(x_eval.head(3).to_dict("records"))
+    assert feeds["season"].dtype == np.int64 and feeds["season"].shape == (3, 1)
+    assert feeds["mnth"].dtype == object and feeds["temp"].dtype == np.float64
+    nulls = model.encode([{**x_eval.iloc[0].to_dict(), "temp": None}])
+    assert np.isnan(nulls["temp"][0, 0])
+
+
+def test_a_fast_path_outside_the_tolerance_is_not_used(bike_model, clf_model, tmp_path):
+    _, folder, _ = bike_model
+    _, clf_folder, _ = clf_model
+    broken = tmp_path / "model"
+    shutil.copytree(folder, broken)
+    shutil.copy(clf_folder / ONNX_FILE, broken / ONNX_FILE)  # another model's graph: wrong inputs
+    model = ServedModel(broken)
+    assert model.path == "pipeline" and "lacks inputs" in model.path_reason
+
+    forced = ServedModel(folder, force_path="pipeline")
+    assert forced.path == "pipeline"
+
+
+def test_sample_rows_cover_allowed_values_ranges_and_nulls(bike_model):
+    _, folder, _ = bike_model
+    schema = ServedModel(folder).schema
+    rows = sample_rows(schema, 64)
+    assert {r["season"] for r in rows} == {1, 2, 3, 4}
+    assert any(r["temp"] is None for r in rows)
+    assert all(r["hr"] is None or 0 <= r["hr"] <= 23 for r in rows)
+
+
+def test_spec_serving_section_is_validated(tmp_path):
+    spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "ok.yaml",
+                                        serving={"tolerance": 1e-4, "unknown_categories": "accept"}))
+    assert spec.serving.tolerance == 1e-4 and spec.serving.unknown_categories == "accept"
+    assert load_spec(BIKESHARE_SPEC).serving.tolerance == 1e-6
+    with pytest.raises(SpecError, match="serving.unknown_categories"):
+        load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "bad.yaml", serving={"unknown_categories": "maybe"}))
