@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +105,21 @@ class EvaluationSpec:
     holdout_days: int
 
 
+#: Default of ``validation.max_dropped_share``: any row without a timestamp fails the batch; rows
+#: outside the source's bounds (``window.data_start``/``data_end``) are counted and reported.
+DROPPED_SHARE_DEFAULTS = {"unparseable_timestamp": 0.0, "timestamp_out_of_range": 0.0,
+                          "outside_source_bounds": 1.0}
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """How validate treats dropped rows and restated days (the spec's ``validation`` section)."""
+
+    key: tuple[str, ...] = ()
+    max_restatement_shrink: float = 0.1
+    max_dropped_share: dict[str, float] = field(default_factory=lambda: dict(DROPPED_SHARE_DEFAULTS))
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     name: str
@@ -126,6 +141,7 @@ class PipelineSpec:
     evaluation: EvaluationSpec
     suite_path: Path
     experiment: str
+    integrity: Integrity = field(default_factory=lambda: Integrity())
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -271,6 +287,26 @@ def _date(r: _Reader, value: Any, where: str) -> dt.date | None:
         return None
 
 
+def _parse_integrity(r: _Reader, val: dict, names: set[str]) -> Integrity:
+    key = r.need(val, "key", "validation", list, default=[])
+    for column in key or []:
+        if column not in names | {EVENT_TIME}:
+            r.problems.append(f"validation.key: {column!r} is not among the columns (or {EVENT_TIME})")
+    shrink = r.need(val, "max_restatement_shrink", "validation", (int, float), default=0.1)
+    if isinstance(shrink, bool) or shrink is None or not 0 <= shrink <= 1:
+        r.problems.append(f"validation.max_restatement_shrink: a share between 0 and 1 (got {shrink!r})")
+        shrink = 0.1
+    shares = dict(DROPPED_SHARE_DEFAULTS)
+    for reason, share in (r.need(val, "max_dropped_share", "validation", dict, default={}) or {}).items():
+        if reason not in shares:
+            r.problems.append(f"validation.max_dropped_share.{reason}: one of {', '.join(shares)}")
+        elif isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            r.problems.append(f"validation.max_dropped_share.{reason}: a share between 0 and 1 (got {share!r})")
+        else:
+            shares[reason] = float(share)
+    return Integrity(key=tuple(map(str, key or [])), max_restatement_shrink=float(shrink), max_dropped_share=shares)
+
+
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     r = _Reader(str(path))
     name = r.need(raw, "name", "spec", str)
@@ -323,6 +359,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     val = r.need(raw, "validation", "spec", dict, default={})
     min_rows = r.need(val, "min_rows_per_partition", "validation", int, default=1)
     max_rows = r.need(val, "max_rows_per_partition", "validation", int, default=None)
+    integrity = _parse_integrity(r, val, names)
 
     window = r.need(raw, "window", "spec", dict) or {}
     data_start = _date(r, r.need(window, "data_start", "window"), "window.data_start")
@@ -373,5 +410,5 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         columns=tuple(columns), min_rows_per_partition=min_rows, max_rows_per_partition=max_rows,
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
-        suite_path=suite_path, experiment=str(raw.get("experiment") or name),
+        suite_path=suite_path, experiment=str(raw.get("experiment") or name), integrity=integrity,
     )
