@@ -130,10 +130,10 @@ def remove_stale_temporaries(root: Path) -> int:
 
 
 @contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock_file`` (created if missing) for the block."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``folder`` (created if missing) for the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -249,7 +249,7 @@ class Store:
     @contextmanager
     def day_lock(self, day: dt.date) -> Iterator[None]:
         """Serialise the compare-and-publish of one day's validated version across processes."""
-        with locked(self.validated_dir(day) / ".lock"):
+        with locked(self.validated_dir(day)):
             yield
 
     def publish_validated(self, day: dt.date, data: bytes, sha256: str, rows: int,
