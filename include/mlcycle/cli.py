@@ -16,25 +16,36 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError
+from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError, storage_problem
 
 log = logging.getLogger("mlcycle")
 
 
 def _date(value: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(value[:10])
+        if len(value) != 10 or value[4] != "-" or value[7] != "-":
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date: {value!r}") from exc
+        raise argparse.ArgumentTypeError(f"not a date in the form YYYY-MM-DD: {value!r}") from exc
 
 
 def _optional_int(value: str) -> int | None:
     if value.strip() in ("", "None"):
         return None
     try:
-        return int(value)
+        days = int(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from exc
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"the window must be at least one day (got {days})")
+    return days
+
+
+def _check_interval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start is not None and end is not None and end <= start:
+        parser.error(f"--end {end} must be after --start {start} (the interval is [start, end), end excluded)")
 
 
 def _interval_args(p: argparse.ArgumentParser) -> None:
@@ -155,7 +166,9 @@ def _step(module: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_interval(parser, args)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "great_expectations", "urllib3", "matplotlib", "mlflow.store.db.utils"):
@@ -173,8 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _emit({"status": "failed", "step": args.step, "error": str(exc),
                "report": getattr(exc, "report", None), "failures": getattr(exc, "failures", [])[:50]})
         return exc.exit_code
-    except Exception:
-        log.exception("%s failed with an unexpected error", args.step)
+    except Exception as exc:  # still one clean result line: the task's error and the alert stay readable
+        message = storage_problem(exc)
+        if message is None:
+            log.exception("%s failed with an unexpected error", args.step)
+            message = f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)"
+        else:
+            log.debug("%s failed writing", args.step, exc_info=True)
+            log.error("%s failed: %s", args.step, message)
+        _emit({"status": "failed", "step": args.step, "error": message, "report": None, "failures": []})
         return EXIT_FAILED
     _emit(result)
     return 0

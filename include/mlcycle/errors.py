@@ -46,3 +46,31 @@ class NothingToDo(Exception):
     """The step has no work for this interval (for example, no data has arrived yet)."""
 
     exit_code = EXIT_NOTHING_TO_DO
+
+
+#: A write that failed because of the disk, not the data: one line says what to fix.
+_STORAGE_ERRNOS = {
+    "ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exhausted", "EFBIG": "the file is too large",
+    "EROFS": "the file system is read-only", "EACCES": "permission denied", "EPERM": "operation not permitted",
+}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One actionable line for an OSError of the disk (full, read-only, no permission), else None."""
+    import errno
+    import os
+
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    name = errno.errorcode.get(exc.errno, "")
+    if name not in _STORAGE_ERRNOS:
+        return None
+    where = f" {exc.filename}" if exc.filename else " (MLCYCLE_STORE / MLCYCLE_HOME)"
+    if name in ("EACCES", "EPERM"):
+        advice = (f"the step runs as uid {os.getuid()}: give it write access, or run it as the owner "
+                  f"(MLCYCLE_DOCKER_USER for containers)")
+    elif name == "EROFS":
+        advice = "mount the store read-write, or point MLCYCLE_STORE / MLCYCLE_HOME at a writable folder"
+    else:
+        advice = "free space there, or point MLCYCLE_STORE / MLCYCLE_HOME at a larger disk, then re-run"
+    return f"cannot write{where}: {_STORAGE_ERRNOS[name]} ({name}). Nothing half-written was published; {advice}"

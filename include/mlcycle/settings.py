@@ -8,6 +8,8 @@ Every step reads its locations from here, so the DAG (or a person at a shell) on
   local store; the server's own artifact store when tracking is a server).
 - ``MLCYCLE_PIPELINES_DIR``: where pipeline specs are looked up by name (default ``include/pipelines``).
 - ``MLCYCLE_DAG_ID`` / ``MLCYCLE_RUN_ID``: the Airflow run a step belongs to, recorded as lineage.
+- ``MLCYCLE_MLFLOW_TIMEOUT``: seconds a step waits for an MLflow tracking server that does not
+  answer before it fails (default 60; sets MLflow's HTTP retries and request timeout).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Settings:
     dag_id: str
     run_id: str
     code_version: str
+    mlflow_timeout: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,4 +69,5 @@ class Settings:
             dag_id=env.get("MLCYCLE_DAG_ID") or env.get("AIRFLOW_CTX_DAG_ID", "manual"),
             run_id=env.get("MLCYCLE_RUN_ID") or env.get("AIRFLOW_CTX_DAG_RUN_ID", "manual"),
             code_version=_code_version(),
+            mlflow_timeout=float(env.get("MLCYCLE_MLFLOW_TIMEOUT") or 60),
         )

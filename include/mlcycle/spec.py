@@ -11,7 +11,7 @@ import datetime as dt
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -127,6 +127,21 @@ class EvaluationSpec:
     holdout_days: int
 
 
+#: Default of ``validation.max_dropped_share``: any row without a timestamp fails the batch; rows
+#: outside the source's bounds (``window.data_start``/``data_end``) are counted and reported.
+DROPPED_SHARE_DEFAULTS = {"unparseable_timestamp": 0.0, "timestamp_out_of_range": 0.0,
+                          "outside_source_bounds": 1.0}
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """How validate treats dropped rows and restated days (the spec's ``validation`` section)."""
+
+    key: tuple[str, ...] = ()
+    max_restatement_shrink: float = 0.1
+    max_dropped_share: dict[str, float] = field(default_factory=lambda: dict(DROPPED_SHARE_DEFAULTS))
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the pipeline runs (its DAGs' timetable): a daily cron in a time zone, first to last day."""
@@ -173,11 +188,12 @@ class PipelineSpec:
     key: tuple[str, ...] = (EVENT_TIME,)
     #: Derived columns, row filters and an optional transform function (``mlcycle.derive``).
     derivations: Derivations = Derivations()
+    serving: ServingSpec = ServingSpec()
+    integrity: Integrity = field(default_factory=lambda: Integrity())
 
     @property
     def timezone(self) -> str:
         return self.timestamp.timezone
-    serving: ServingSpec = ServingSpec()
 
     @property
     def feature_columns(self) -> list[Column]:
@@ -458,7 +474,8 @@ SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id
                "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
 COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct")
-VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition")
+VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition", "max_restatement_shrink",
+                   "max_dropped_share")
 WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
 MODEL_KEYS = ("family", "registered_name", "categorical_encoding", "search")
 SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping")
@@ -484,6 +501,22 @@ def _check_keys(r: _Reader, raw: dict[str, Any]) -> None:
     for param, body in (search.get("space") or {}).items() if isinstance(search.get("space"), dict) else ():
         r.known_keys(body, f"model.search.space.{param}", SPACE_KEYS)
     r.known_keys(raw.get("evaluation"), "evaluation", EVALUATION_KEYS)
+def _parse_integrity(r: _Reader, val: dict, key: tuple[str, ...]) -> Integrity:
+    """How much a restatement may shrink a validated day, and how many dropped rows a window may lose.
+    A restatement's rows are compared by the spec's ``key`` (rows added, removed, changed)."""
+    shrink = r.need(val, "max_restatement_shrink", "validation", (int, float), default=0.1)
+    if isinstance(shrink, bool) or shrink is None or not 0 <= shrink <= 1:
+        r.problems.append(f"validation.max_restatement_shrink: a share between 0 and 1 (got {shrink!r})")
+        shrink = 0.1
+    shares = dict(DROPPED_SHARE_DEFAULTS)
+    for reason, share in (r.need(val, "max_dropped_share", "validation", dict, default={}) or {}).items():
+        if reason not in shares:
+            r.problems.append(f"validation.max_dropped_share.{reason}: one of {', '.join(shares)}")
+        elif isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            r.problems.append(f"validation.max_dropped_share.{reason}: a share between 0 and 1 (got {share!r})")
+        else:
+            shares[reason] = float(share)
+    return Integrity(key=key, max_restatement_shrink=float(shrink), max_dropped_share=shares)
 
 
 def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
@@ -615,6 +648,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
 
     schedule = _parse_schedule(r, raw, data_start, data_end, window_days)
     key = _parse_key(r, raw, names)
+    integrity = _parse_integrity(r, val, key)
     derivations = parse_derivations(raw, path.parent, r.problems)
     known = set(names) | {EVENT_TIME, *CALENDAR_PARTS}
     for column, expression in derivations.derive:
@@ -638,7 +672,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
-        key=key, derivations=derivations, serving=serving,
+        key=key, derivations=derivations, serving=serving, integrity=integrity,
     )
 
 

@@ -3,24 +3,36 @@
 Layout under ``$MLCYCLE_STORE/<pipeline>/``::
 
     landing/date=YYYY-MM-DD/data.csv            a PostgreSQL source's day, as the extract task streamed it
-    raw/date=YYYY-MM-DD/data.parquet            what ingest read for that day
-    validated/date=YYYY-MM-DD/data.parquet      the same bytes, once the suite passed
-    quarantine/date=YYYY-MM-DD/<attempt>/       a rejected batch, its failures and its report
-    features/end=YYYY-MM-DD/{train,eval}.parquet and manifest.json
+    raw/date=YYYY-MM-DD/data.parquet            what ingest read for that day (its latest run)
+    validated/date=YYYY-MM-DD/<sha16>.parquet   every version of the day that passed the suite, named by
+                                                the first 16 hex digits of its sha256; never overwritten
+    validated/date=YYYY-MM-DD/CURRENT.json      which version is current (its sha256 and rows)
+    quarantine/date=YYYY-MM-DD/<attempt>/       a rejected batch (the exact bytes judged), failures, report
+    features/end=YYYY-MM-DD/<version>/          one feature table: train.parquet, eval.parquet, manifest.json
+    features/end=YYYY-MM-DD/CURRENT.json        which feature folder is current
+    lineage/<fingerprint>.json                  the exact validated versions behind a data fingerprint
+    reports/ingest/end=YYYY-MM-DD.json          the rows ingest read and the rows it dropped, by reason
     reports/validation/end=YYYY-MM-DD/report.html
 
-Every write goes to a temporary name in the same folder and is renamed into place, so a killed
-step leaves no half-written partition, and the same input gives the same bytes.
+Every write goes to a temporary name in the same folder (``.<name>.<random>.mlcycle-tmp``, locked
+with ``flock`` while its writer lives) and is renamed into place, so a killed step leaves no
+half-written partition, the next step run removes what a killed one left, and the same input gives
+the same bytes. Multi-file outputs (a feature table) are written as one folder and published by
+replacing a pointer file. Files get the process umask (a store shared by a container user and the
+host stays readable).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +43,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 PARTITION_FILE = "data.parquet"
+POINTER_FILE = "CURRENT.json"
+#: Suffix of every temporary name the store writes; nothing else in the store ends with it.
+TEMP_SUFFIX = ".mlcycle-tmp"
+#: Folders the steps write; the landing folder belongs to the DAG's extract task.
+_STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports")
 
 
 def days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -39,18 +58,87 @@ def days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days)]
 
 
+def _locked_temp(target: Path, directory: bool = False) -> tuple[Path, int]:
+    """Create a temporary file (or folder) next to ``target`` and hold an exclusive flock on it.
+
+    The lock tells a sweeper that a live writer owns the name; it is released when the writer's
+    descriptor closes, also when the writer is killed. Created with mode 0o666 (0o777 for a folder)
+    so the process umask decides the permissions, not mkstemp's 0600.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a sweeper may have removed the name between its creation and the lock
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it into place only if the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, fd = _locked_temp(target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Remove temporaries under ``root`` that no live writer holds (a killed step's); return how many."""
+    removed = 0
+    if not root.is_dir():
+        return removed
+    for folder, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            if not name.endswith(TEMP_SUFFIX):
+                continue
+            path = Path(folder) / name
+            try:
+                fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if name in dirnames else 0))
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live writer holds it
+            try:
+                if name in dirnames:
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed += 1
+                log.info("removed %s, left by a step that was killed while writing", path)
+            finally:
+                os.close(fd)
+        dirnames[:] = [d for d in dirnames if not d.endswith(TEMP_SUFFIX)]
+    return removed
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``folder`` (created if missing) for the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_parquet(df: pd.DataFrame, target: Path) -> str:
@@ -59,6 +147,11 @@ def write_parquet(df: pd.DataFrame, target: Path) -> str:
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
     return file_sha256(target)
+
+
+def write_bytes(data: bytes, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(payload: dict[str, Any], target: Path) -> None:
@@ -79,6 +172,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_of(versions: list[ValidatedVersion]) -> str:
+    """The data fingerprint of a set of validated versions: it names exactly which bytes were used."""
+    lines = [f"{v.day}:{v.sha256}" for v in versions]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ValidatedVersion:
+    """One validated version of a day: its content hash, rows and file."""
+
+    day: dt.date
+    sha256: str
+    rows: int
+    path: Path
+
+    def to_dict(self, base: Path) -> dict[str, Any]:
+        return {"date": self.day.isoformat(), "sha256": self.sha256, "rows": self.rows,
+                "file": str(self.path.relative_to(base))}
+
+
+class LineageError(LookupError):
+    """A data fingerprint that the store cannot map back to its validated files."""
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
@@ -94,30 +211,140 @@ class Store:
     def raw(self, day: dt.date) -> Path:
         return self.base / "raw" / f"date={day.isoformat()}" / PARTITION_FILE
 
-    def validated(self, day: dt.date) -> Path:
-        return self.base / "validated" / f"date={day.isoformat()}" / PARTITION_FILE
-
     def quarantine_dir(self, day: dt.date, attempt: str) -> Path:
         return self.base / "quarantine" / f"date={day.isoformat()}" / attempt
-
-    def features_dir(self, end: dt.date) -> Path:
-        return self.base / "features" / f"end={end.isoformat()}"
 
     def validation_report(self, end: dt.date) -> Path:
         return self.base / "reports" / "validation" / f"end={end.isoformat()}" / "report.html"
 
-    def publish(self, day: dt.date) -> Path:
-        """Copy a validated raw partition into the validated store, atomically."""
-        target = self.validated(day)
-        with atomic_path(target) as tmp:
-            shutil.copyfile(self.raw(day), tmp)
-        return target
+    def ingest_record(self, end: dt.date) -> Path:
+        return self.base / "reports" / "ingest" / f"end={end.isoformat()}.json"
 
-    def quarantine(self, day: dt.date, attempt: str) -> Path:
-        """Move a raw partition out of the way, into its own quarantine folder; return the folder."""
+    def remove_stale_temporaries(self) -> int:
+        """Remove what killed step runs left in the folders the steps write."""
+        return sum(remove_stale_temporaries(self.base / folder) for folder in _STEP_FOLDERS)
+
+    # --- validated partitions: every version kept, one current --------------------------------
+
+    def validated_dir(self, day: dt.date) -> Path:
+        return self.base / "validated" / f"date={day.isoformat()}"
+
+    def validated_version_path(self, day: dt.date, sha256: str) -> Path:
+        return self.validated_dir(day) / f"{sha256[:16]}.parquet"
+
+    def current_validated(self, day: dt.date) -> ValidatedVersion | None:
+        pointer = self.validated_dir(day) / POINTER_FILE
+        try:
+            current = json.loads(pointer.read_text())
+        except FileNotFoundError:
+            return None
+        return ValidatedVersion(day=day, sha256=current["sha256"], rows=int(current["rows"]),
+                                path=self.validated_version_path(day, current["sha256"]))
+
+    def validated(self, day: dt.date) -> Path:
+        """The current validated file of ``day``; a path that does not exist when there is none."""
+        current = self.current_validated(day)
+        return current.path if current else self.validated_dir(day) / PARTITION_FILE
+
+    @contextmanager
+    def day_lock(self, day: dt.date) -> Iterator[None]:
+        """Serialise the compare-and-publish of one day's validated version across processes."""
+        with locked(self.validated_dir(day)):
+            yield
+
+    def publish_validated(self, day: dt.date, data: bytes, sha256: str, rows: int,
+                          replaces: str | None = None) -> ValidatedVersion:
+        """Keep ``data`` (bytes that passed the suite) as a version of ``day`` and make it current.
+
+        Call it holding ``day_lock``. The version file is content-addressed and written once; the
+        pointer is replaced atomically, so a reader sees the old version or the new one.
+        """
+        path = self.validated_version_path(day, sha256)
+        if not path.exists():
+            write_bytes(data, path)
+        write_json({"sha256": sha256, "rows": rows, "file": path.name, "replaces": replaces},
+                   self.validated_dir(day) / POINTER_FILE)
+        return ValidatedVersion(day=day, sha256=sha256, rows=rows, path=path)
+
+    def publish(self, day: dt.date) -> Path:
+        """Publish the raw partition of ``day`` as it is (no checks): for tests and repairs."""
+        data = self.raw(day).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        with self.day_lock(day):
+            current = self.current_validated(day)
+            return self.publish_validated(day, data, sha, pq.read_metadata(self.raw(day)).num_rows,
+                                          replaces=current.sha256 if current else None).path
+
+    def quarantine(self, day: dt.date, attempt: str, data: bytes | None = None) -> Path:
+        """A folder for a rejected batch, holding the exact bytes that were judged; return it."""
         folder = self.quarantine_dir(day, attempt)
         folder.mkdir(parents=True, exist_ok=True)
-        source = self.raw(day)
-        if source.exists():
-            os.replace(source, folder / PARTITION_FILE)
+        if data is not None:
+            write_bytes(data, folder / PARTITION_FILE)
         return folder
+
+    # --- feature tables: one folder per build, one current --------------------------------------
+
+    def _features_base(self, end: dt.date) -> Path:
+        return self.base / "features" / f"end={end.isoformat()}"
+
+    def features_dir(self, end: dt.date) -> Path:
+        """The current feature folder of the window ending ``end`` (one that may not exist yet)."""
+        base = self._features_base(end)
+        try:
+            return base / json.loads((base / POINTER_FILE).read_text())["folder"]
+        except FileNotFoundError:
+            return base
+
+    @contextmanager
+    def new_features(self, end: dt.date) -> Iterator[Path]:
+        """Yield an empty folder; once the block succeeds, publish all its files as one unit.
+
+        The folder is named by the hash of its files, renamed into place and made current by
+        replacing the pointer: readers see the whole previous table or the whole new one.
+        """
+        base = self._features_base(end)
+        tmp, fd = _locked_temp(base / "build", directory=True)
+        try:
+            yield tmp
+            digest = hashlib.sha256()
+            for name in sorted(p.name for p in tmp.iterdir()):
+                digest.update(f"{name}:{file_sha256(tmp / name)}\n".encode())
+            version = digest.hexdigest()[:16]
+            try:
+                os.rename(tmp, base / version)
+            except OSError as exc:  # the same table exists already: keep it
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(fd)
+        write_json({"folder": version}, base / POINTER_FILE)
+
+    # --- lineage: a data fingerprint back to its exact files ------------------------------------
+
+    def record_lineage(self, fingerprint: str, versions: list[ValidatedVersion]) -> Path:
+        target = self.base / "lineage" / f"{fingerprint}.json"
+        if not target.exists():
+            write_json({"fingerprint": fingerprint, "partitions": [v.to_dict(self.base) for v in versions]}, target)
+        return target
+
+    def files_for_fingerprint(self, fingerprint: str, verify: bool = True) -> list[Path]:
+        """The validated files a data fingerprint (a model's ``mlcycle.data_fingerprint``) names.
+
+        With ``verify``, each file's bytes are hashed and checked against the recorded sha256.
+        """
+        record = self.base / "lineage" / f"{fingerprint}.json"
+        try:
+            partitions = json.loads(record.read_text())["partitions"]
+        except FileNotFoundError:
+            raise LineageError(f"no lineage record {record} for fingerprint {fingerprint!r} of {self.pipeline}: "
+                               f"it was not built by build_features on this store") from None
+        files = []
+        for part in partitions:
+            path = self.base / part["file"]
+            if not path.is_file() or (verify and file_sha256(path) != part["sha256"]):
+                raise LineageError(f"fingerprint {fingerprint}: {path} is missing or no longer holds the bytes "
+                                   f"with sha256 {part['sha256']}")
+            files.append(path)
+        return files

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import time
 
+from mlcycle.errors import StepError
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 
@@ -12,15 +16,47 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+class TrackingUnavailable(StepError):
+    """The MLflow tracking server did not answer in time."""
+
+
+def bound_http_waits(timeout: float) -> None:
+    """Let MLflow's HTTP client give up on an unanswered server after about ``timeout`` seconds.
+
+    MLflow retries 7 times with exponential backoff and waits 120 s per request by default (about
+    280 s for a refused connection). Two retries with short backoff, and a per-request timeout that
+    fits the rest of the budget, keep a blip survivable and a dead server a quick failure. MLflow's
+    own variables, when set, win.
+    """
+    retries = 2
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int((timeout - 4) / (retries + 1)))))
+
+
 def connect(settings: Settings, spec: PipelineSpec) -> str:
     """Point MLflow at the configured store and make sure the pipeline's experiment exists."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if settings.tracking_uri.startswith("sqlite:///"):
         settings.home.joinpath("mlflow").mkdir(parents=True, exist_ok=True)
+    bound_http_waits(settings.mlflow_timeout)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(spec.experiment)
+    began = time.monotonic()
+    try:
+        experiment = mlflow.get_experiment_by_name(spec.experiment)
+    except (MlflowException, OSError) as exc:
+        remote = settings.tracking_uri.startswith(("http://", "https://"))
+        if not remote or (isinstance(exc, MlflowException) and "failed with exception" not in str(exc)):
+            raise
+        causes = re.findall(r"\[Errno -?\d+\][^'\")]*|[Rr]ead timed out", str(exc))
+        raise TrackingUnavailable(
+            f"the MLflow tracking server {settings.tracking_uri} did not answer ({causes[-1] if causes else exc}; "
+            f"gave up after {time.monotonic() - began:.0f} s, MLCYCLE_MLFLOW_TIMEOUT={settings.mlflow_timeout:g}). "
+            f"Start the server or fix MLFLOW_TRACKING_URI, then re-run the task") from exc
     if experiment is None:
         location = f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
         experiment_id = mlflow.create_experiment(spec.experiment, artifact_location=location,

@@ -41,7 +41,7 @@ def test_sampled_days_of_the_real_data_pass_the_committed_suite(spec, tmp_path):
     for day in SAMPLE_DAYS:
         # Exactly what validate sees: the partition ingest writes, read back from parquet.
         path = tmp_path / f"{day}.parquet"
-        write_parquet(reader.read(day, day + dt.timedelta(days=1)), path)
+        write_parquet(reader.read(day, day + dt.timedelta(days=1)).frame, path)
         frame = pd.read_parquet(path)
         sizes[day] = len(frame)
         bad = [r for r in runner.run(frame) if not r["success"]]
@@ -56,7 +56,7 @@ def test_sampled_days_of_the_real_data_pass_the_committed_suite(spec, tmp_path):
 def test_the_runner_really_checks(spec):
     """Guards the test above: the same runner rejects a partition the suite must reject."""
     runner = SuiteRunner(load_suite(spec))
-    frame = FileReader(spec).read(dt.date(2011, 7, 1), dt.date(2011, 7, 2))
+    frame = FileReader(spec).read(dt.date(2011, 7, 1), dt.date(2011, 7, 2)).frame
     frame.loc[0, "weathersit"] = "sandstorm"
     failed = [r["expectation"] for r in runner.run(frame) if not r["success"]]
     assert failed == ["expect_column_values_to_be_in_set on `weathersit` (value_set=['clear', 'cloudy/misty', "

@@ -144,11 +144,15 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         for kind in ("raw", "validated"):
             folders = sorted(p.name for p in (store / kind).iterdir())
             assert folders == expected, (kind, folders)
-            for folder in folders:
-                assert [p.name for p in (store / kind / folder).iterdir()] == ["data.parquet"], (kind, folder)
+        for folder in expected:
+            assert [p.name for p in (store / "raw" / folder).iterdir()] == ["data.parquet"], folder
+            # One validated version per day (the same bytes as raw), and the pointer naming it.
+            names = sorted(p.name for p in (store / "validated" / folder).iterdir())
+            raw_sha = hashlib.sha256((store / "raw" / folder / "data.parquet").read_bytes()).hexdigest()
+            assert names == ["CURRENT.json", f"{raw_sha[:16]}.parquet"], folder
         features = sorted(p.name for p in (store / "features").iterdir())
         assert features == [f"end={(d + dt.timedelta(1)).isoformat()}" for d in _days(FROM, TO + dt.timedelta(1))]
-        assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+        assert not [p for p in store.rglob("*") if p.name.endswith((".tmp", "-tmp"))]
         assert not (store / "quarantine").exists()
 
         # Clear one day: the scheduler runs it again and rewrites the same bytes.

@@ -39,15 +39,15 @@ def test_success_exits_0_with_the_result_as_the_last_line(tmp_path, spec_path):
     assert proc.returncode == 0, proc.stderr
     result = last_json(proc.stdout)
     assert result == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
-                      "partitions": 2, "rows": 48, "empty_days": [], "filtered": {}}
+                      "partitions": 2, "rows": 48, "empty_days": [],
+                      "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0,
+                                  "outside_source_bounds": 0}, "filtered": {}}
     assert "ingesting synthclass" in proc.stderr  # logs go to stderr, not into the result
     assert (tmp_path / "home" / "store" / "synthclass" / "raw" / "date=2011-03-05" / "data.parquet").is_file()
 
 
 def test_nothing_to_do_exits_99(tmp_path, spec_path):
-    # Airflow passes timestamps; the CLI keeps the date.
-    proc = run_cli(tmp_path, "ingest", "--pipeline", str(spec_path), "--start", "2011-03-11T00:00:00+00:00",
-                   "--end", "2011-03-12T00:00:00+00:00")
+    proc = run_cli(tmp_path, "ingest", "--pipeline", str(spec_path), "--start", "2011-03-11", "--end", "2011-03-12")
     assert proc.returncode == 99, proc.stderr
     result = last_json(proc.stdout)
     assert result["status"] == "skipped" and "window.data_end" in result["reason"]
@@ -77,14 +77,17 @@ def test_suite_prints_the_derived_suite(capsys, monkeypatch, tmp_path):
     assert suite["name"] == "bikeshare.partition" and len(suite["expectations"]) > 40
 
 
-def test_an_unexpected_error_exits_1(capsys, monkeypatch, tmp_path, spec_path):
-    monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path))
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("bug")
-
-    monkeypatch.setattr(cli, "_run", crash)
-    assert cli.main(["ingest", "--pipeline", str(spec_path), "--start", "2011-03-05", "--end", "2011-03-06"]) == 1
+def test_an_unexpected_error_exits_1_with_the_traceback_then_the_failure_as_json(tmp_path, spec_path):
+    # A real error no step anticipates: the raw partition is a folder.
+    raw = tmp_path / "home" / "store" / "synthclass" / "raw" / "date=2011-03-05" / "data.parquet"
+    raw.mkdir(parents=True)
+    proc = run_cli(tmp_path, "validate", "--pipeline", str(spec_path), "--start", "2011-03-05",
+                   "--end", "2011-03-06", "--window-days", "1")
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr and "IsADirectoryError" in proc.stderr
+    result = last_json(proc.stdout)
+    assert result["status"] == "failed" and result["step"] == "validate"
+    assert result["error"].startswith("unexpected IsADirectoryError") and "traceback is in the log" in result["error"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -98,3 +101,21 @@ def test_bad_arguments_exit_2(argv, capsys):
         cli.main(argv)
     assert info.value.code == 2
     assert "usage: mlcycle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("start", "end", "window", "message"), [
+    ("2011-03-05garbage", "2011-03-06", "1", "not a date in the form YYYY-MM-DD: '2011-03-05garbage'"),
+    ("2011-03-05T00:00:00+00:00", "2011-03-06", "1", "not a date in the form YYYY-MM-DD"),
+    ("2011-3-5", "2011-03-06", "1", "not a date in the form YYYY-MM-DD"),
+    ("2011-02-30", "2011-03-06", "1", "not a date in the form YYYY-MM-DD"),
+    ("2011-03-07", "2011-03-06", "1", "--end 2011-03-06 must be after --start 2011-03-07"),
+    ("2011-03-06", "2011-03-06", "1", "--end 2011-03-06 must be after --start 2011-03-06"),
+    ("2011-03-05", "2011-03-06", "0", "the window must be at least one day (got 0)"),
+    ("2011-03-05", "2011-03-06", "-3", "the window must be at least one day (got -3)"),
+])
+def test_dates_and_windows_are_strict(start, end, window, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["validate", "--pipeline", "bikeshare", "--start", start, "--end", end, "--window-days", window])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

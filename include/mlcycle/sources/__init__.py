@@ -7,6 +7,7 @@ writes the same raw partition whatever the source was.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pandas as pd
@@ -14,10 +15,23 @@ import pandas as pd
 from mlcycle.errors import SpecError
 from mlcycle.spec import PipelineSpec
 
+#: Why a source row belongs to no day (besides the reasons of ``mlcycle.timestamps``).
+OUTSIDE_BOUNDS = "outside_source_bounds"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a reader returns: the range's rows, and the source rows that belong to no day, by reason."""
+
+    frame: pd.DataFrame
+    rows_read: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
 
 class Reader(Protocol):
-    def read(self, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Rows whose ``event_time`` falls in [start, end), sorted by ``event_time``."""
+    def read(self, start: dt.date, end: dt.date) -> Selection:
+        """Rows whose ``event_time`` falls in [start, end), sorted by ``event_time``, and the dropped counts."""
         ...
 
 

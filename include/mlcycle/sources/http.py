@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlcycle.errors import SourceError
+from mlcycle.sources import Selection
 from mlcycle.sources.file import read_table, select_range
 from mlcycle.spec import PipelineSpec
 
@@ -25,7 +26,7 @@ class HttpReader:
         self.timeout = float(spec.source.options.get("timeout_seconds", 60))
         self._frame: pd.DataFrame | None = None
 
-    def read(self, start: dt.date, end: dt.date) -> pd.DataFrame:
+    def read(self, start: dt.date, end: dt.date) -> Selection:
         if self._frame is None:
             log.info("downloading %s", self.url)
             with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mlcycle.errors import SourceError
 from mlcycle.settings import Settings
+from mlcycle.sources import Selection
 from mlcycle.sources.file import select_range
 from mlcycle.spec import PipelineSpec
 from mlcycle.store import Store, days
@@ -58,7 +59,7 @@ class PostgresReader:
                 body.write(fh.read())
         return body.getvalue()
 
-    def read(self, start: dt.date, end: dt.date) -> pd.DataFrame:
+    def read(self, start: dt.date, end: dt.date) -> Selection:
         if end <= start:
             raise SourceError(f"empty range [{start}, {end}) for table {self.table}")
         log.info("reading landing files of table %s, %s to %s, from %s", self.table, start, end, self.landing)

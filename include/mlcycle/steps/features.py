@@ -4,22 +4,28 @@ The evaluation slice is the most recent ``evaluation.holdout_days`` of the windo
 it is the training slice, so no evaluation row is older than a training row (no leakage). Both
 slices keep every column of the spec (features, target and the others, so that a champion trained on
 another feature set can be scored on its own columns), plus ``event_time`` for reference.
+
+Each day is read through its validated pointer, and its bytes are checked against the hash the
+pointer names. The manifest lists the exact versions used, the fingerprint names them, and the
+store's lineage record maps the fingerprint back to those files even after a restatement. The
+train and eval files and the manifest are published as one folder: readers see all or none.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 
 import pandas as pd
 
-from mlcycle.errors import DataQualityError, NotEnoughData
+from mlcycle.errors import DataQualityError, NotEnoughData, StepError
 from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store, days, file_sha256, write_json, write_parquet
+from mlcycle.store import Store, ValidatedVersion, days, fingerprint_of, write_json, write_parquet
 from mlcycle.timestamps import day_start
 
 log = logging.getLogger(__name__)
@@ -60,14 +66,22 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
                    window_days: int | None = None) -> FeaturesResult:
     start, end = training_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
-    frames, hashes, missing = [], [], []
+    store.remove_stale_temporaries()
+    frames: list[pd.DataFrame] = []
+    versions: list[ValidatedVersion] = []
+    missing: list[str] = []
     for day in days(start, end):
-        path = store.validated(day)
-        if not path.exists():
+        version = store.current_validated(day)
+        if version is None:
             missing.append(day.isoformat())
             continue
-        frames.append(pd.read_parquet(path))
-        hashes.append(f"{day}:{file_sha256(path)}")
+        data = version.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != version.sha256:
+            raise StepError(f"the validated file {version.path} no longer holds the bytes its name says "
+                            f"(sha256 {version.sha256}): the store was modified outside the pipeline; "
+                            f"re-run ingest and validate for {day}")
+        frames.append(pd.read_parquet(io.BytesIO(data)))
+        versions.append(version)
     if missing:
         log.warning("%d day(s) of the window have no validated partition: %s", len(missing), ", ".join(missing))
     # Every column of the spec, not only today's features: a champion trained on another feature set
@@ -95,14 +109,17 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
             "training nor the gate sees it. Look for a stuck source (a dead sensor) in those days, then "
             "restate them or widen the window; `min_std`/`min_distinct` in the spec set the floors.")
     # The fingerprint names exactly which validated bytes went into this feature table.
-    fingerprint = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+    fingerprint = fingerprint_of(versions)
+    store.record_lineage(fingerprint, versions)
+    with store.new_features(end) as building:
+        write_parquet(train, building / "train.parquet")
+        write_parquet(evaluation, building / "eval.parquet")
+        write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
+                    "split_at": cutoff.isoformat(), "train_rows": len(train), "eval_rows": len(evaluation),
+                    "features": spec.feature_names, "target": spec.target, "fingerprint": fingerprint,
+                    "partitions": [v.to_dict(store.base) for v in versions], "missing_days": missing},
+                   building / "manifest.json")
     folder = store.features_dir(end)
-    write_parquet(train, folder / "train.parquet")
-    write_parquet(evaluation, folder / "eval.parquet")
-    write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
-                "split_at": cutoff.isoformat(), "train_rows": len(train), "eval_rows": len(evaluation),
-                "features": spec.feature_names, "target": spec.target, "fingerprint": fingerprint,
-                "partitions": hashes, "missing_days": missing}, folder / "manifest.json")
     log.info("feature table: %d training rows before %s, %d evaluation rows; fingerprint %s",
              len(train), cutoff.date(), len(evaluation), fingerprint)
     return FeaturesResult(pipeline=spec.name, window_start=start.isoformat(), window_end=end.isoformat(),

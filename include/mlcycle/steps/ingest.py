@@ -3,6 +3,8 @@
 Each day of the window becomes ``raw/date=YYYY-MM-DD/data.parquet`` with the source's columns plus
 ``event_time``. Writing is deterministic and atomic, so re-running a date rewrites its partition
 with identical bytes; days that are already validated with the same bytes cost nothing downstream.
+Source rows that belong to no day (no timestamp, or one outside the source's bounds) are counted by
+reason in ``reports/ingest/end=YYYY-MM-DD.json``, where validate reads them and decides on the share.
 An unreadable source is quarantined with a report, and nothing is written.
 """
 
@@ -34,6 +36,8 @@ class IngestResult(Result):
     partitions: int
     rows: int
     empty_days: list[str]
+    #: Rows that belong to no day (no timestamp, or outside the source's bounds), by reason.
+    dropped: dict[str, int]
     #: Rows the spec's filters (or transform) removed, by rule: dropped on purpose, and counted.
     filtered: dict[str, int]
 
@@ -65,27 +69,33 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
         raise NothingToDo(f"the interval ends before the data starts ({spec.data_start})")
     start, end = training_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
+    store.remove_stale_temporaries()
     log.info("ingesting %s from %s source, window %s to %s", spec.name, spec.source.kind, start, end)
     try:
-        frame = reader_for(spec).read(start, end)
+        selection = reader_for(spec).read(start, end)
     except SourceError as exc:
         report = _quarantine_unreadable(spec, store, interval, attempt, exc)
         raise ValidationFailed(f"batch for {interval.start} rejected: expectation `source is readable` "
                                f"failed: {exc}. The batch is quarantined; report: {report}",
                                failures=[{"expectation": "source is readable", "observed": str(exc)}],
                                report=report) from exc
-    frame, filtered = derive.apply(frame, spec.derivations, spec.timezone, EVENT_TIME)
+    frame, filtered = derive.apply(selection.frame, spec.derivations, spec.timezone, EVENT_TIME)
     day_of_row = local_days(frame[EVENT_TIME], spec.timezone)
     empty: list[str] = []
+    partitions: dict[str, str] = {}
     for i, day in enumerate(days(start, end), start=1):
         part = frame.loc[day_of_row == day]
         if part.empty:
             empty.append(day.isoformat())
-        write_parquet(part, store.raw(day))
+        partitions[day.isoformat()] = write_parquet(part, store.raw(day))
         if i % 7 == 0 or day == end - dt.timedelta(days=1):
             log.info("ingest progress: %d/%d partitions written (through %s)", i, (end - start).days, day)
     if empty:
         log.warning("no rows for %s: those partitions are empty and will fail validation", ", ".join(empty))
+    write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
+                "source_rows_read": selection.rows_read, "rows_in_window": len(frame),
+                "dropped": selection.dropped, "dropped_examples": selection.examples, "filtered": filtered,
+                "partitions_sha256": partitions}, store.ingest_record(end))
     return IngestResult(pipeline=spec.name, window_start=start.isoformat(), window_end=end.isoformat(),
                         partitions=(end - start).days, rows=len(frame), empty_days=empty,
-                        filtered=filtered)
+                        dropped=selection.dropped, filtered=filtered)

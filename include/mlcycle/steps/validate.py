@@ -1,14 +1,25 @@
 """validate: run the pipeline's Great Expectations suite on each raw partition of the window.
 
-A partition that passes is published, byte for byte, to the validated store; one that is already
-validated with the same bytes is skipped. A partition that fails is moved to quarantine with its
-failures (JSON) and an HTML report, and the step fails naming every failing expectation, so
-nothing downstream (features, training, the registry) ever sees it.
+Each raw partition is read once: its bytes are hashed, the suite judges a frame parsed from those
+bytes, and exactly those bytes are published as a new version of the day (named by their hash)
+whose pointer replaces the current one, so a re-ingest racing with validation can never publish
+what was not judged. A day already validated with the same bytes is skipped. A partition that
+fails is quarantined (the bytes judged, its failures as JSON and an HTML report), and the step
+fails naming every failing expectation, so nothing downstream ever sees it.
+
+Two more checks decide on the window: the rows ingest dropped (no timestamp, outside the source's
+bounds) against ``validation.max_dropped_share``, and restatements, a new version of a day that
+was validated before: logged and reported (rows before and after; added, removed and changed rows
+when the spec has a ``validation.key``), and rejected when the day shrinks by more than
+``validation.max_restatement_shrink``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +32,7 @@ from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store, days, file_sha256, write_json, write_text
+from mlcycle.store import Store, ValidatedVersion, days, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +44,17 @@ class ValidateResult(Result):
     validated: int
     skipped: int
     report: str
+    restated: list[dict[str, Any]]
+    dropped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One raw partition as read once: the bytes judged and published, and the frame parsed from them."""
+
+    data: bytes
+    sha256: str
+    frame: pd.DataFrame
 
 
 def _per_partition(expectation: dict[str, Any]) -> bool:
@@ -115,52 +137,165 @@ def _summarise(item: Any) -> dict[str, Any]:
     return {"success": bool(item.success), "expectation": describe(config), "observed": observed}
 
 
+def _dropped_rows(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What ingest dropped for this window (from its record), and a failure per reason over its share."""
+    path = store.ingest_record(end)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        log.warning("no ingest record at %s: the rows ingest dropped for this window are unknown", path)
+        return {"record": "none (run ingest for this window)"}, []
+    if (record.get("window_start"), record.get("window_end")) != (start.isoformat(), end.isoformat()):
+        log.warning("the ingest record %s is of the window %s to %s, not %s to %s: its dropped rows are not "
+                    "checked", path, record.get("window_start"), record.get("window_end"), start, end)
+        return {"record": f"{path} (another window)"}, []
+    read = int(record.get("source_rows_read") or 0)
+    failures = []
+    for reason, count in sorted(record.get("dropped", {}).items()):
+        share, allowed = (count / read if read else 0.0), spec.integrity.max_dropped_share.get(reason, 0.0)
+        if count and share > allowed:
+            examples = record.get("dropped_examples", {}).get(reason, [])
+            failures.append({
+                "success": False,
+                "expectation": f"rows dropped by ingest as {reason}: at most {allowed:.2%} of the source rows "
+                               f"(validation.max_dropped_share.{reason})",
+                "observed": f"{count} of {read} source rows ({share:.2%})"
+                            + (f", e.g. {'; '.join(examples)}" if examples else ""),
+            })
+    return {"source rows read": read, **{f"dropped: {k}": v for k, v in record.get("dropped", {}).items()}}, failures
+
+
+def _restatement(spec: PipelineSpec, old: ValidatedVersion, new: pd.DataFrame) -> dict[str, Any]:
+    """How a new version of a day differs from the current one: rows, and by key what changed."""
+    before = pd.read_parquet(old.path)
+    change: dict[str, Any] = {"partition": old.day.isoformat(), "rows_before": len(before), "rows_after": len(new),
+                              "previous_sha256": old.sha256}
+    key = list(spec.integrity.key)
+    if not key or not set(key) <= set(before.columns) & set(new.columns) \
+            or before.duplicated(key).any() or new.duplicated(key).any():
+        return change
+    old_i, new_i = before.set_index(key), new.set_index(key)
+    common = old_i.index.intersection(new_i.index)
+    a, b = old_i.loc[common], new_i.loc[common]
+    changed = pd.Series(False, index=common)
+    for column in old_i.columns.union(new_i.columns):
+        if column not in a or column not in b:
+            changed[:] = True
+            continue
+        left, right = a[column], b[column]
+        changed |= (left != right) & ~(left.isna() & right.isna())
+    change.update(added=len(new_i.index.difference(old_i.index)), removed=len(old_i.index.difference(new_i.index)),
+                  changed=int(changed.sum()))
+    return change
+
+
+def _publish(spec: PipelineSpec, store: Store, day: dt.date, batch: _Batch
+             ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Publish a passing batch as the day's current version; return (restatement, failure)."""
+    with store.day_lock(day):
+        current = store.current_validated(day)
+        if current is not None and current.sha256 == batch.sha256:
+            return None, None  # a concurrent run published these very bytes
+        change = _restatement(spec, current, batch.frame) if current is not None else None
+        if change is not None:
+            shrink = 1 - change["rows_after"] / change["rows_before"] if change["rows_before"] else 0.0
+            allowed = spec.integrity.max_restatement_shrink
+            if shrink > allowed:
+                return change, {"success": False,
+                                "expectation": f"a restatement shrinks the day by at most {allowed:.0%} "
+                                               f"(validation.max_restatement_shrink)",
+                                "observed": f"{change['rows_before']} rows validated before, {change['rows_after']} "
+                                            f"now ({shrink:.0%} fewer); the validated version is kept"}
+            log.warning("restatement of %s: %s", day, ", ".join(f"{k} {v}" for k, v in change.items()
+                                                             if k not in ("partition", "previous_sha256")))
+        store.publish_validated(day, batch.data, batch.sha256, len(batch.frame),
+                                replaces=current.sha256 if current else None)
+        return change, None
+
+
+def _read_pending(store: Store, window: list[dt.date]) -> tuple[dict[dt.date, _Batch], int]:
+    """The window's raw partitions that are not the current validated version, each read once."""
+    pending: dict[dt.date, _Batch] = {}
+    skipped = 0
+    for day in window:
+        raw = store.raw(day)
+        try:
+            data = raw.read_bytes()
+        except FileNotFoundError:
+            raise StepError(f"no raw partition for {day} at {raw}: run the ingest step for this window first") from None
+        sha = hashlib.sha256(data).hexdigest()
+        current = store.current_validated(day)
+        if current is not None and current.sha256 == sha:
+            skipped += 1
+            continue
+        pending[day] = _Batch(data=data, sha256=sha, frame=pd.read_parquet(io.BytesIO(data)))
+    return pending, skipped
+
+
+def _reject_window(spec: PipelineSpec, store: Store, interval: Interval, attempt: str, report_path, summary,
+                   failures: list[dict[str, Any]]) -> ValidationFailed:
+    """The whole window fails (too many dropped rows): nothing is published."""
+    entry = {"partition": f"window {summary['window']}", "success": False, "results": failures}
+    write_text(validation_report(f"Validation of {spec.name}: window rejected", summary, [entry]), report_path)
+    folder = store.quarantine(interval.start, attempt)
+    write_json({"pipeline": spec.name, "window": summary["window"], "failures": failures}, folder / "failures.json")
+    write_text(validation_report(f"{spec.name}: window rejected", {"quarantined to": str(folder)}, [entry]),
+               folder / "report.html")
+    lines = "\n".join(f"  {f['expectation']}: {f['observed']}" for f in failures)
+    return ValidationFailed(f"the window {summary['window']} of {spec.name} is rejected, nothing was published:\n"
+                            f"{lines}\nFix the source (or raise the share in the spec). Report: {report_path}",
+                            failures=failures, report=str(report_path))
+
+
 def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_days: int | None = None,
              attempt: str = "manual") -> ValidateResult:
     """Validate every raw partition of the window; publish the good ones, quarantine the bad."""
     start, end = training_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
+    store.remove_stale_temporaries()
     suite = load_suite(spec)
+    window = days(start, end)
+    report_path = store.validation_report(end)
+    dropped, drop_failures = _dropped_rows(spec, store, start, end)
+    summary = {"pipeline": spec.name, "suite": suite["name"], "window": f"{start} to {end} (end excluded)",
+               "airflow run": f"{settings.dag_id} / {settings.run_id}", **dropped}
+    if drop_failures:
+        raise _reject_window(spec, store, interval, attempt, report_path, summary, drop_failures)
+    pending, skipped = _read_pending(store, window)
     checked: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    skipped = 0
-    window = days(start, end)
-    pending: dict[dt.date, pd.DataFrame] = {}
-    for day in window:
-        raw, published = store.raw(day), store.validated(day)
-        if not raw.exists():
-            raise StepError(f"no raw partition for {day} at {raw}: run the ingest step for this window first")
-        if published.exists() and file_sha256(published) == file_sha256(raw):
-            skipped += 1
-            continue
-        pending[day] = pd.read_parquet(raw)
+    restated: list[dict[str, Any]] = []
     if pending:
         log.info("validating %d new partition(s) of %d in the window (%d already validated)",
                  len(pending), len(window), skipped)
-        outcome = SuiteRunner(suite).run_window(pending)
+        outcome = SuiteRunner(suite).run_window({day: batch.frame for day, batch in pending.items()})
         for day, results in outcome.items():
             ok = all(r["success"] for r in results)
-            entry = {"partition": day.isoformat(), "success": ok, "rows": len(pending[day]), "results": results}
-            checked.append(entry)
             if ok:
-                store.publish(day)
-            else:
+                change, refusal = _publish(spec, store, day, pending[day])
+                restated.extend([change] if change else [])
+                if refusal:
+                    results, ok = [*results, refusal], False
+            entry = {"partition": day.isoformat(), "success": ok, "rows": len(pending[day].frame), "results": results}
+            checked.append(entry)
+            if not ok:
                 failed.append(entry)
 
-    report_path = store.validation_report(end)
-    summary = {"pipeline": spec.name, "suite": suite["name"], "window": f"{start} to {end} (end excluded)",
-               "partitions checked": len(checked), "already validated": skipped, "failed": len(failed),
-               "airflow run": f"{settings.dag_id} / {settings.run_id}"}
+    summary.update({"partitions checked": len(checked), "already validated": skipped, "failed": len(failed),
+                    "restated days": ", ".join(f"{c['partition']} ({c['rows_before']} -> {c['rows_after']} rows)"
+                                               for c in restated) or "none"})
     write_text(validation_report(f"Validation of {spec.name}, window ending {end}", summary,
                                  failed + [c for c in checked if c["success"]]), report_path)
 
     if failed:
         lines = []
         for entry in failed:
-            folder = store.quarantine(dt.date.fromisoformat(entry["partition"]), attempt)
+            day = dt.date.fromisoformat(entry["partition"])
+            folder = store.quarantine(day, attempt, pending[day].data)
             bad = [r for r in entry["results"] if not r["success"]]
             write_json({"pipeline": spec.name, "partition": entry["partition"], "rows": entry["rows"],
-                        "failures": bad}, folder / "failures.json")
+                        "sha256": pending[day].sha256, "failures": bad}, folder / "failures.json")
             write_text(validation_report(f"{spec.name}: partition {entry['partition']} rejected",
                                          {"quarantined to": str(folder)}, [entry]), folder / "report.html")
             lines.extend(f"  {entry['partition']}: {r['expectation']}: {r['observed']}" for r in bad)
@@ -171,6 +306,9 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
             failures=[{"partition": e["partition"], **r} for e in failed for r in e["results"] if not r["success"]],
             report=str(report_path),
         )
-    log.info("validated %d partition(s), %d already validated; report: %s", len(checked), skipped, report_path)
+    log.info("validated %d partition(s), %d already validated, %d restated; report: %s", len(checked), skipped,
+             len(restated), report_path)
     return ValidateResult(pipeline=spec.name, suite=suite["name"], validated=len(checked), skipped=skipped,
-                          report=str(report_path))
+                          report=str(report_path), restated=restated,
+                          dropped={k.removeprefix("dropped: "): v for k, v in dropped.items()
+                                   if k.startswith("dropped: ")})

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mlcycle.errors import NotEnoughData
+from mlcycle.errors import NotEnoughData, StepError
 from mlcycle.spec import EVENT_TIME, load_spec
 from mlcycle.steps.features import build_features
 from mlcycle.steps.ingest import ingest
@@ -53,10 +54,37 @@ def test_the_fingerprint_names_the_validated_bytes(clf_spec, settings):
     store = _publish_window(clf_spec, settings)
     first = build_features(clf_spec, settings, day_interval(LAST))
     assert build_features(clf_spec, settings, day_interval(LAST)).fingerprint == first.fingerprint
-    changed = pd.read_parquet(store.validated(dt.date(2011, 3, 3)))
+    restated = dt.date(2011, 3, 3)
+    changed = pd.read_parquet(store.raw(restated))
     changed.loc[0, "x1"] = 0.5
-    write_parquet(changed, store.validated(dt.date(2011, 3, 3)))
+    write_parquet(changed, store.raw(restated))
+    store.publish(restated)
+    second = build_features(clf_spec, settings, day_interval(LAST))
+    assert second.fingerprint != first.fingerprint and second.path != first.path
+    manifest = json.loads((Path(second.path) / "manifest.json").read_text())
+    assert manifest["partitions"][2]["file"] == str(store.validated(restated).relative_to(store.base))
+
+
+def test_a_models_fingerprint_resolves_to_the_same_bytes_after_a_restatement(clf_spec, settings):
+    store = _publish_window(clf_spec, settings)
+    first = build_features(clf_spec, settings, day_interval(LAST))
+    before = {p: p.read_bytes() for p in store.files_for_fingerprint(first.fingerprint)}
+    assert len(before) == 21
+    restated = dt.date(2011, 3, 3)
+    write_parquet(pd.read_parquet(store.raw(restated)).head(20), store.raw(restated))
+    store.publish(restated)  # the day's current version changes ...
     assert build_features(clf_spec, settings, day_interval(LAST)).fingerprint != first.fingerprint
+    # ... and the first fingerprint still names the very bytes it was built from.
+    after = store.files_for_fingerprint(first.fingerprint)
+    assert {p: p.read_bytes() for p in after} == before
+    assert pd.concat(pd.read_parquet(p) for p in after).shape[0] == first.train_rows + first.eval_rows
+
+
+def test_a_validated_file_changed_outside_the_pipeline_is_refused(clf_spec, settings):
+    store = _publish_window(clf_spec, settings)
+    write_parquet(pd.read_parquet(store.raw(dt.date(2011, 3, 3))).head(3), store.validated(dt.date(2011, 3, 3)))
+    with pytest.raises(StepError, match="no longer holds the bytes its name says"):
+        build_features(clf_spec, settings, day_interval(LAST))
 
 
 def test_days_without_a_validated_partition_are_left_out_and_listed(clf_spec, settings, caplog):

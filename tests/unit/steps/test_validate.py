@@ -92,9 +92,9 @@ def test_a_bad_batch_is_quarantined_and_named(kind, tmp_path, settings):
     assert html.escape(expectation) in (folder / "report.html").read_text()
     # Nothing downstream can see the bad batch.
     assert not store.validated(BAD_DAY).exists()
-    assert not store.raw(BAD_DAY).exists()
     if kind != "unreadable":
-        assert (folder / "data.parquet").is_file()  # the rejected batch is kept for inspection
+        # The rejected batch is kept for inspection: the very bytes that were judged.
+        assert (folder / "data.parquet").read_bytes() == store.raw(BAD_DAY).read_bytes()
         window_report = store.validation_report(BAD_DAY + dt.timedelta(days=1)).read_text()
         assert exc.report == str(store.validation_report(BAD_DAY + dt.timedelta(days=1)))
         assert "Partition 2011-03-15: <span class=\"fail\">FAILED" in window_report
