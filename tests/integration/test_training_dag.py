@@ -164,8 +164,11 @@ def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(p
     assert sunday.exists()
     # The registered classifier gives probabilities through pyfunc, as the README documents.
     proba = project.steps_python(f"""
-        import json, mlflow, pandas as pd
-        rows = pd.read_parquet({str(project.store / "flights" / "features")!r} + "/end=2023-03-15/eval.parquet").head(5)
+        import datetime as dt, json, mlflow, pandas as pd
+        from pathlib import Path
+        from mlcycle.store import Store
+        folder = Store(Path({str(project.store)!r}), "flights").features_dir(dt.date(2023, 3, 15))
+        rows = pd.read_parquet(folder / "eval.parquet").head(5)
         model = mlflow.pyfunc.load_model("models:/flights@champion")
         p = model.get_raw_model().predict_proba(rows[model.metadata.get_input_schema().input_names()])
         print(json.dumps({{"shape": list(p.shape), "sums": [round(float(x), 9) for x in p.sum(axis=1)],
