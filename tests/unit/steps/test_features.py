@@ -43,7 +43,8 @@ def test_time_split_has_no_leakage(clf_spec, settings):
     # The evaluation slice is exactly the last holdout_days (5) of the window.
     assert sorted(evaluation[EVENT_TIME].dt.date.unique()) == days(dt.date(2011, 3, 17), dt.date(2011, 3, 22))
     assert (result.train_rows, result.eval_rows) == (16 * 24, 5 * 24) == (len(train), len(evaluation))
-    assert list(train.columns) == [*clf_spec.feature_names, "label", EVENT_TIME]  # ts (ignored) is dropped
+    # Every spec column (ts is ignored as a feature but kept: a champion of another spec may need it)
+    assert list(train.columns) == ["ts", *clf_spec.feature_names, "label", EVENT_TIME]
     assert train[EVENT_TIME].is_monotonic_increasing
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["split_at"] == "2011-03-17T00:00:00+00:00" and manifest["fingerprint"] == result.fingerprint
