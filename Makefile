@@ -16,6 +16,10 @@ lint:
 bench:            ## parse times, DAG wall time, peak memory per step
 	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python scripts/bench.py
 
+.PHONY: mutation
+mutation:         ## mutation score of the gate, store, contract, spec and expectations (slow; MODULES=... for some)
+	bash scripts/mutation.sh $(MODULES)
+
 images:           ## build the step image (and its base when no registry is reachable)
 	bash scripts/build-images.sh
 
