@@ -41,9 +41,10 @@ stage() {  # stage MODULE: a fresh copy laid out the way mutmut expects
   rm -rf "$dir" && mkdir -p "$dir"
   cp -r "$pkg_dir" "$dir/$pkg"
   cp -r tests "$dir/tests"
-  mkdir -p "$dir/include"
-  # The step package finds its specs next to itself (include/pipelines); tests use ROOT/include.
-  for sub in pipelines expectations data; do cp -r "include/$sub" "$dir/include/$sub"; cp -r "include/$sub" "$dir/$sub"; done
+  # Tests read ROOT/include; the step package finds its specs next to itself (../pipelines).
+  cp -r include "$dir/include"
+  for sub in pipelines expectations data; do cp -r "include/$sub" "$dir/$sub"; done
+  rm -rf "$dir"/include/*.egg-info
   find "$dir" -name __pycache__ -prune -exec rm -rf {} +
   local test_list; test_list=$(printf '"%s", ' $tests)
   cat >"$dir/pyproject.toml" <<EOF
