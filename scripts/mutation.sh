@@ -41,17 +41,19 @@ stage() {  # stage MODULE: a fresh copy laid out the way mutmut expects
   rm -rf "$dir" && mkdir -p "$dir"
   cp -r "$pkg_dir" "$dir/$pkg"
   cp -r tests "$dir/tests"
-  # Tests read ROOT/include; the step package finds its specs next to itself (../pipelines).
+  # Tests read ROOT/include; the step package finds its specs next to itself (../pipelines), so
+  # those point into the copied include/ (links made before mutmut copies include/ into mutants/).
   cp -r include "$dir/include"
-  for sub in pipelines expectations data; do cp -r "include/$sub" "$dir/$sub"; done
   rm -rf "$dir"/include/*.egg-info
+  mkdir -p "$dir/mutants"
+  for sub in pipelines expectations data; do ln -s "include/$sub" "$dir/mutants/$sub"; done
   find "$dir" -name __pycache__ -prune -exec rm -rf {} +
   local test_list; test_list=$(printf '"%s", ' $tests)
   cat >"$dir/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["$pkg"]
 only_mutate = ["$pkg/$target"]
-also_copy = ["include", "pipelines", "expectations", "data"]
+also_copy = ["include"]
 pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = [${test_list%, }]
 use_git_change_detection = false
