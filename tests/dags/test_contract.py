@@ -51,6 +51,17 @@ def test_anything_but_a_json_object_is_a_problem(tmp_path, text, problem):
     assert result.payload is None and problem in result.problem and str(tmp_path) in result.problem
 
 
+def test_a_long_malformed_result_is_quoted_up_to_200_characters(tmp_path):
+    text = "x" * 199 + "yz" + "tail" * 50
+    result = read_result(write(tmp_path / "result.json", text))
+    assert result.problem.endswith(f": {text[:200]!r}") and "yz" not in result.problem
+
+
+def test_the_result_file_is_read_as_utf8(tmp_path):
+    (tmp_path / "result.json").write_bytes(json.dumps({"city": "Zürich"}, ensure_ascii=False).encode("utf-8"))
+    assert read_result(tmp_path / "result.json").payload == {"city": "Zürich"}
+
+
 def test_an_unreadable_path_is_a_problem_not_an_exception(tmp_path):
     result = read_result(tmp_path)  # a folder, not a file
     assert result.payload is None and "cannot be read" in result.problem
@@ -129,6 +140,12 @@ def test_exit_2_is_a_usage_error():
         interpret("evaluate", 2, StepResult(None, "no file"), "mlcycle evaluate: error: --run-id is required")
     assert str(info.value) == ("step `evaluate` was called with bad arguments (exit code 2): "
                                "mlcycle evaluate: error: --run-id is required")
+
+
+def test_exit_2_keeps_whatever_payload_the_step_wrote():
+    with pytest.raises(StepFailed) as info:
+        interpret("evaluate", 2, StepResult({"status": "failed", "error": "bad --run-id"}), "usage: mlcycle")
+    assert info.value.payload == {"status": "failed", "error": "bad --run-id"}
 
 
 def test_exit_2_without_output_points_at_the_usage_message():
