@@ -26,7 +26,7 @@ declare -A MODULES=(
   [evaluate]=".venv-steps|include/mlcycle|steps/evaluate.py|tests/unit/steps/test_evaluate_decide.py tests/unit/steps/test_evaluate_champion.py"
   [store]=".venv-steps|include/mlcycle|store.py|tests/unit/test_store.py tests/unit/test_store_layout.py"
   [contract]=".venv|dags/pipeline_support|contract.py|tests/dags/test_contract.py"
-  [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
+  [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py tests/unit/test_spec_rules.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
   [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py"
 )
 ORDER=(evaluate store contract spec expectations)
