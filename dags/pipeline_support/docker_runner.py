@@ -13,7 +13,6 @@ read when the task runs (never at parse time):
 - Secrets come from the Airflow connection ``MLCYCLE_MLFLOW_CONN_ID`` (default ``mlflow``), when it
   exists: its login and password reach the container as ``MLFLOW_TRACKING_USERNAME`` and
   ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
-
 - ``MLCYCLE_RESULT_DIR`` (default: the system's temporary folder): where each try's result folder
   is created. The Docker daemon must see it at the same path, as it sees the data store.
 
