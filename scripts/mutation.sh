@@ -27,7 +27,7 @@ declare -A MODULES=(
   [store]=".venv-steps|include/mlcycle|store.py|tests/unit/test_store.py tests/unit/test_store_layout.py"
   [contract]=".venv|dags/pipeline_support|contract.py|tests/dags/test_contract.py"
   [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py tests/unit/test_spec_rules.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
-  [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py"
+  [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py tests/unit/test_expectations_exact.py"
 )
 ORDER=(evaluate store contract spec expectations)
 [ $# -gt 0 ] && ORDER=("$@")

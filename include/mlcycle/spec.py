@@ -364,7 +364,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     if window_days and evaluation.holdout_days and evaluation.holdout_days >= window_days:
         r.problems.append("evaluation.holdout_days: must be smaller than window.days")
 
-    suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
+    suite_rel = (val or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     r.fail_if_any()
     return PipelineSpec(

@@ -90,68 +90,42 @@ def test_exit_0_without_a_result_fails_and_says_why():
     assert info.value.payload == {}
 
 
-def test_exit_99_skips_with_the_steps_reason():
-    with pytest.raises(AirflowSkipException) as info:
-        interpret("ingest", 99, StepResult({"status": "skipped", "reason": "past window.data_end"}), "tail")
-    assert str(info.value) == "ingest: nothing to do: past window.data_end"
-    assert not isinstance(info.value, StepFailed)
+#: exit code, what the result file held, the output's last line -> exception and its exact message
+OUTCOMES = [
+    (99, StepResult({"status": "skipped", "reason": "past window.data_end"}), "tail",
+     AirflowSkipException, "ingest: nothing to do: past window.data_end"),
+    (99, StepResult(None, "no file"), "  nothing arrived yet \n", AirflowSkipException,
+     "ingest: nothing to do: nothing arrived yet"),
+    (99, StepResult(None, "no file"), "", AirflowSkipException, "ingest: nothing to do: see the log"),
+    (1, StepResult(REJECTED), "2011-07-06 INFO a log line written last", StepFailed,
+     "step `ingest` failed (exit code 1): 1 partition(s) of bikeshare failed the suite"),
+    (1, StepResult(None, "no file"), "RuntimeError: bug\n", StepFailed,
+     "step `ingest` failed (exit code 1): RuntimeError: bug"),
+    (137, StepResult(None, "the step wrote no result file (/r)"), "", StepFailed,
+     "step `ingest` failed (exit code 137): the step wrote no result file (/r)"),
+    (3, StepResult(None), "", StepFailed, "step `ingest` failed (exit code 3): no output"),
+    (2, StepResult(None, "no file"), "mlcycle ingest: error: --end is required", StepFailed,
+     "step `ingest` was called with bad arguments (exit code 2): mlcycle ingest: error: --end is required"),
+    (2, StepResult(None, "no file"), "", StepFailed,
+     "step `ingest` was called with bad arguments (exit code 2): see the usage message in the log"),
+]
 
 
-def test_exit_99_without_a_result_skips_with_the_last_output_line():
-    with pytest.raises(AirflowSkipException) as info:
-        interpret("ingest", 99, StepResult(None, "no file"), "  nothing arrived yet \n")
-    assert str(info.value) == "ingest: nothing to do: nothing arrived yet"
-
-
-def test_exit_99_with_nothing_at_all_points_at_the_log():
-    with pytest.raises(AirflowSkipException) as info:
-        interpret("ingest", 99, StepResult(None, "no file"), "")
-    assert str(info.value) == "ingest: nothing to do: see the log"
-
-
-def test_exit_1_fails_with_the_steps_error_and_its_payload():
-    with pytest.raises(StepFailed) as info:
-        interpret("validate", 1, StepResult(REJECTED), "2011-07-06 INFO a log line written last")
-    assert str(info.value) == "step `validate` failed (exit code 1): 1 partition(s) of bikeshare failed the suite"
-    assert info.value.payload == REJECTED
-
-
-def test_a_failure_without_a_result_falls_back_to_the_last_output_line():
-    with pytest.raises(StepFailed) as info:
-        interpret("train", 1, StepResult(None, "no file"), "RuntimeError: bug\n")
-    assert str(info.value) == "step `train` failed (exit code 1): RuntimeError: bug"
-    assert info.value.payload == {}
-
-
-def test_a_silent_failure_says_what_is_missing():
-    with pytest.raises(StepFailed) as info:
-        interpret("train", 137, StepResult(None, "the step wrote no result file (/r)"), "")
-    assert str(info.value) == "step `train` failed (exit code 137): the step wrote no result file (/r)"
-
-
-def test_a_failure_with_neither_result_nor_problem_says_no_output():
-    with pytest.raises(StepFailed) as info:
-        interpret("train", 3, StepResult(None), "")
-    assert str(info.value) == "step `train` failed (exit code 3): no output"
-
-
-def test_exit_2_is_a_usage_error():
-    with pytest.raises(StepFailed) as info:
-        interpret("evaluate", 2, StepResult(None, "no file"), "mlcycle evaluate: error: --run-id is required")
-    assert str(info.value) == ("step `evaluate` was called with bad arguments (exit code 2): "
-                               "mlcycle evaluate: error: --run-id is required")
+@pytest.mark.parametrize(("exit_code", "result", "tail", "raised", "message"), OUTCOMES)
+def test_every_exit_path(exit_code, result, tail, raised, message):
+    with pytest.raises(raised) as info:
+        interpret("ingest", exit_code, result, tail)
+    assert str(info.value) == message
+    if raised is AirflowSkipException:
+        assert not isinstance(info.value, StepFailed)
+    else:
+        assert info.value.payload == (result.payload or {})
 
 
 def test_exit_2_keeps_whatever_payload_the_step_wrote():
     with pytest.raises(StepFailed) as info:
         interpret("evaluate", 2, StepResult({"status": "failed", "error": "bad --run-id"}), "usage: mlcycle")
     assert info.value.payload == {"status": "failed", "error": "bad --run-id"}
-
-
-def test_exit_2_without_output_points_at_the_usage_message():
-    with pytest.raises(StepFailed) as info:
-        interpret("evaluate", 2, StepResult(None, "no file"), "")
-    assert str(info.value).endswith("(exit code 2): see the usage message in the log")
 
 
 def test_the_exit_codes_match_the_step_package():

@@ -103,6 +103,62 @@ REG, CLF = ", ".join(REGRESSION_METRICS), ", ".join(CLASSIFICATION_METRICS)
 @pytest.mark.parametrize(("edit", "expected"), [
     (lambda r: r.pop("name"), ["spec.name: required"]),
     (lambda r: r.update(name=5), ["spec.name: expected str, got 5"]),
+    (lambda r: r.pop("task"), ["spec.task: required", "spec.task: regression or classification (got None)",
+                               f"evaluation.metric: for None, one of {CLF} (got 'rmse')"]),
+    (lambda r: r.update(source="data.csv"), ["spec.source: expected dict, got 'data.csv'", "source.kind: required",
+                                             "source.kind: one of file, postgres, http (got None)"]),
+    (lambda r: r["source"].update(kind=5), ["source.kind: expected str, got 5",
+                                            "source.kind: one of file, postgres, http (got None)"]),
+    (lambda r: r["source"].update(path=5), ["source.path: expected str, got 5"]),
+    (lambda r: r.update(source={"kind": "postgres", "table": 1, "conn_id": 2, "timestamp_column": 3}),
+     ["source.table: expected str, got 1", "source.conn_id: expected str, got 2",
+      "source.timestamp_column: expected str, got 3"]),
+    (lambda r: r.update(source={"kind": "http", "url": 1}), ["source.url: expected str, got 1"]),
+    (lambda r: r.update(timestamp={"kind": "day_of_year", "year": "2011", "day_column": 1}),
+     ["timestamp.year: expected int, got '2011'", "timestamp.day_column: expected str, got 1",
+      "timestamp: column 1 is not among the columns"]),
+    (lambda r: r.update(timestamp={"kind": "column", "column": 1}),
+     ["timestamp.column: expected str, got 1", "timestamp: column 1 is not among the columns"]),
+    (lambda r: r.update(timestamp="ts"), ["spec.timestamp: expected dict, got 'ts'", "timestamp.kind: required",
+                                          "timestamp.kind: column or day_of_year (got None)"]),
+    (lambda r: r.update(partition=1), ["spec.partition: expected str, got 1"]),
+    (lambda r: r["columns"].update(x={"role": "feature"}),
+     ["columns.x.type: required", "columns.x.type: one of numeric, integer, categorical, string (got None)"]),
+    (lambda r: r["columns"]["x"].update(role=5), ["columns.x.role: expected str, got 5"]),
+    (lambda r: r["columns"]["x"].update(max_null_share="lots"),
+     ["columns.x.max_null_share: expected int or float, got 'lots'"]),
+    (lambda r: r.update(columns={}), ["columns: required, a mapping of column name to {type, ...}"]),
+    (lambda r: r.update(target=5), ["spec.target: expected str, got 5"]),
+    (lambda r: r.update(validation={"min_rows_per_partition": "1", "max_rows_per_partition": "2"}),
+     ["validation.min_rows_per_partition: expected int, got '1'",
+      "validation.max_rows_per_partition: expected int, got '2'"]),
+    (lambda r: r.update(validation="strict"), ["spec.validation: expected dict, got 'strict'"]),
+    (lambda r: r.update(window="28d"), ["spec.window: expected dict, got '28d'", "window.data_start: required"]),
+    (lambda r: r["window"].update(days="28", min_training_rows="9"),
+     ["window.days: expected int, got '28'", "window.min_training_rows: expected int, got '9'"]),
+    (lambda r: r.update(model="ridge"), ["spec.model: expected dict, got 'ridge'", "model.family: required",
+     f"model.family: for regression, one of {', '.join(MODEL_FAMILIES['regression'])} (got None)",
+     "model.search: required", "model.search.space: required, a mapping of hyper-parameter to its bounds"]),
+    (lambda r: r["model"].update(family=1, registered_name=2),
+     ["model.family: expected str, got 1",
+      f"model.family: for regression, one of {', '.join(MODEL_FAMILIES['regression'])} (got None)",
+      "model.registered_name: expected str, got 2"]),
+    (lambda r: r["model"].update(search="grid"), ["model.search: expected dict, got 'grid'",
+                                                  "model.search.space: required, a mapping of hyper-parameter to its bounds"]),
+    (lambda r: r["model"]["search"].update(n_iter="8", cv_folds="3", seed="42"),
+     ["model.search.n_iter: expected int, got '8'", "model.search.cv_folds: expected int, got '3'",
+      "model.search.seed: expected int, got '42'"]),
+    (lambda r: r["model"]["search"].update(space={"alpha": {"low": 1, "high": 1}}),
+     ["model.search.space.alpha: low < high, both numbers (got 1, 1)"]),
+    (lambda r: r["model"]["search"].update(space={"alpha": {"low": "a", "high": 1}}),
+     ["model.search.space.alpha: low < high, both numbers (got 'a', 1)"]),
+    (lambda r: r["model"]["search"].update(space={"alpha": {"values": "ab"}}),
+     ["model.search.space.alpha.values: a non-empty list"]),
+    (lambda r: r.update(evaluation="rmse"), ["spec.evaluation: expected dict, got 'rmse'", "evaluation.metric: required",
+     f"evaluation.metric: for regression, one of {REG} (got None)", "evaluation.threshold: required"]),
+    (lambda r: r["evaluation"].update(metric=1, threshold="high", holdout_days="7"),
+     ["evaluation.metric: expected str, got 1", f"evaluation.metric: for regression, one of {REG} (got None)",
+      "evaluation.threshold: expected int or float, got 'high'", "evaluation.holdout_days: expected int, got '7'"]),
     (lambda r: r.update(task="forecast"), ["spec.task: regression or classification (got 'forecast')",
                                            f"evaluation.metric: for forecast, one of {CLF} (got 'rmse')"]),
     (lambda r: r.pop("source"), ["spec.source: required", "source.kind: required",
@@ -202,6 +258,22 @@ def test_load_spec_refuses_what_is_not_a_mapping_or_not_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [\n")
     with pytest.raises(SpecError, match=r"cannot read pipeline spec .*bad\.yaml: "):
         load_spec(tmp_path / "bad.yaml")
+
+
+def test_a_yml_path_is_taken_as_a_path_even_when_missing(tmp_path):
+    (tmp_path / "alpha.yml").write_text("{}")
+    assert resolve_spec_path(str(tmp_path / "alpha.yml"), tmp_path / "other") == (tmp_path / "alpha.yml").resolve()
+    with pytest.raises(SpecError, match=r"looked for .*beta\.yml\. Known"):
+        resolve_spec_path(str(tmp_path / "beta.yml"), tmp_path)
+    with pytest.raises(SpecError, match=r"looked for .*gamma\.yaml\. Known"):
+        resolve_spec_path(str(tmp_path / "gamma.yaml"), tmp_path / "other")
+
+
+def test_source_paths_are_relative_to_the_spec_unless_absolute(tmp_path):
+    spec = parse_spec(copy.deepcopy(MINI), PATH)
+    assert spec.source.path() == Path("/specs/pipelines/mini.csv")
+    absolute = parse_spec(changed(lambda r: r["source"].update(path="/data/x.csv")), PATH)
+    assert absolute.source.path() == Path("/data/x.csv")
 
 
 def test_load_spec_reads_the_file_it_is_given(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
 import pandas as pd
 import pytest
@@ -84,8 +85,8 @@ def gate(store, request):
         mlflow.MlflowClient().set_registered_model_alias(spec.model.registered_name, CHAMPION, version)
         return str(version)
 
-    return dataclasses.make_dataclass("Gate", ["spec", "settings", "interval", "logged", "crown"])(
-        spec, settings, interval, logged, crown)
+    return dataclasses.make_dataclass("Gate", ["spec", "settings", "interval", "logged", "crown", "experiment_id"])(
+        spec, settings, interval, logged, crown, experiment_id)
 
 
 def _run_data(run_id: str):
@@ -94,11 +95,13 @@ def _run_data(run_id: str):
     return MlflowClient().get_run(run_id).data
 
 
-def test_a_better_candidate_is_scored_against_the_worse_champion(gate):
+def test_a_better_candidate_is_scored_against_the_worse_champion(gate, caplog):
     champion = gate.logged("constant")
     assert gate.crown(*champion) == "1"
     run_id, uri = gate.logged("perfect")
-    result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
+    with caplog.at_level(logging.INFO, logger="mlcycle.steps.evaluate"):
+        result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
+    assert caplog.messages[-1] == "gate: candidate BLESSED. " + "; ".join(result.reasons)
     assert (result.candidate_score, result.champion_score) == (PERFECT, CONSTANT)
     assert (result.blessed, result.first_run, result.champion_version) == (True, False, "1")
     assert result.reasons == [
@@ -112,10 +115,12 @@ def test_a_better_candidate_is_scored_against_the_worse_champion(gate):
     assert data.tags["gate.reason"] == "; ".join(result.reasons)
 
 
-def test_a_worse_candidate_is_refused_because_of_the_champion(gate):
+def test_a_worse_candidate_is_refused_because_of_the_champion(gate, caplog):
     gate.crown(*gate.logged("perfect"))
     run_id, uri = gate.logged("constant")
-    result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
+    with caplog.at_level(logging.INFO, logger="mlcycle.steps.evaluate"):
+        result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
+    assert caplog.messages[-1] == "gate: candidate NOT blessed. " + "; ".join(result.reasons)
     assert (result.candidate_score, result.champion_score) == (CONSTANT, PERFECT)
     assert result.blessed is False and result.reasons[0].endswith("meets the threshold (at least 0.4)")
     assert result.reasons[1].endswith("the candidate must be at least 0.9000: no")
@@ -128,7 +133,7 @@ def test_the_first_run_has_no_champion_score(gate):
     run_id, uri = gate.logged("perfect")
     result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
     assert result.to_dict() == {
-        "pipeline": "synthclass", "run_id": run_id, "experiment_id": result.experiment_id, "model_uri": uri,
+        "pipeline": "synthclass", "run_id": run_id, "experiment_id": gate.experiment_id, "model_uri": uri,
         "metric": "roc_auc", "blessed": True, "first_run": True, "candidate_score": PERFECT,
         "champion_score": None, "champion_version": None,
         "reasons": ["roc_auc 1.0000 meets the threshold (at least 0.4)",
