@@ -122,6 +122,12 @@ def test_every_exit_path(exit_code, result, tail, raised, message):
         assert info.value.payload == (result.payload or {})
 
 
+def test_the_output_tail_is_optional():
+    with pytest.raises(StepFailed) as info:
+        interpret("train", 1, StepResult(None, "the step wrote no result file (/r)"))
+    assert str(info.value) == "step `train` failed (exit code 1): the step wrote no result file (/r)"
+
+
 def test_exit_2_keeps_whatever_payload_the_step_wrote():
     with pytest.raises(StepFailed) as info:
         interpret("evaluate", 2, StepResult({"status": "failed", "error": "bad --run-id"}), "usage: mlcycle")
