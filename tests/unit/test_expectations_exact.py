@@ -97,3 +97,12 @@ def test_describe_in_every_shape():
     assert describe(e("expect_table_row_count_to_be_between", min_value=1, max_value=None)) == (
         "expect_table_row_count_to_be_between (min_value=1, max_value=None)")
     assert describe({"type": "expect_something"}) == "expect_something"
+
+
+def test_mostly_is_rounded_to_six_places(tmp_path):
+    raw = copy.deepcopy(MINI)
+    raw["columns"]["x"]["max_null_share"] = 0.1234567
+    spec = parse_spec(raw, tmp_path / "pipelines" / "mini.yaml")
+    not_null = next(x for x in suite_from_spec(spec)["expectations"]
+                    if x["type"] == "expect_column_values_to_not_be_null" and x["kwargs"]["column"] == "x")
+    assert not_null["kwargs"] == {"column": "x", "mostly": 0.876543}
