@@ -19,6 +19,10 @@ bench:            ## parse times, DAG wall time, peak memory per step
 bench-training:   ## the search on a 25k-row window with a 100-value categorical, quiet and busy
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_training.py
 
+.PHONY: mutation
+mutation:         ## mutation score of the gate, store, contract, spec and expectations (slow; MODULES=... for some)
+	bash scripts/mutation.sh $(MODULES)
+
 images:           ## build the step image (and its base when no registry is reachable)
 	bash scripts/build-images.sh
 

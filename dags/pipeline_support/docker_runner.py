@@ -13,15 +13,23 @@ read when the task runs (never at parse time):
 - Secrets come from the Airflow connection ``MLCYCLE_MLFLOW_CONN_ID`` (default ``mlflow``), when it
   exists: its login and password reach the container as ``MLFLOW_TRACKING_USERNAME`` and
   ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
+- ``MLCYCLE_RESULT_DIR`` (default: the system's temporary folder): where each try's result folder
+  is created. The Docker daemon must see it at the same path, as it sees the data store.
 
-Contract, as for the local runner: the last output line is the JSON result (XCom), exit code 99
-skips the task, any other failure fails it with the step's own error. Containers are removed
-whether the step succeeds or fails; their output is already in the task log.
+Contract, as for the local runner (``contract``): the step's JSON result is the task's XCom value,
+exit code 99 skips the task, any other failure fails it with the step's own error. The result does
+not travel in the container's output (Docker does not keep the order between stdout and stderr): a
+per-try temporary folder is bind-mounted at ``/mlcycle/result``, the step writes
+``MLCYCLE_RESULT_FILE=/mlcycle/result/result.json`` there, and the runner reads it after the
+container has exited, the way KubernetesPodOperator reads ``/airflow/xcom/return.json``.
+Containers are removed whether the step succeeds or fails; their output is already in the task log.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +38,23 @@ from airflow.providers.docker.exceptions import (
     DockerContainerFailedSkipException,
 )
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk.exceptions import AirflowSkipException
 
+from pipeline_support import PROJECT_ROOT
+from pipeline_support.contract import (
+    EXIT_FAILED,
+    EXIT_NOTHING_TO_DO,
+    RESULT_FILE_ENV,
+    RESULT_FILE_NAME,
+    StepFailed,
+    interpret,
+    read_result,
+    result_folder,
+)
 from pipeline_support.links import MLflowLink, mlflow_url
-from pipeline_support.runner import PROJECT_ROOT, StepFailed, interpret
 
 DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
+#: Where the per-try result folder is mounted inside the container.
+RESULT_MOUNT = "/mlcycle/result"
 PASSED_THROUGH = ("MLCYCLE_STORE", "MLFLOW_TRACKING_URI", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_LOG_LEVEL")
 
 
@@ -110,16 +129,37 @@ class StepDockerOperator(DockerOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         self._prepare()
         self._check_engine()
+        folder = self._mount_result_folder()
         try:
-            last_line = super().execute(context)
-        except DockerContainerFailedSkipException as exc:
-            raise AirflowSkipException(self._last(exc.logs) or f"{self.step}: nothing to do") from exc
-        except DockerContainerFailedException as exc:
-            interpret(self.step, 1, self._last(exc.logs))
-            raise  # interpret always raises for a non-zero exit code
-        payload = interpret(self.step, 0, last_line if isinstance(last_line, str) else "")
+            try:
+                output = super().execute(context)
+                exit_code, tail = 0, output if isinstance(output, str) else ""
+            except DockerContainerFailedSkipException as exc:
+                exit_code, tail = EXIT_NOTHING_TO_DO, self._last(exc.logs)
+            except DockerContainerFailedException as exc:
+                exit_code, tail = self._exit_code(exc), self._last(exc.logs)
+            payload = interpret(self.step, exit_code, read_result(folder / RESULT_FILE_NAME), tail)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self.mlflow_url = mlflow_url(payload)
         return payload
+
+    def _mount_result_folder(self) -> Path:
+        """A fresh folder for this try's result file, bind-mounted where the step writes it."""
+        from docker.types import Mount
+
+        folder = result_folder(os.environ.get("MLCYCLE_RESULT_DIR") or None)
+        if self.user and str(self.user) != f"{os.getuid()}:{os.getgid()}":
+            folder.chmod(0o777)  # the container runs as another user: let it write its result
+        self.mounts.append(Mount(target=RESULT_MOUNT, source=str(folder), type="bind"))
+        self.environment = {**(self.environment or {}), RESULT_FILE_ENV: f"{RESULT_MOUNT}/{RESULT_FILE_NAME}"}
+        return folder
+
+    @staticmethod
+    def _exit_code(exc: Exception) -> int:
+        """The container's exit code, from DockerOperator's message ``... {'StatusCode': N, ...}``."""
+        found = re.search(r"'StatusCode': (\d+)", str(exc))
+        return int(found.group(1)) if found else EXIT_FAILED
 
     @staticmethod
     def _last(logs: Any) -> str:

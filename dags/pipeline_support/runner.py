@@ -7,26 +7,24 @@
   (``MLCYCLE_STEPS_BIN``, default ``<project>/.venv-steps/bin``). Works wherever Airflow runs.
 - ``docker``: a DockerOperator in the step image (see ``docker_runner``).
 
-Both share the same contract: the step's last output line is its JSON result (pushed to XCom as a
-dict), exit code 99 means "nothing to do" (the task is skipped), any other non-zero exit fails the
-task with the step's own one-line error.
+Both share one contract (``contract``): the step writes its JSON result to the file named by
+``MLCYCLE_RESULT_FILE`` (pushed to XCom as a dict), exit code 99 means "nothing to do" (the task is
+skipped), any other non-zero exit fails the task with the step's own one-line error.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from pipeline_support import PROJECT_ROOT
+from pipeline_support.contract import RESULT_FILE_ENV, RESULT_FILE_NAME, StepFailed, interpret, read_result
 from pipeline_support.links import MLflowLink, mlflow_url
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXIT_NOTHING_TO_DO = 99
 
 #: Arguments every interval-keyed step receives: the run's plan, made once by the ``interval`` task.
 INTERVAL_ARGS = [
@@ -40,34 +38,6 @@ PIPELINE_ARGS = ["--pipeline", "{{ ti.xcom_pull(task_ids='interval')['spec'] }}"
 
 #: Lineage the steps record in MLflow: which DAG and run produced a model.
 LINEAGE_ENV = {"MLCYCLE_DAG_ID": "{{ dag.dag_id }}", "MLCYCLE_RUN_ID": "{{ run_id }}"}
-
-
-class StepFailed(AirflowException):
-    """A pipeline step exited with an error; the message is the step's own.
-
-    ``payload`` is the step's JSON failure line: ``error`` (full text), and for a rejected batch
-    ``report`` (path of the HTML report) and ``failures`` (the failing expectations).
-    """
-
-    def __init__(self, message: str, payload: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.payload = payload or {}
-
-
-def interpret(step: str, exit_code: int, last_line: str) -> dict[str, Any]:
-    """Turn a finished step (exit code and last output line) into an XCom value, a skip or a failure."""
-    try:
-        payload = json.loads(last_line) if last_line.strip().startswith("{") else {}
-    except json.JSONDecodeError:
-        payload = {}
-    if exit_code == EXIT_NOTHING_TO_DO:
-        raise AirflowSkipException(f"{step}: nothing to do: {payload.get('reason', 'see the log')}")
-    if exit_code != 0:
-        detail = payload.get("error") or last_line.strip() or "no output"
-        raise StepFailed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)
-    if not payload:
-        raise StepFailed(f"step `{step}` succeeded but its last output line is not a JSON result: {last_line!r}")
-    return payload
 
 
 class LocalStepOperator(BaseOperator):
@@ -95,8 +65,11 @@ class LocalStepOperator(BaseOperator):
         env = {**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local")),
                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **self.env}
         self._hook = SubprocessHook()
-        result = self._hook.run_command([str(executable), *self.command], env=env, cwd=str(PROJECT_ROOT))
-        payload = interpret(self.step, result.exit_code, result.output)
+        with tempfile.TemporaryDirectory(prefix="mlcycle-result-") as folder:
+            result_file = Path(folder) / RESULT_FILE_NAME
+            env[RESULT_FILE_ENV] = str(result_file)
+            result = self._hook.run_command([str(executable), *self.command], env=env, cwd=str(PROJECT_ROOT))
+            payload = interpret(self.step, result.exit_code, read_result(result_file), result.output)
         self.mlflow_url = mlflow_url(payload)
         return payload
 

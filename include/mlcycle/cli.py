@@ -1,7 +1,8 @@
 """Command-line entry point: ``mlcycle <step> --pipeline NAME --start DATE --end DATE ...``.
 
-Each step logs its progress to stderr and prints exactly one JSON line to stdout as the very last
-output: the result Airflow pushes to XCom. Exit codes: 0 done, 1 failed (the message says what to
+Each step logs its progress to stderr; its result (the value Airflow pushes to XCom) is one JSON
+document, written to the file named by ``MLCYCLE_RESULT_FILE`` when that is set, and printed as the
+last line of stdout. Exit codes: 0 done, 1 failed (the message says what to
 do), 2 bad arguments, 99 nothing to do (Airflow marks the task skipped).
 """
 
@@ -13,12 +14,17 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError, storage_problem
 
 log = logging.getLogger("mlcycle")
+
+#: Environment variable naming the file the result is written to (the runners' channel).
+RESULT_FILE_ENV = "MLCYCLE_RESULT_FILE"
 
 
 def _date(value: str) -> dt.date:
@@ -201,12 +207,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _emit(payload: dict[str, Any]) -> None:
-    """The result line: flushed after all logging so it is the last line of the output."""
+    """The result: written to ``$MLCYCLE_RESULT_FILE`` for the runner, and printed as the last stdout line.
+
+    The file is the runner's channel (no log line can overtake it); it is written to a temporary
+    name in the same folder and renamed, so a reader sees the whole document or none. The printed
+    line is for a person at a shell.
+    """
+    document = json.dumps(payload, default=str)
+    target = os.environ.get(RESULT_FILE_ENV)
+    if target:
+        _write_atomically(Path(target), document)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()
-    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    sys.stdout.write(document + "\n")
     sys.stdout.flush()
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Temporary name, then rename; on failure, log (the runner then reports a missing result)."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        log.error("cannot write the result file %s (named by %s): %s", target, RESULT_FILE_ENV, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

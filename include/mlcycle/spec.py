@@ -661,7 +661,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     for i, expression in enumerate(derivations.filters):
         for ref in sorted(expression.names - known):
             r.problems.append(f"filter[{i}]: {ref!r} is neither a column nor a calendar part")
-    suite_rel = (raw.get("validation") or {}).get("suite") or f"../expectations/{name}.json"
+    suite_rel = (val or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     serving = _parse_serving(r, raw.get("serving"))
     r.fail_if_any()

@@ -28,14 +28,39 @@ def test_every_dag_file_imports(dagbag):
     assert dagbag.dags, "no DAG found"
 
 
-def test_training_dag_is_wired_in_pipeline_order(dagbag):
-    dag = dagbag.dags["training_bikeshare"]  # from the parsed files: no metadata database needed
-    order = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
-    for upstream, downstream in zip(order, order[1:], strict=False):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+#: Every training DAG runs these tasks, each after the one before it and after nothing else.
+TRAINING_ORDER = ["interval", "extract", "ingest", "validate", "build_features", "train", "evaluate", "register"]
+#: Tasks that deliberately do not retry, and why. Every other task of every DAG retries at least once.
+NO_RETRY = {"validate": "a rejected batch fails the same way on every try"}
 
 
-@pytest.mark.parametrize("rule", ["tags", "owner", "retries", "notifier", "doc", "start_date"])
+def training_dags(dagbag) -> dict:
+    """The DAGs tagged ``training`` (one per pipeline spec, or the single ``training`` DAG)."""
+    found = {dag_id: dag for dag_id, dag in dagbag.dags.items() if "training" in dag.tags}
+    assert found, f"no DAG tagged `training` among {sorted(dagbag.dags)}"
+    return found
+
+
+def test_training_dags_are_wired_in_pipeline_order(dagbag):
+    for dag_id, dag in training_dags(dagbag).items():  # from the parsed files: no metadata database
+        assert sorted(dag.task_ids) == sorted(TRAINING_ORDER), dag_id
+        assert dag.get_task(TRAINING_ORDER[0]).upstream_task_ids == set(), dag_id
+        for upstream, downstream in zip(TRAINING_ORDER, TRAINING_ORDER[1:], strict=False):
+            assert dag.get_task(downstream).upstream_task_ids == {upstream}, f"{dag_id}: {downstream}"
+        assert dag.get_task(TRAINING_ORDER[-1]).downstream_task_ids == set(), dag_id
+
+
+def test_every_task_retries_unless_it_says_why_not(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            if task.task_id in NO_RETRY and dag_id in training_dags(dagbag):
+                assert task.retries == 0, f"{dag_id}.{task.task_id}: listed in NO_RETRY but retries"
+            else:
+                assert task.retries >= 1, f"{dag_id}.{task.task_id} does not retry (retries={task.retries})"
+                assert task.retry_delay.total_seconds() > 0, f"{dag_id}.{task.task_id} retries at once"
+
+
+@pytest.mark.parametrize("rule", ["tags", "owner", "notifier", "doc", "start_date"])
 def test_operating_rules(dagbag, rule):
     for dag_id, dag in dagbag.dags.items():
         if rule == "tags":
@@ -49,8 +74,6 @@ def test_operating_rules(dagbag, rule):
         for task in dag.tasks:
             if rule == "owner":
                 assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
-            elif rule == "retries":
-                assert task.retries is not None, f"{dag_id}.{task.task_id} has no retries setting"
             elif rule == "notifier":
                 assert task.on_failure_callback, f"{dag_id}.{task.task_id} has no failure notifier"
 

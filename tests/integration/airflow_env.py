@@ -168,14 +168,21 @@ class AirflowProject:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def registry(self, model: str) -> dict:
-        """Versions of ``model`` with their tags, and which version holds each alias."""
+        """Versions of ``model`` with their tags, and which version holds each alias.
+
+        A model that is not registered yet is an empty registry; any other error (an unreadable
+        store, a wrong URI) fails the probe, so a test never compares two empty registries.
+        """
         return self.steps_python(f"""
             import json, mlflow
             from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
             c = MlflowClient()
             try:
                 rm = c.get_registered_model({model!r})
-            except Exception:
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 print(json.dumps({{"versions": [], "aliases": {{}}}})); raise SystemExit
             versions = [{{"version": str(v.version), "tags": v.tags, "run_id": v.run_id}}
                         for v in c.search_model_versions("name='{model}'")]

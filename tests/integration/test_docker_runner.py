@@ -69,6 +69,8 @@ def test_a_failing_step_in_a_container_fails_the_task_with_its_error(docker_proj
     log = _output(proc)
     assert "expect_column_values_to_be_between on `windspeed`" in log
     assert "StepFailed" in log and "step `validate` failed" in log
+    # The message is the step's own error, read from its result file (not whatever line came last).
+    assert "step `validate` failed (exit code 1): 1 partition(s) of bikeshare failed the suite" in log
     assert _containers(docker_engine) == [], "a failed container was left behind"
     assert docker_project.registry("bikeshare") == before
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -91,3 +92,70 @@ def test_every_family_saves_and_loads_with_skops(task, family, tmp_path, monkeyp
                               skops_trusted_types=trusted_types(spec))
     loaded = mlflow.sklearn.load_model(str(tmp_path / "m"))
     np.testing.assert_allclose(loaded.predict(x.head(20)), model.predict(x.head(20)))
+
+
+class ChosenProbabilities:
+    """Stands in for a fitted binary classifier, so every metric below can be computed by hand."""
+
+    classes_ = np.array([0, 1])
+
+    def __init__(self, p1: list[float]):
+        self.p1 = np.array(p1)
+
+    def predict_proba(self, features):
+        return np.column_stack([1 - self.p1, self.p1])
+
+    def predict(self, features):
+        return self.classes_[(self.p1 > 0.5).astype(int)]
+
+
+#: Labels and P(label = 1): predictions (p > 0.5) are [1, 1, 1, 1, 1, 0, 0]: 3 true positives,
+#: 2 false positives, 2 true negatives, no false negative.
+LABELS = [1, 1, 1, 0, 0, 0, 0]
+P1 = [0.9, 0.8, 0.58, 0.6, 0.55, 0.2, 0.1]
+#: Hand-computed, one per metric, all different, so that one metric scored as another fails.
+BY_HAND = {
+    "accuracy": 5 / 7,
+    # class 1: precision 3/5, recall 1, F1 = 2*3/(2*3+2+0) = 0.75 (support 3);
+    # class 0: precision 1, recall 2/4, F1 = 2*2/(2*2+0+2) = 2/3 (support 4); weighted by support
+    "f1": (3 * 0.75 + 4 * (2 / 3)) / 7,
+    # 12 (positive, negative) pairs; the positive scores higher in all but (0.58, 0.6)
+    "roc_auc": 11 / 12,
+    "log_loss": -(math.log(0.9) + math.log(0.8) + math.log(0.58)
+                  + math.log(0.4) + math.log(0.45) + math.log(0.8) + math.log(0.9)) / 7,
+}
+#: y = 1, 2, 3, 4 against a constant prediction of 2: errors -1, 0, 1, 2.
+Y_REG = [1.0, 2.0, 3.0, 4.0]
+BY_HAND_REG = {
+    "rmse": math.sqrt((1 + 0 + 1 + 4) / 4),
+    "mae": (1 + 0 + 1 + 2) / 4,
+    "r2": 1 - (1 + 0 + 1 + 4) / (2.25 + 0.25 + 0.25 + 2.25),  # 1 - SSres / SStot, mean 2.5
+}
+
+
+@pytest.mark.parametrize("metric", sorted(BY_HAND))
+def test_classification_metrics_match_hand_computed_values(clf, metric):
+    spec = _with(clf[0], clf[0].model.family, metric=metric)
+    x = pd.DataFrame({"x1": np.zeros(len(LABELS))})
+    assert score(spec, ChosenProbabilities(P1), x, pd.Series(LABELS)) == pytest.approx(BY_HAND[metric], abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", sorted(BY_HAND_REG))
+def test_regression_metrics_match_hand_computed_values(bikeshare, metric):
+    from sklearn.dummy import DummyRegressor
+
+    x = pd.DataFrame({"temp": np.zeros(len(Y_REG))})
+    model = DummyRegressor(strategy="constant", constant=2.0).fit(x, Y_REG)
+    spec = _with(bikeshare, bikeshare.model.family, metric=metric)
+    assert score(spec, model, x, pd.Series(Y_REG)) == pytest.approx(BY_HAND_REG[metric], abs=1e-12)
+
+
+def test_the_hand_computed_values_are_all_different():
+    values = [*BY_HAND.values(), *BY_HAND_REG.values()]
+    assert len({round(v, 9) for v in values}) == len(values)
+
+
+def test_an_unknown_metric_is_refused(clf):
+    spec = _with(clf[0], clf[0].model.family, metric="mape")
+    with pytest.raises(ValueError, match="unknown metric mape"):
+        score(spec, ChosenProbabilities(P1), pd.DataFrame({"x1": [0.0] * 7}), pd.Series(LABELS))

@@ -1,0 +1,111 @@
+"""The step contract both runners share: exit codes, the result channel, and what they mean to Airflow.
+
+Imports run one way, ``runner -> contract <- docker_runner``: this module knows nothing about how a
+step was started, only how it ended.
+
+**Exit codes** (``mlcycle.errors`` on the step side): 0 done, 1 failed (the step's message says what
+to do), 2 bad arguments (argparse), 99 nothing to do (the task is skipped, not failed).
+
+**The result has a channel of its own.** A step writes its JSON result to the file named by the
+environment variable ``MLCYCLE_RESULT_FILE`` (written to a temporary name and renamed, so a reader
+never sees half a document), and also prints it as the last stdout line for a person at a shell.
+The runners read the file, never the output: Docker does not keep the order between a container's
+stdout and stderr, so a log line written before the result can arrive after it, and a "last line"
+rule would take that log line for the result. The local runner passes a temporary path; the Docker
+runner bind-mounts a per-try temporary folder into the container and reads the file after the
+container has exited. KubernetesPodOperator's result file (``/airflow/xcom/return.json``, read after
+the main container is done) is the precedent for this convention.
+
+What a runner makes of a finished step (``interpret``):
+
+- exit 0 and a JSON object in the result file: the object is the task's XCom value;
+- exit 0 and no result file, or one that is not a JSON object: ``StepFailed`` (a success that says
+  nothing is not trusted);
+- exit 99: ``AirflowSkipException`` with the step's reason;
+- any other exit code: ``StepFailed`` whose message is the step's own error and whose ``payload``
+  is the result file's content (``error``, and for a rejected batch ``report`` and ``failures``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_BAD_ARGUMENTS = 2
+EXIT_NOTHING_TO_DO = 99
+
+#: Environment variable that names the file a step writes its JSON result to.
+RESULT_FILE_ENV = "MLCYCLE_RESULT_FILE"
+#: Name of the result file inside the per-try folder a runner creates.
+RESULT_FILE_NAME = "result.json"
+
+
+class StepFailed(AirflowException):
+    """A pipeline step exited with an error; the message is the step's own.
+
+    ``payload`` is the step's JSON failure result: ``error`` (full text), and for a rejected batch
+    ``report`` (path of the HTML report) and ``failures`` (the failing expectations).
+    """
+
+    def __init__(self, message: str, payload: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.payload = payload or {}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a step left in its result file: the JSON object, or why there is none."""
+
+    payload: dict[str, Any] | None
+    problem: str = ""
+
+
+def result_folder(parent: str | os.PathLike[str] | None = None) -> Path:
+    """A new, empty per-try folder for one result file (under ``parent``, default the system temp)."""
+    return Path(tempfile.mkdtemp(prefix="mlcycle-result-", dir=parent))
+
+
+def read_result(path: str | os.PathLike[str]) -> StepResult:
+    """Read a step's result file; a missing, empty or malformed file is a ``problem``, not an exception."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return StepResult(None, f"the step wrote no result file ({path})")
+    except OSError as exc:
+        return StepResult(None, f"the result file {path} cannot be read: {exc}")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return StepResult(None, f"the result file {path} is not JSON ({exc}): {text[:200]!r}")
+    if not isinstance(payload, dict):
+        return StepResult(None, f"the result file {path} holds a {type(payload).__name__}, not a JSON object")
+    return StepResult(payload)
+
+
+def interpret(step: str, exit_code: int, result: StepResult, output_tail: str = "") -> dict[str, Any]:
+    """Turn a finished step into an XCom value, a skip or a failure.
+
+    ``result`` is what ``read_result`` found; ``output_tail`` (the last line of the step's output)
+    is only a fallback for the message when a failed step wrote no result, e.g. a crash.
+    """
+    payload = result.payload or {}
+    if exit_code == EXIT_NOTHING_TO_DO:
+        raise AirflowSkipException(f"{step}: nothing to do: {payload.get('reason') or output_tail.strip() or 'see the log'}")
+    if exit_code == EXIT_BAD_ARGUMENTS:
+        raise StepFailed(f"step `{step}` was called with bad arguments (exit code 2): "
+                         f"{output_tail.strip() or 'see the usage message in the log'}", payload)
+    if exit_code != EXIT_DONE:
+        detail = payload.get("error") or output_tail.strip() or result.problem or "no output"
+        raise StepFailed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)
+    if result.payload is None:
+        raise StepFailed(f"step `{step}` exited 0 but left no result: {result.problem}")
+    return result.payload

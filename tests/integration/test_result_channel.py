@@ -1,0 +1,106 @@
+"""The Docker runner's result channel against a real container whose log lines come after the result.
+
+Docker does not keep the order between a container's stdout and stderr, so a step's log line can
+reach the runner after its JSON result. To make that happen every time, the image under test is
+derived from the step image with an entrypoint that runs ``mlcycle "$@"`` and then writes log lines
+to stderr. A runner that took the last output line for the result would fail both tests below; the
+result file the step writes (``MLCYCLE_RESULT_FILE``) is not affected.
+
+The operator runs in-process (``execute``), with the real Docker engine and the real step package
+inside the container; a full ``airflow dags test`` over the same operator is in test_docker_runner.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from airflow.sdk.exceptions import AirflowSkipException
+
+from pipeline_support.contract import StepFailed
+from tests.datasets import make_classification_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+TRAILING_LOG = "log line written after the result"
+#: The derived image's entrypoint: the step, then log lines on stderr, then the step's exit code.
+ENTRYPOINT = (f'mlcycle "$@"; code=$?; sleep 0.2; for i in 1 2 3; do echo "{TRAILING_LOG} $i" >&2; done; '
+              'exit $code')
+
+
+@pytest.fixture(scope="module")
+def logs_after_result_image(docker_engine) -> str:
+    """The step image, with log lines on stderr after the step has printed its result."""
+    tag = f"{docker_engine.split(':')[0]}-logs-after-result:test"
+    dockerfile = f"FROM {docker_engine}\nENTRYPOINT {json.dumps(['/bin/sh', '-c', ENTRYPOINT, 'mlcycle'])}\n"
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    subprocess.run(["docker", "build", "--network", "host", "-q", "-t", tag, "-"], input=dockerfile, text=True,
+                   env=env, check=True, capture_output=True, timeout=300)
+    yield tag
+    subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False, timeout=60)
+
+
+@pytest.fixture
+def runner_env(tmp_path, monkeypatch, logs_after_result_image):
+    """The worker's environment as the Docker runner reads it at run time; everything under tmp_path."""
+    for name in ("MLCYCLE_STORE", "MLCYCLE_PIPELINES_DIR", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_RESULT_FILE",
+                 "MLCYCLE_DOCKER_USER", "MLCYCLE_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}")
+    monkeypatch.setenv("MLCYCLE_STEP_IMAGE", logs_after_result_image)
+    monkeypatch.setenv("MLCYCLE_RESULT_DIR", str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()
+    return tmp_path
+
+
+def run_step(step: str, *args: str):
+    from pipeline_support.docker_runner import docker_step
+
+    op = docker_step(step, [step, *args], env={}, task_id=step)
+    return op.execute({})
+
+
+def window(spec, start: str, end: str, days: int) -> list[str]:
+    return ["--pipeline", str(spec), "--start", start, "--end", end, "--window-days", str(days)]
+
+
+def test_a_success_keeps_its_result_when_logs_follow_it(runner_env, capfd):
+    spec = make_classification_dataset(runner_env / "data", days=10)
+    result = run_step("ingest", *window(spec, "2011-03-05", "2011-03-06", 2))
+    assert result == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
+                      "partitions": 2, "rows": 48, "empty_days": []}
+    captured = capfd.readouterr()
+    assert f"{TRAILING_LOG} 3" in captured.out + captured.err, "the image did not log after the result"
+    assert list((runner_env / "results").iterdir()) == [], "the per-try result folder was left behind"
+
+
+def test_a_rejected_batch_keeps_its_payload_when_logs_follow_it(runner_env):
+    spec = make_classification_dataset(runner_env / "data", days=10, bad={"day": "2011-03-05", "kind": "nulls"})
+    args = window(spec, "2011-03-05", "2011-03-06", 1)
+    assert run_step("ingest", *args)["partitions"] == 1
+    with pytest.raises(StepFailed) as info:
+        run_step("validate", *args)
+    payload = info.value.payload
+    assert payload["status"] == "failed" and payload["step"] == "validate", payload
+    assert payload["failures"], "the failing expectations were lost"
+    assert payload["report"].endswith(".html") and os.path.isfile(payload["report"])
+    assert str(info.value) == f"step `validate` failed (exit code 1): {payload['error']}"
+    assert TRAILING_LOG not in str(info.value)
+    assert list((runner_env / "results").iterdir()) == []
+
+
+def test_nothing_to_do_skips_the_task_in_a_container(runner_env):
+    spec = make_classification_dataset(runner_env / "data", days=10)
+    with pytest.raises(AirflowSkipException) as info:
+        run_step("ingest", *window(spec, "2011-03-20", "2011-03-21", 2))
+    assert not isinstance(info.value, StepFailed)
+    assert str(info.value).startswith("ingest: nothing to do: ") and "window.data_end" in str(info.value)
+
+
+def test_bad_arguments_in_a_container_are_a_usage_error(runner_env):
+    with pytest.raises(StepFailed) as info:
+        run_step("ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06")
+    assert "was called with bad arguments (exit code 2)" in str(info.value)
