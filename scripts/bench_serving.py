@@ -75,17 +75,38 @@ def wrk(url: str, body: str, connections: int, duration: int, tmp: Path) -> dict
     body_file = tmp / f"body-{abs(hash(body))}.json"
     body_file.write_text(body)
     script = tmp / "post.lua"
-    script.write_text('local f = io.open(os.getenv("WRK_BODY"), "rb"); wrk.body = f:read("*a"); f:close()\n'
-                      'wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"\n')
-    proc = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
-                           "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60,
-                          env={**os.environ, "WRK_BODY": str(body_file)})
+    script.write_text(
+        'local f = io.open(os.getenv("WRK_BODY"), "rb"); wrk.body = f:read("*a"); f:close()\n'
+        'wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    proc = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        env={**os.environ, "WRK_BODY": str(body_file)},
+    )
     text = proc.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
+    lat = {
+        p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    }
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {"requests_per_s": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "requests_per_s": rps,
+        "p50_ms": lat.get("50"),
+        "p99_ms": lat.get("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def in_process(folder: Path, rows: list[dict]) -> dict[str, float]:
@@ -94,8 +115,10 @@ def in_process(folder: Path, rows: list[dict]) -> dict[str, float]:
     model = ServedModel(folder)
     out = {"inference_path": model.path}
     one = rows[:1]
-    for name, fn in (("pipeline_one_row_us", model._predict_pipeline), ("onnx_one_row_us", model._predict_onnx
-                                                                        if model.session else None)):
+    for name, fn in (
+        ("pipeline_one_row_us", model._predict_pipeline),
+        ("onnx_one_row_us", model._predict_onnx if model.session else None),
+    ):
         if fn is None:
             continue
         for _ in range(5):
@@ -106,8 +129,10 @@ def in_process(folder: Path, rows: list[dict]) -> dict[str, float]:
             fn(one)
             times.append(time.perf_counter() - t)
         out[name] = statistics.median(times) * 1e6
-    for name, fn in (("pipeline_1000_rows_ms", model._predict_pipeline), ("onnx_1000_rows_ms", model._predict_onnx
-                                                                          if model.session else None)):
+    for name, fn in (
+        ("pipeline_1000_rows_ms", model._predict_pipeline),
+        ("onnx_1000_rows_ms", model._predict_onnx if model.session else None),
+    ):
         if fn is None:
             continue
         times = []
@@ -127,8 +152,15 @@ def log_cost(model, one: list[dict]) -> dict[str, float]:
     from mlcycle.serving.predlog import LoggedRequest, PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
-        plog = PredictionLog(Path(tmp), "bench", model.info.name, model.info.version, model.names,
-                             flush_rows=10_000, flush_seconds=3600)
+        plog = PredictionLog(
+            Path(tmp),
+            "bench",
+            model.info.name,
+            model.info.version,
+            model.names,
+            flush_rows=10_000,
+            flush_seconds=3600,
+        )
         pred = model.predict(one).predictions
         times = []
         for i in range(5_000):
@@ -137,12 +169,16 @@ def log_cost(model, one: list[dict]) -> dict[str, float]:
             times.append(time.perf_counter() - t)
         t = time.perf_counter()
         plog.close()
-        return {"log_append_us": statistics.median(times) * 1e6,
-                "log_write_5000_rows_ms": (time.perf_counter() - t) * 1e3}
+        return {
+            "log_append_us": statistics.median(times) * 1e6,
+            "log_write_5000_rows_ms": (time.perf_counter() - t) * 1e3,
+        }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "serving.json"))
@@ -160,47 +196,83 @@ def main() -> int:
     schema = read_schema(folder)
     rows = sample_rows(schema, 1000, seed=1)
     one, many = json.dumps(rows[0]), json.dumps(rows)
-    results: dict = {"model": str(folder), "duration_s": args.duration, "cores": os.cpu_count(),
-                     "load_average": os.getloadavg()}
+    results: dict = {
+        "model": str(folder),
+        "duration_s": args.duration,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
     results["in_process"] = in_process(folder, rows)
 
     # mlflow models serve starts `uvicorn` from PATH: the step environment's.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_ENABLE_TELEMETRY": "false",
-           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         store = tmp / "store"
         mp, op = free_port(), free_port()
         runs: dict = {}
-        with server([str(BIN / "mlflow"), "models", "serve", "-m", str(folder), "--env-manager", "local",
-                     "--host", "127.0.0.1", "-p", str(mp)], f"http://127.0.0.1:{mp}/ping", env,
-                    tmp / "mlflow.log"):
+        with server(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                str(folder),
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(mp),
+            ],
+            f"http://127.0.0.1:{mp}/ping",
+            env,
+            tmp / "mlflow.log",
+        ):
             url = f"http://127.0.0.1:{mp}/invocations"
             for c in (4, 16):
-                runs[f"mlflow_one_row_c{c}"] = wrk(url, json.dumps({"dataframe_records": [rows[0]]}), c,
-                                                   args.duration, tmp)
-            runs["mlflow_1000_rows_c2"] = wrk(url, json.dumps({"dataframe_records": rows}), 2, args.duration, tmp)
+                runs[f"mlflow_one_row_c{c}"] = wrk(
+                    url, json.dumps({"dataframe_records": [rows[0]]}), c, args.duration, tmp
+                )
+            runs["mlflow_1000_rows_c2"] = wrk(
+                url, json.dumps({"dataframe_records": rows}), 2, args.duration, tmp
+            )
         for log_flag in ("on", "off"):
-            with server([str(BIN / "mlcycle"), "serve", "--model-uri", str(folder), "--port", str(op)],
-                        f"http://127.0.0.1:{op}/ready", {**env, "MLCYCLE_STORE": str(store),
-                                                          "MLCYCLE_SERVING_LOG": log_flag}, tmp / f"ours-{log_flag}.log"):
+            with server(
+                [str(BIN / "mlcycle"), "serve", "--model-uri", str(folder), "--port", str(op)],
+                f"http://127.0.0.1:{op}/ready",
+                {**env, "MLCYCLE_STORE": str(store), "MLCYCLE_SERVING_LOG": log_flag},
+                tmp / f"ours-{log_flag}.log",
+            ):
                 url = f"http://127.0.0.1:{op}/predict"
                 if log_flag == "on":
                     for c in (4, 16):
                         runs[f"ours_one_row_c{c}"] = wrk(url, one, c, args.duration, tmp)
-                    runs["ours_invocations_one_row_c4"] = wrk(f"http://127.0.0.1:{op}/invocations",
-                                                              json.dumps({"dataframe_records": [rows[0]]}), 4,
-                                                              args.duration, tmp)
+                    runs["ours_invocations_one_row_c4"] = wrk(
+                        f"http://127.0.0.1:{op}/invocations",
+                        json.dumps({"dataframe_records": [rows[0]]}),
+                        4,
+                        args.duration,
+                        tmp,
+                    )
                     runs["ours_1000_rows_c2"] = wrk(url, many, 2, args.duration, tmp)
                 else:
                     runs["ours_one_row_c4_log_off"] = wrk(url, one, 4, args.duration, tmp)
         results["runs"] = runs
     r = runs
     results["ratios"] = {
-        "one_row_c4_requests": r["ours_one_row_c4"]["requests_per_s"] / r["mlflow_one_row_c4"]["requests_per_s"],
-        "one_row_c16_requests": r["ours_one_row_c16"]["requests_per_s"] / r["mlflow_one_row_c16"]["requests_per_s"],
+        "one_row_c4_requests": r["ours_one_row_c4"]["requests_per_s"]
+        / r["mlflow_one_row_c4"]["requests_per_s"],
+        "one_row_c16_requests": r["ours_one_row_c16"]["requests_per_s"]
+        / r["mlflow_one_row_c16"]["requests_per_s"],
         "rows_1000": r["ours_1000_rows_c2"]["requests_per_s"] / r["mlflow_1000_rows_c2"]["requests_per_s"],
-        "log_on_over_off": r["ours_one_row_c4"]["requests_per_s"] / r["ours_one_row_c4_log_off"]["requests_per_s"],
+        "log_on_over_off": r["ours_one_row_c4"]["requests_per_s"]
+        / r["ours_one_row_c4_log_off"]["requests_per_s"],
     }
     results["load_average_after"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -208,10 +280,14 @@ def main() -> int:
     print(f"{'run':34} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7}")
     for name, v in runs.items():
         rows_s = v["requests_per_s"] * (1000 if "1000" in name else 1)
-        print(f"{name:34} {v['requests_per_s']:10.1f} {rows_s:10.0f} {v['p50_ms'] or 0:8.2f} {v['p99_ms'] or 0:8.2f} "
-              f"{v['non_2xx']:7d}")
-    print("in-process:", json.dumps({k: round(v, 2) if isinstance(v, float) else v
-                                     for k, v in results["in_process"].items()}))
+        print(
+            f"{name:34} {v['requests_per_s']:10.1f} {rows_s:10.0f} {v['p50_ms'] or 0:8.2f} {v['p99_ms'] or 0:8.2f} "
+            f"{v['non_2xx']:7d}"
+        )
+    print(
+        "in-process:",
+        json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in results["in_process"].items()}),
+    )
     print("ratios (same run):", json.dumps({k: round(v, 2) for k, v in results["ratios"].items()}))
     print(f"load average before/after: {results['load_average']} / {results['load_average_after']}")
     return 0

@@ -99,10 +99,15 @@ def interpret(step: str, exit_code: int, result: StepResult, output_tail: str = 
     """
     payload = result.payload or {}
     if exit_code == EXIT_NOTHING_TO_DO:
-        raise AirflowSkipException(f"{step}: nothing to do: {payload.get('reason') or output_tail.strip() or 'see the log'}")
+        raise AirflowSkipException(
+            f"{step}: nothing to do: {payload.get('reason') or output_tail.strip() or 'see the log'}"
+        )
     if exit_code == EXIT_BAD_ARGUMENTS:
-        raise StepFailed(f"step `{step}` was called with bad arguments (exit code 2): "
-                         f"{output_tail.strip() or 'see the usage message in the log'}", payload)
+        raise StepFailed(
+            f"step `{step}` was called with bad arguments (exit code 2): "
+            f"{output_tail.strip() or 'see the usage message in the log'}",
+            payload,
+        )
     if exit_code != EXIT_DONE:
         detail = payload.get("error") or output_tail.strip() or result.problem or "no output"
         raise StepFailed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)

@@ -50,8 +50,12 @@ class NothingToDo(Exception):
 
 #: A write that failed because of the disk, not the data: one line says what to fix.
 _STORAGE_ERRNOS = {
-    "ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exhausted", "EFBIG": "the file is too large",
-    "EROFS": "the file system is read-only", "EACCES": "permission denied", "EPERM": "operation not permitted",
+    "ENOSPC": "the disk is full",
+    "EDQUOT": "the disk quota is exhausted",
+    "EFBIG": "the file is too large",
+    "EROFS": "the file system is read-only",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
 }
 
 
@@ -67,10 +71,14 @@ def storage_problem(exc: BaseException) -> str | None:
         return None
     where = f" {exc.filename}" if exc.filename else " (MLCYCLE_STORE / MLCYCLE_HOME)"
     if name in ("EACCES", "EPERM"):
-        advice = (f"the step runs as uid {os.getuid()}: give it write access, or run it as the owner "
-                  f"(MLCYCLE_DOCKER_USER for containers)")
+        advice = (
+            f"the step runs as uid {os.getuid()}: give it write access, or run it as the owner "
+            f"(MLCYCLE_DOCKER_USER for containers)"
+        )
     elif name == "EROFS":
         advice = "mount the store read-write, or point MLCYCLE_STORE / MLCYCLE_HOME at a writable folder"
     else:
         advice = "free space there, or point MLCYCLE_STORE / MLCYCLE_HOME at a larger disk, then re-run"
-    return f"cannot write{where}: {_STORAGE_ERRNOS[name]} ({name}). Nothing half-written was published; {advice}"
+    return (
+        f"cannot write{where}: {_STORAGE_ERRNOS[name]} ({name}). Nothing half-written was published; {advice}"
+    )

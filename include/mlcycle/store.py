@@ -188,8 +188,12 @@ class ValidatedVersion:
     path: Path
 
     def to_dict(self, base: Path) -> dict[str, Any]:
-        return {"date": self.day.isoformat(), "sha256": self.sha256, "rows": self.rows,
-                "file": str(self.path.relative_to(base))}
+        return {
+            "date": self.day.isoformat(),
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "file": str(self.path.relative_to(base)),
+        }
 
 
 class LineageError(LookupError):
@@ -238,8 +242,12 @@ class Store:
             current = json.loads(pointer.read_text())
         except FileNotFoundError:
             return None
-        return ValidatedVersion(day=day, sha256=current["sha256"], rows=int(current["rows"]),
-                                path=self.validated_version_path(day, current["sha256"]))
+        return ValidatedVersion(
+            day=day,
+            sha256=current["sha256"],
+            rows=int(current["rows"]),
+            path=self.validated_version_path(day, current["sha256"]),
+        )
 
     def validated(self, day: dt.date) -> Path:
         """The current validated file of ``day``; a path that does not exist when there is none."""
@@ -252,8 +260,9 @@ class Store:
         with locked(self.validated_dir(day)):
             yield
 
-    def publish_validated(self, day: dt.date, data: bytes, sha256: str, rows: int,
-                          replaces: str | None = None) -> ValidatedVersion:
+    def publish_validated(
+        self, day: dt.date, data: bytes, sha256: str, rows: int, replaces: str | None = None
+    ) -> ValidatedVersion:
         """Keep ``data`` (bytes that passed the suite) as a version of ``day`` and make it current.
 
         Call it holding ``day_lock``. The version file is content-addressed and written once; the
@@ -262,8 +271,10 @@ class Store:
         path = self.validated_version_path(day, sha256)
         if not path.exists():
             write_bytes(data, path)
-        write_json({"sha256": sha256, "rows": rows, "file": path.name, "replaces": replaces},
-                   self.validated_dir(day) / POINTER_FILE)
+        write_json(
+            {"sha256": sha256, "rows": rows, "file": path.name, "replaces": replaces},
+            self.validated_dir(day) / POINTER_FILE,
+        )
         return ValidatedVersion(day=day, sha256=sha256, rows=rows, path=path)
 
     def publish(self, day: dt.date) -> Path:
@@ -272,8 +283,13 @@ class Store:
         sha = hashlib.sha256(data).hexdigest()
         with self.day_lock(day):
             current = self.current_validated(day)
-            return self.publish_validated(day, data, sha, pq.read_metadata(self.raw(day)).num_rows,
-                                          replaces=current.sha256 if current else None).path
+            return self.publish_validated(
+                day,
+                data,
+                sha,
+                pq.read_metadata(self.raw(day)).num_rows,
+                replaces=current.sha256 if current else None,
+            ).path
 
     def quarantine(self, day: dt.date, attempt: str, data: bytes | None = None) -> Path:
         """A folder for a rejected batch, holding the exact bytes that were judged; return it."""
@@ -326,7 +342,9 @@ class Store:
     def record_lineage(self, fingerprint: str, versions: list[ValidatedVersion]) -> Path:
         target = self.base / "lineage" / f"{fingerprint}.json"
         if not target.exists():
-            write_json({"fingerprint": fingerprint, "partitions": [v.to_dict(self.base) for v in versions]}, target)
+            write_json(
+                {"fingerprint": fingerprint, "partitions": [v.to_dict(self.base) for v in versions]}, target
+            )
         return target
 
     def files_for_fingerprint(self, fingerprint: str, verify: bool = True) -> list[Path]:
@@ -338,13 +356,17 @@ class Store:
         try:
             partitions = json.loads(record.read_text())["partitions"]
         except FileNotFoundError:
-            raise LineageError(f"no lineage record {record} for fingerprint {fingerprint!r} of {self.pipeline}: "
-                               f"it was not built by build_features on this store") from None
+            raise LineageError(
+                f"no lineage record {record} for fingerprint {fingerprint!r} of {self.pipeline}: "
+                f"it was not built by build_features on this store"
+            ) from None
         files = []
         for part in partitions:
             path = self.base / part["file"]
             if not path.is_file() or (verify and file_sha256(path) != part["sha256"]):
-                raise LineageError(f"fingerprint {fingerprint}: {path} is missing or no longer holds the bytes "
-                                   f"with sha256 {part['sha256']}")
+                raise LineageError(
+                    f"fingerprint {fingerprint}: {path} is missing or no longer holds the bytes "
+                    f"with sha256 {part['sha256']}"
+                )
             files.append(path)
         return files

@@ -16,9 +16,13 @@ from pipeline_support import contract
 from pipeline_support.contract import StepFailed, StepResult, interpret, read_result
 from tests.conftest import ROOT, STEPS_BIN
 
-REJECTED = {"status": "failed", "step": "validate", "error": "1 partition(s) of bikeshare failed the suite",
-            "report": "/store/reports/validation/2011-07-06.html",
-            "failures": [{"expectation": "expect_column_values_to_be_between", "column": "windspeed"}]}
+REJECTED = {
+    "status": "failed",
+    "step": "validate",
+    "error": "1 partition(s) of bikeshare failed the suite",
+    "report": "/store/reports/validation/2011-07-06.html",
+    "failures": [{"expectation": "expect_column_values_to_be_between", "column": "windspeed"}],
+}
 
 
 def write(path: Path, text: str) -> Path:
@@ -27,6 +31,7 @@ def write(path: Path, text: str) -> Path:
 
 
 # --- reading the result file ------------------------------------------------------------------
+
 
 def test_a_json_object_is_the_result(tmp_path):
     result = read_result(write(tmp_path / "result.json", json.dumps({"rows": 48, "pipeline": "p"})))
@@ -39,13 +44,16 @@ def test_a_missing_file_is_named_as_such(tmp_path):
     assert result.problem == f"the step wrote no result file ({tmp_path / 'result.json'})"
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("", "is not JSON"),
-    ('{"rows": 4', "is not JSON"),
-    ("2011-03-05 INFO ingest progress: 7/7", "is not JSON"),
-    ("[1, 2]", "holds a list, not a JSON object"),
-    ('"done"', "holds a str, not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "is not JSON"),
+        ('{"rows": 4', "is not JSON"),
+        ("2011-03-05 INFO ingest progress: 7/7", "is not JSON"),
+        ("[1, 2]", "holds a list, not a JSON object"),
+        ('"done"', "holds a str, not a JSON object"),
+    ],
+)
 def test_anything_but_a_json_object_is_a_problem(tmp_path, text, problem):
     result = read_result(write(tmp_path / "result.json", text))
     assert result.payload is None and problem in result.problem and str(tmp_path) in result.problem
@@ -75,6 +83,7 @@ def test_result_folders_are_fresh_and_distinct(tmp_path):
 
 # --- interpret: every exit path ---------------------------------------------------------------
 
+
 def test_exit_0_with_a_result_returns_it():
     assert interpret("ingest", 0, StepResult({"rows": 48}), "log line") == {"rows": 48}
 
@@ -86,28 +95,65 @@ def test_exit_0_with_an_empty_object_returns_it():
 def test_exit_0_without_a_result_fails_and_says_why():
     with pytest.raises(StepFailed) as info:
         interpret("ingest", 0, StepResult(None, "the step wrote no result file (/tmp/x)"), '{"rows": 1}')
-    assert str(info.value) == "step `ingest` exited 0 but left no result: the step wrote no result file (/tmp/x)"
+    assert (
+        str(info.value) == "step `ingest` exited 0 but left no result: the step wrote no result file (/tmp/x)"
+    )
     assert info.value.payload == {}
 
 
 #: exit code, what the result file held, the output's last line -> exception and its exact message
 OUTCOMES = [
-    (99, StepResult({"status": "skipped", "reason": "past window.data_end"}), "tail",
-     AirflowSkipException, "ingest: nothing to do: past window.data_end"),
-    (99, StepResult(None, "no file"), "  nothing arrived yet \n", AirflowSkipException,
-     "ingest: nothing to do: nothing arrived yet"),
+    (
+        99,
+        StepResult({"status": "skipped", "reason": "past window.data_end"}),
+        "tail",
+        AirflowSkipException,
+        "ingest: nothing to do: past window.data_end",
+    ),
+    (
+        99,
+        StepResult(None, "no file"),
+        "  nothing arrived yet \n",
+        AirflowSkipException,
+        "ingest: nothing to do: nothing arrived yet",
+    ),
     (99, StepResult(None, "no file"), "", AirflowSkipException, "ingest: nothing to do: see the log"),
-    (1, StepResult(REJECTED), "2011-07-06 INFO a log line written last", StepFailed,
-     "step `ingest` failed (exit code 1): 1 partition(s) of bikeshare failed the suite"),
-    (1, StepResult(None, "no file"), "RuntimeError: bug\n", StepFailed,
-     "step `ingest` failed (exit code 1): RuntimeError: bug"),
-    (137, StepResult(None, "the step wrote no result file (/r)"), "", StepFailed,
-     "step `ingest` failed (exit code 137): the step wrote no result file (/r)"),
+    (
+        1,
+        StepResult(REJECTED),
+        "2011-07-06 INFO a log line written last",
+        StepFailed,
+        "step `ingest` failed (exit code 1): 1 partition(s) of bikeshare failed the suite",
+    ),
+    (
+        1,
+        StepResult(None, "no file"),
+        "RuntimeError: bug\n",
+        StepFailed,
+        "step `ingest` failed (exit code 1): RuntimeError: bug",
+    ),
+    (
+        137,
+        StepResult(None, "the step wrote no result file (/r)"),
+        "",
+        StepFailed,
+        "step `ingest` failed (exit code 137): the step wrote no result file (/r)",
+    ),
     (3, StepResult(None), "", StepFailed, "step `ingest` failed (exit code 3): no output"),
-    (2, StepResult(None, "no file"), "mlcycle ingest: error: --end is required", StepFailed,
-     "step `ingest` was called with bad arguments (exit code 2): mlcycle ingest: error: --end is required"),
-    (2, StepResult(None, "no file"), "", StepFailed,
-     "step `ingest` was called with bad arguments (exit code 2): see the usage message in the log"),
+    (
+        2,
+        StepResult(None, "no file"),
+        "mlcycle ingest: error: --end is required",
+        StepFailed,
+        "step `ingest` was called with bad arguments (exit code 2): mlcycle ingest: error: --end is required",
+    ),
+    (
+        2,
+        StepResult(None, "no file"),
+        "",
+        StepFailed,
+        "step `ingest` was called with bad arguments (exit code 2): see the usage message in the log",
+    ),
 ]
 
 
@@ -162,7 +208,9 @@ def test_imports_run_one_way():
 
 # --- the local runner: a real subprocess of the step environment ------------------------------
 
-needs_steps = pytest.mark.skipif(not (STEPS_BIN / "mlcycle").exists(), reason="no step environment (make setup)")
+needs_steps = pytest.mark.skipif(
+    not (STEPS_BIN / "mlcycle").exists(), reason="no step environment (make setup)"
+)
 
 
 def local_operator(step: str, *args: str):
@@ -201,10 +249,25 @@ def test_local_runner_returns_the_result_file_and_leaves_no_folder(step_home, mo
     monkeypatch.setattr(tempfile, "tempdir", str(step_home / "tmp"))
     (step_home / "tmp").mkdir()
     spec = make_classification_dataset(step_home / "data", days=10)
-    op = local_operator("ingest", "--pipeline", str(spec), "--start", "2011-03-05", "--end", "2011-03-06",
-                        "--window-days", "2")
-    assert op.execute({}) == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
-                              "partitions": 2, "rows": 48, "empty_days": []}
+    op = local_operator(
+        "ingest",
+        "--pipeline",
+        str(spec),
+        "--start",
+        "2011-03-05",
+        "--end",
+        "2011-03-06",
+        "--window-days",
+        "2",
+    )
+    assert op.execute({}) == {
+        "pipeline": "synthclass",
+        "window_start": "2011-03-04",
+        "window_end": "2011-03-06",
+        "partitions": 2,
+        "rows": 48,
+        "empty_days": [],
+    }
     assert list((step_home / "tmp").iterdir()) == [], "the per-try result folder was left behind"
 
 
@@ -212,7 +275,9 @@ def test_local_runner_returns_the_result_file_and_leaves_no_folder(step_home, mo
 def test_local_runner_fails_with_the_payload_of_a_rejected_batch(step_home):
     from tests.datasets import make_classification_dataset
 
-    spec = make_classification_dataset(step_home / "data", days=10, bad={"day": "2011-03-05", "kind": "nulls"})
+    spec = make_classification_dataset(
+        step_home / "data", days=10, bad={"day": "2011-03-05", "kind": "nulls"}
+    )
     window = ["--pipeline", str(spec), "--start", "2011-03-05", "--end", "2011-03-06", "--window-days", "1"]
     local_operator("ingest", *window).execute({})
     with pytest.raises(StepFailed) as info:
@@ -226,6 +291,8 @@ def test_local_runner_fails_with_the_payload_of_a_rejected_batch(step_home):
 @needs_steps
 def test_local_runner_reports_bad_arguments(step_home):
     with pytest.raises(StepFailed) as info:
-        local_operator("ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06").execute({})
+        local_operator(
+            "ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06"
+        ).execute({})
     assert "was called with bad arguments (exit code 2)" in str(info.value)
     assert "not an ISO date: 'March'" in str(info.value)

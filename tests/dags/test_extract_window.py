@@ -42,27 +42,49 @@ def _cases(n: int = 400, seed: int = 11) -> list[dict]:
     for _ in range(n):
         data_start = base + dt.timedelta(days=rng.randint(0, 60))
         data_end = None if rng.random() < 0.25 else data_start + dt.timedelta(days=rng.randint(0, 400))
-        cases.append({
-            "data_start": data_start.isoformat(),
-            "data_end": data_end and data_end.isoformat(),
-            "days": rng.randint(1, 400),
-            "end": (data_start + dt.timedelta(days=rng.randint(-30, 500))).isoformat(),
-            "window_days": None if rng.random() < 0.4 else rng.randint(1, 400),
-        })
+        cases.append(
+            {
+                "data_start": data_start.isoformat(),
+                "data_end": data_end and data_end.isoformat(),
+                "days": rng.randint(1, 400),
+                "end": (data_start + dt.timedelta(days=rng.randint(-30, 500))).isoformat(),
+                "window_days": None if rng.random() < 0.4 else rng.randint(1, 400),
+            }
+        )
     # the edges: an interval ending on data_end + 1, on data_start, one day past each
     for offset in (-1, 0, 1, 2):
-        cases.append({"data_start": "2011-01-01", "data_end": "2011-12-31", "days": 28,
-                      "end": (dt.date(2012, 1, 1) + dt.timedelta(days=offset)).isoformat(), "window_days": None})
-        cases.append({"data_start": "2011-01-01", "data_end": "2011-12-31", "days": 28,
-                      "end": (dt.date(2011, 1, 1) + dt.timedelta(days=offset)).isoformat(), "window_days": 7})
+        cases.append(
+            {
+                "data_start": "2011-01-01",
+                "data_end": "2011-12-31",
+                "days": 28,
+                "end": (dt.date(2012, 1, 1) + dt.timedelta(days=offset)).isoformat(),
+                "window_days": None,
+            }
+        )
+        cases.append(
+            {
+                "data_start": "2011-01-01",
+                "data_end": "2011-12-31",
+                "days": 28,
+                "end": (dt.date(2011, 1, 1) + dt.timedelta(days=offset)).isoformat(),
+                "window_days": 7,
+            }
+        )
     return cases
 
 
 @pytest.mark.skipif(not (STEPS_BIN / "python").exists(), reason="no step environment (make setup)")
 def test_extract_and_the_steps_compute_the_same_training_window():
     cases = _cases()
-    proc = subprocess.run([str(STEPS_BIN / "python"), "-c", STEP_SIDE, str(ROOT / "include" / "pipelines" / "bikeshare.yaml")],
-                          input=json.dumps(cases), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [str(STEPS_BIN / "python"), "-c", STEP_SIDE, str(ROOT / "include" / "pipelines" / "bikeshare.yaml")],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(steps) == len(cases)

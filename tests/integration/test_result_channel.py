@@ -26,8 +26,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 TRAILING_LOG = "log line written after the result"
 #: The derived image's entrypoint: the step, then log lines on stderr, then the step's exit code.
-ENTRYPOINT = (f'mlcycle "$@"; code=$?; sleep 0.2; for i in 1 2 3; do echo "{TRAILING_LOG} $i" >&2; done; '
-              'exit $code')
+ENTRYPOINT = (
+    f'mlcycle "$@"; code=$?; sleep 0.2; for i in 1 2 3; do echo "{TRAILING_LOG} $i" >&2; done; exit $code'
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,15 @@ def logs_after_result_image(docker_engine) -> str:
     tag = f"{docker_engine.split(':')[0]}-logs-after-result:test"
     dockerfile = f"FROM {docker_engine}\nENTRYPOINT {json.dumps(['/bin/sh', '-c', ENTRYPOINT, 'mlcycle'])}\n"
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    subprocess.run(["docker", "build", "--network", "host", "-q", "-t", tag, "-"], input=dockerfile, text=True,
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        ["docker", "build", "--network", "host", "-q", "-t", tag, "-"],
+        input=dockerfile,
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     yield tag
     subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False, timeout=60)
 
@@ -45,8 +53,14 @@ def logs_after_result_image(docker_engine) -> str:
 @pytest.fixture
 def runner_env(tmp_path, monkeypatch, logs_after_result_image):
     """The worker's environment as the Docker runner reads it at run time; everything under tmp_path."""
-    for name in ("MLCYCLE_STORE", "MLCYCLE_PIPELINES_DIR", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_RESULT_FILE",
-                 "MLCYCLE_DOCKER_USER", "MLCYCLE_LOG_LEVEL"):
+    for name in (
+        "MLCYCLE_STORE",
+        "MLCYCLE_PIPELINES_DIR",
+        "MLCYCLE_ARTIFACT_ROOT",
+        "MLCYCLE_RESULT_FILE",
+        "MLCYCLE_DOCKER_USER",
+        "MLCYCLE_LOG_LEVEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}")
@@ -70,15 +84,23 @@ def window(spec, start: str, end: str, days: int) -> list[str]:
 def test_a_success_keeps_its_result_when_logs_follow_it(runner_env, capfd):
     spec = make_classification_dataset(runner_env / "data", days=10)
     result = run_step("ingest", *window(spec, "2011-03-05", "2011-03-06", 2))
-    assert result == {"pipeline": "synthclass", "window_start": "2011-03-04", "window_end": "2011-03-06",
-                      "partitions": 2, "rows": 48, "empty_days": []}
+    assert result == {
+        "pipeline": "synthclass",
+        "window_start": "2011-03-04",
+        "window_end": "2011-03-06",
+        "partitions": 2,
+        "rows": 48,
+        "empty_days": [],
+    }
     captured = capfd.readouterr()
     assert f"{TRAILING_LOG} 3" in captured.out + captured.err, "the image did not log after the result"
     assert list((runner_env / "results").iterdir()) == [], "the per-try result folder was left behind"
 
 
 def test_a_rejected_batch_keeps_its_payload_when_logs_follow_it(runner_env):
-    spec = make_classification_dataset(runner_env / "data", days=10, bad={"day": "2011-03-05", "kind": "nulls"})
+    spec = make_classification_dataset(
+        runner_env / "data", days=10, bad={"day": "2011-03-05", "kind": "nulls"}
+    )
     args = window(spec, "2011-03-05", "2011-03-06", 1)
     assert run_step("ingest", *args)["partitions"] == 1
     with pytest.raises(StepFailed) as info:

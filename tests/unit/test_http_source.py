@@ -32,8 +32,9 @@ def server(tmp_path):
     www = tmp_path / "www"
     www.mkdir()
     handler = type("Handler", (_Files,), {"requests": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            lambda *a, **k: handler(*a, directory=str(www), **k))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(www), **k)
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -45,8 +46,11 @@ def server(tmp_path):
 
 def _http_spec(tmp_path: Path, url: str, fmt: str = "csv"):
     local = make_classification_dataset(tmp_path / "data", days=5)
-    spec = write_spec_variant(local, tmp_path / "http.yaml", source={"kind": "http", "url": url, "format": fmt,
-                                                                      "timeout_seconds": 10})
+    spec = write_spec_variant(
+        local,
+        tmp_path / "http.yaml",
+        source={"kind": "http", "url": url, "format": fmt, "timeout_seconds": 10},
+    )
     return load_spec(local), load_spec(spec)
 
 
@@ -91,7 +95,10 @@ def test_an_unreachable_server_is_a_source_error(tmp_path):
 
 def test_the_timeout_defaults_to_sixty_seconds(tmp_path):
     local = make_classification_dataset(tmp_path / "data", days=5)
-    spec = load_spec(write_spec_variant(local, tmp_path / "http.yaml",
-                                        source={"kind": "http", "url": "http://127.0.0.1:9/x"}))
+    spec = load_spec(
+        write_spec_variant(
+            local, tmp_path / "http.yaml", source={"kind": "http", "url": "http://127.0.0.1:9/x"}
+        )
+    )
     reader = HttpReader(spec)
     assert reader.timeout == 60.0

@@ -38,13 +38,26 @@ def bikeshare_variant(folder: Path, edit=None, **spec_overrides) -> Path:
     frame = pd.read_csv(BIKESHARE_CSV)
     csv_path = folder / "bikeshare.csv"
     (edit(frame) if edit else frame).to_csv(csv_path, index=False)
-    return write_spec_variant(BIKESHARE_SPEC, folder / "bikeshare.yaml",
-                              source={"kind": "file", "path": str(csv_path), "format": "csv"}, **spec_overrides)
+    return write_spec_variant(
+        BIKESHARE_SPEC,
+        folder / "bikeshare.yaml",
+        source={"kind": "file", "path": str(csv_path), "format": "csv"},
+        **spec_overrides,
+    )
 
 
-def run_step(tmp_path: Path, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlcycle", *args], capture_output=True, text=True,
-                          env=env or cli_env(tmp_path), cwd=tmp_path, timeout=300, **kwargs)
+def run_step(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlcycle", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -61,6 +74,7 @@ def sha(path: Path) -> str:
 
 
 # --- item 3: no row disappears without a count ------------------------------------------------
+
 
 def _blank_hours(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame.index[frame["day"] == DOY][:7]
@@ -82,11 +96,12 @@ def test_rows_without_a_timestamp_are_counted_and_fail_the_window(tmp_path, sett
         validate(spec, settings, day_interval(DAY), window_days=2, attempt="a1")
     message = str(info.value)
     assert "rows dropped by ingest as unparseable_timestamp" in message and "7 of 8645 source rows" in message
-    assert "validation.max_dropped_share.unparseable_timestamp" in message and "nothing was published" in message
+    assert (
+        "validation.max_dropped_share.unparseable_timestamp" in message and "nothing was published" in message
+    )
     assert not store.validated(DAY).exists() and not store.validated(DAY - dt.timedelta(days=1)).exists()
     assert "7 of 8645 source rows" in store.validation_report(DAY + dt.timedelta(days=1)).read_text()
     assert json.loads((store.quarantine_dir(DAY, "a1") / "failures.json").read_text())["failures"]
-
 
 
 def test_rows_outside_the_sources_bounds_are_counted_and_reported(tmp_path, settings):
@@ -100,8 +115,13 @@ def test_rows_outside_the_sources_bounds_are_counted_and_reported(tmp_path, sett
     store = Store(settings.store, spec.name)
     assert passed.dropped["outside_source_bounds"] == 7 and store.current_validated(DAY).rows == 17
     assert "dropped: outside_source_bounds" in Path(passed.report).read_text()
-    strict = load_spec(write_spec_variant(spec.path, tmp_path / "strict.yaml",
-                                          validation={"max_dropped_share": {"outside_source_bounds": 0}}))
+    strict = load_spec(
+        write_spec_variant(
+            spec.path,
+            tmp_path / "strict.yaml",
+            validation={"max_dropped_share": {"outside_source_bounds": 0}},
+        )
+    )
     with pytest.raises(ValidationFailed, match="as outside_source_bounds.*7 of 8645 source rows"):
         validate(strict, settings, day_interval(DAY), window_days=1)
 
@@ -119,13 +139,16 @@ def test_timestamps_that_overflow_the_rule_are_a_counted_drop_not_a_crash(tmp_pa
 
 def test_a_header_only_source_is_one_clear_line(tmp_path):
     spec = bikeshare_variant(tmp_path / "data", lambda frame: frame.head(0))
-    proc = run_step(tmp_path, "ingest", "--pipeline", str(spec), "--start", "2011-03-17", "--end", "2011-03-18")
+    proc = run_step(
+        tmp_path, "ingest", "--pipeline", str(spec), "--start", "2011-03-17", "--end", "2011-03-18"
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     error = last_json(proc.stdout)["error"]
     assert "has no rows (columns: season, mnth" in error and "quarantined" in error
 
 
 # --- item 2: validated data is never overwritten silently -------------------------------------
+
 
 def _validated_day(tmp_path, settings, **spec_overrides):
     spec = load_spec(bikeshare_variant(tmp_path / "data", **spec_overrides))
@@ -139,18 +162,33 @@ def test_a_restatement_is_reported_and_both_versions_are_kept(tmp_path, settings
     spec, store, first = _validated_day(tmp_path, settings)
     frame = pd.read_parquet(store.raw(DAY))
     frame.loc[3, "temp"] = 0.5
-    write_parquet(frame.drop(index=[0]), store.raw(DAY))  # a source restating the day: one row fewer, one changed
+    write_parquet(
+        frame.drop(index=[0]), store.raw(DAY)
+    )  # a source restating the day: one row fewer, one changed
     result = validate(spec, settings, day_interval(DAY), window_days=1)
-    assert result.restated == [{"partition": "2011-03-17", "rows_before": first.rows, "rows_after": first.rows - 1,
-                                "previous_sha256": first.sha256, "added": 0, "removed": 1, "changed": 1}]
+    assert result.restated == [
+        {
+            "partition": "2011-03-17",
+            "rows_before": first.rows,
+            "rows_after": first.rows - 1,
+            "previous_sha256": first.sha256,
+            "added": 0,
+            "removed": 1,
+            "changed": 1,
+        }
+    ]
     assert store.current_validated(DAY).sha256 == sha(store.raw(DAY)) != first.sha256
     assert sha(first.path) == first.sha256  # the earlier version is still there, byte for byte
     assert "2011-03-17 (24 -&gt; 23 rows)" in Path(result.report).read_text()
 
 
 def test_a_restatement_without_a_key_reports_counts(tmp_path, settings):
-    spec, store, first = _validated_day(tmp_path, settings, key=[],  # no key: counts only; suite derived
-                                        validation={"suite": str(tmp_path / "derived-suite.json")})
+    spec, store, first = _validated_day(
+        tmp_path,
+        settings,
+        key=[],  # no key: counts only; suite derived
+        validation={"suite": str(tmp_path / "derived-suite.json")},
+    )
     write_parquet(pd.read_parquet(store.raw(DAY)).iloc[1:], store.raw(DAY))
     change = validate(spec, settings, day_interval(DAY), window_days=1).restated[0]
     assert (change["rows_before"], change["rows_after"]) == (24, 23) and "changed" not in change
@@ -161,7 +199,9 @@ def test_a_restatement_that_shrinks_the_day_is_rejected_and_the_validated_versio
     write_parquet(pd.read_parquet(store.raw(DAY)).head(6), store.raw(DAY))  # passes min_rows_per_partition: 6
     with pytest.raises(ValidationFailed) as info:
         validate(spec, settings, day_interval(DAY), window_days=1, attempt="a1")
-    assert "a restatement shrinks the day by at most 10% (validation.max_restatement_shrink)" in str(info.value)
+    assert "a restatement shrinks the day by at most 10% (validation.max_restatement_shrink)" in str(
+        info.value
+    )
     assert "24 rows validated before, 6 now (75% fewer)" in str(info.value)
     assert store.current_validated(DAY) == first and sha(store.validated(DAY)) == first.sha256
     assert (store.quarantine_dir(DAY, "a1") / "data.parquet").read_bytes() == store.raw(DAY).read_bytes()
@@ -169,11 +209,29 @@ def test_a_restatement_that_shrinks_the_day_is_rejected_and_the_validated_versio
 
 # --- item 1: publish exactly the bytes that were validated, also under concurrency ------------
 
+
 def _start_validate(tmp_path: Path, spec: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mlcycle", "validate", "--pipeline", str(spec), "--start",
-                             DAY.isoformat(), "--end", (DAY + dt.timedelta(days=1)).isoformat(), "--window-days", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path),
-                            cwd=tmp_path)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlcycle",
+            "validate",
+            "--pipeline",
+            str(spec),
+            "--start",
+            DAY.isoformat(),
+            "--end",
+            (DAY + dt.timedelta(days=1)).isoformat(),
+            "--window-days",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+    )
 
 
 def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
@@ -202,13 +260,15 @@ def test_two_concurrent_validate_runs_publish_only_what_each_judged(tmp_path, se
 
     first = _start_validate(tmp_path, spec_path)  # reads the good bytes ...
     _wait_for_line(first, "validating 1 new partition")
-    write_parquet(bad_frame, store.raw(DAY))     # ... then the source is re-ingested with a bad version
+    write_parquet(bad_frame, store.raw(DAY))  # ... then the source is re-ingested with a bad version
     second = _start_validate(tmp_path, spec_path)  # which a second run judges, while the first still runs
     out1, err1 = first.communicate(timeout=300)
     out2, err2 = second.communicate(timeout=300)
 
     assert first.returncode == 0, err1
-    assert second.returncode == 1 and "expect_column_values_to_be_between on `temp`" in last_json(out2)["error"]
+    assert (
+        second.returncode == 1 and "expect_column_values_to_be_between on `temp`" in last_json(out2)["error"]
+    )
     current = store.current_validated(DAY)
     assert current.sha256 == hashlib.sha256(good).hexdigest() and store.validated(DAY).read_bytes() == good
     versions = [p.read_bytes() for p in store.validated_dir(DAY).glob("*.parquet")]
@@ -219,14 +279,30 @@ def test_two_concurrent_validate_runs_publish_only_what_each_judged(tmp_path, se
 
 # --- item 7: nothing half-written is left behind ----------------------------------------------
 
+
 def test_a_sigkilled_step_leaves_temporaries_that_the_next_run_removes(tmp_path):
     spec = bikeshare_variant(tmp_path / "data")
     base = tmp_path / "home" / "store" / "bikeshare"
-    args = ("ingest", "--pipeline", str(spec), "--start", "2011-06-30", "--end", "2011-07-01", "--window-days", "180")
+    args = (
+        "ingest",
+        "--pipeline",
+        str(spec),
+        "--start",
+        "2011-06-30",
+        "--end",
+        "2011-07-01",
+        "--window-days",
+        "180",
+    )
     caught = []
     for _ in range(60):  # pause the writer at random moments until one is caught holding a temporary
-        proc = subprocess.Popen([sys.executable, "-m", "mlcycle", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=cli_env(tmp_path), cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlcycle", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=cli_env(tmp_path),
+            cwd=tmp_path,
+        )
         while proc.poll() is None:
             os.kill(proc.pid, signal.SIGSTOP)
             caught = list(base.rglob(f"*{TEMP_SUFFIX}")) if base.exists() else []
@@ -249,7 +325,9 @@ def test_a_sigkilled_step_leaves_temporaries_that_the_next_run_removes(tmp_path)
 
 def _mount(kind: str, target: Path, options: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", kind, "-o", options, kind, str(target)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", kind, "-o", options, kind, str(target)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a {kind} here ({proc.stderr.strip()}): needs root with CAP_SYS_ADMIN")
 
@@ -264,7 +342,17 @@ def small_store(tmp_path):
 
 
 def _ingest_args(spec: Path) -> tuple[str, ...]:
-    return ("ingest", "--pipeline", str(spec), "--start", "2011-03-17", "--end", "2011-03-18", "--window-days", "3")
+    return (
+        "ingest",
+        "--pipeline",
+        str(spec),
+        "--start",
+        "2011-03-17",
+        "--end",
+        "2011-03-18",
+        "--window-days",
+        "3",
+    )
 
 
 def test_a_full_disk_is_one_clear_line_and_keeps_the_previous_partitions(tmp_path, small_store):
@@ -306,14 +394,21 @@ def test_a_store_the_step_may_not_write_is_one_clear_line(tmp_path):
     store.chmod(0o555)  # nobody may write, and root may not either once it drops CAP_DAC_OVERRIDE
     env = cli_env(tmp_path, MLCYCLE_STORE=str(store))
     command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "mlcycle", *_ingest_args(spec)])
-    proc = subprocess.run([capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", command],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     error = last_json(proc.stdout)["error"]
     assert "permission denied (EACCES)" in error and "give it write access" in error
 
 
 # --- item 6: an unreachable MLflow server fails fast, in one line -----------------------------
+
 
 def _silent_server() -> tuple[socket.socket, int]:
     """A real TCP server that accepts connections and never answers."""
@@ -345,8 +440,17 @@ def test_an_unreachable_tracking_server_fails_within_the_configured_time(kind, t
     try:
         env = cli_env(tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", MLCYCLE_MLFLOW_TIMEOUT="10")
         began = time.monotonic()
-        proc = run_step(tmp_path, "register", "--pipeline", str(BIKESHARE_SPEC), "--run-id", "r1",
-                        "--model-uri", "runs:/r1/model", env=env)
+        proc = run_step(
+            tmp_path,
+            "register",
+            "--pipeline",
+            str(BIKESHARE_SPEC),
+            "--run-id",
+            "r1",
+            "--model-uri",
+            "runs:/r1/model",
+            env=env,
+        )
         elapsed = time.monotonic() - began
     finally:
         if server:

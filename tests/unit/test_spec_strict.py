@@ -15,23 +15,40 @@ from mlcycle.steps.features import collapsed_features
 from tests.datasets import BIKESHARE_SPEC, write_spec_variant
 
 
-@pytest.mark.parametrize(("overrides", "problem"), [
-    ({"columns": {"temp": {"type": "numeric", "mn": 0, "max": 1}}}, "columns.temp.mn: unknown key; did you mean `min`?"),
-    ({"columns": {"temp": {"type": "numeric", "minimum": 0}}}, "columns.temp.minimum: unknown key; did you mean `min`?"),
-    ({"evaluation": {"treshold": 1}}, "evaluation.treshold: unknown key; did you mean `threshold`?"),
-    ({"windw": {"days": 3}}, "spec.windw: unknown key; did you mean `window`?"),
-    ({"model": {"search": {"n_iters": 3}}}, "model.search.n_iters: unknown key; did you mean `n_iter`?"),
-    ({"columns": {"temp": {"type": "numeric", "min": 2, "max": 1}}}, "columns.temp: min 2 is greater than max 1"),
-    ({"window": {"days": 0}}, "window.days: between 1 and 3660 (got 0)"),
-    ({"window": {"days": True}}, "window.days: expected int, got True"),
-    ({"evaluation": {"tolerance": -0.1}}, "evaluation.tolerance: a share between 0 and 1 (got -0.1)"),
-    ({"evaluation": {"holdout_days": 0}}, "evaluation.holdout_days: at least 1 (got 0)"),
-    ({"evaluation": {"threshold": True}}, "evaluation.threshold: expected int or number, got True"),
-    ({"columns": {"temp": {"type": "numeric", "max_null_share": False}}}, "columns.temp.max_null_share: expected"),
-    ({"name": "../../x"}, "spec.name: a plain identifier"),
-    ({"columns": {"weathersit": {"type": "categorical", "values": ["clear"], "min_std": 1}}},
-     "columns.weathersit.min_std: only for numeric and integer columns"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (
+            {"columns": {"temp": {"type": "numeric", "mn": 0, "max": 1}}},
+            "columns.temp.mn: unknown key; did you mean `min`?",
+        ),
+        (
+            {"columns": {"temp": {"type": "numeric", "minimum": 0}}},
+            "columns.temp.minimum: unknown key; did you mean `min`?",
+        ),
+        ({"evaluation": {"treshold": 1}}, "evaluation.treshold: unknown key; did you mean `threshold`?"),
+        ({"windw": {"days": 3}}, "spec.windw: unknown key; did you mean `window`?"),
+        ({"model": {"search": {"n_iters": 3}}}, "model.search.n_iters: unknown key; did you mean `n_iter`?"),
+        (
+            {"columns": {"temp": {"type": "numeric", "min": 2, "max": 1}}},
+            "columns.temp: min 2 is greater than max 1",
+        ),
+        ({"window": {"days": 0}}, "window.days: between 1 and 3660 (got 0)"),
+        ({"window": {"days": True}}, "window.days: expected int, got True"),
+        ({"evaluation": {"tolerance": -0.1}}, "evaluation.tolerance: a share between 0 and 1 (got -0.1)"),
+        ({"evaluation": {"holdout_days": 0}}, "evaluation.holdout_days: at least 1 (got 0)"),
+        ({"evaluation": {"threshold": True}}, "evaluation.threshold: expected int or number, got True"),
+        (
+            {"columns": {"temp": {"type": "numeric", "max_null_share": False}}},
+            "columns.temp.max_null_share: expected",
+        ),
+        ({"name": "../../x"}, "spec.name: a plain identifier"),
+        (
+            {"columns": {"weathersit": {"type": "categorical", "values": ["clear"], "min_std": 1}}},
+            "columns.weathersit.min_std: only for numeric and integer columns",
+        ),
+    ],
+)
 def test_each_mistake_is_reported_with_its_path(tmp_path, overrides, problem):
     bad = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bad.yaml", **overrides)
     with pytest.raises(SpecError) as err:
@@ -40,19 +57,29 @@ def test_each_mistake_is_reported_with_its_path(tmp_path, overrides, problem):
 
 
 def test_a_suite_that_drifted_from_its_spec_is_refused_with_the_fix(tmp_path):
-    spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "b.yaml",
-                                        validation={"suite": str(tmp_path / "suite.json")}))
+    spec = load_spec(
+        write_spec_variant(
+            BIKESHARE_SPEC, tmp_path / "b.yaml", validation={"suite": str(tmp_path / "suite.json")}
+        )
+    )
     write_suite(spec)
     assert load_suite(spec) == suite_from_spec(spec)
-    edited = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "b.yaml",
-                                          validation={"suite": str(tmp_path / "suite.json")},
-                                          columns={"temp": {"type": "numeric", "min": 0, "max": 0.9,
-                                                            "max_null_share": 0.01}}))
+    edited = load_spec(
+        write_spec_variant(
+            BIKESHARE_SPEC,
+            tmp_path / "b.yaml",
+            validation={"suite": str(tmp_path / "suite.json")},
+            columns={"temp": {"type": "numeric", "min": 0, "max": 0.9, "max_null_share": 0.01}},
+        )
+    )
     with pytest.raises(SpecError) as err:
         load_suite(edited)
     text = str(err.value)
     assert "does not match spec" in text and "2 difference(s)" in text
-    assert "missing from the committed suite: expect_column_values_to_be_between on `temp` (min_value=0, max_value=0.9)" in text
+    assert (
+        "missing from the committed suite: expect_column_values_to_be_between on `temp` (min_value=0, max_value=0.9)"
+        in text
+    )
     assert "in the committed suite but not in the spec: expect_column_values_to_be_between on `temp`" in text
     assert f"mlcycle suite --pipeline {edited.path} --write" in text
     # The bundled suite is exactly what the bundled spec generates.
@@ -61,12 +88,28 @@ def test_a_suite_that_drifted_from_its_spec_is_refused_with_the_fix(tmp_path):
 
 
 def test_distribution_floors_become_expectations_on_each_partition(tmp_path):
-    spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "d.yaml", columns={
-        "hum": {"type": "numeric", "min": 0, "max": 1, "max_null_share": 0.01, "min_std": 0.01},
-        "weathersit": {"type": "categorical", "values": ["clear", "cloudy/misty", "light rain/snow",
-                                                         "heavy rain/snow"], "min_distinct": 2}}))
-    kinds = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in suite_from_spec(spec)["expectations"]}
-    assert kinds[("expect_column_stdev_to_be_between", "hum")] == {"column": "hum", "min_value": 0.01, "strict_min": False}
+    spec = load_spec(
+        write_spec_variant(
+            BIKESHARE_SPEC,
+            tmp_path / "d.yaml",
+            columns={
+                "hum": {"type": "numeric", "min": 0, "max": 1, "max_null_share": 0.01, "min_std": 0.01},
+                "weathersit": {
+                    "type": "categorical",
+                    "values": ["clear", "cloudy/misty", "light rain/snow", "heavy rain/snow"],
+                    "min_distinct": 2,
+                },
+            },
+        )
+    )
+    kinds = {
+        (e["type"], e["kwargs"].get("column")): e["kwargs"] for e in suite_from_spec(spec)["expectations"]
+    }
+    assert kinds[("expect_column_stdev_to_be_between", "hum")] == {
+        "column": "hum",
+        "min_value": 0.01,
+        "strict_min": False,
+    }
     assert kinds[("expect_column_unique_value_count_to_be_between", "weathersit")]["min_value"] == 2
 
 
@@ -74,10 +117,17 @@ def test_a_feature_stuck_over_a_slice_is_named(tmp_path):
     spec = load_spec(BIKESHARE_SPEC)
     times = pd.date_range(dt.datetime(2011, 6, 1), periods=48, freq="h", tz="UTC")
     frame = pd.DataFrame({c.name: [1] * 48 for c in spec.columns}).assign(event_time=times)
-    frame["temp"], frame["atemp"], frame["hum"], frame["hr"] = 0.54, [0.1, 0.2] * 24, [0.5, 0.6] * 24, [0, 1] * 24
+    frame["temp"], frame["atemp"], frame["hum"], frame["hr"] = (
+        0.54,
+        [0.1, 0.2] * 24,
+        [0.5, 0.6] * 24,
+        [0, 1] * 24,
+    )
     frame["windspeed"] = [0.2, 0.3] * 24
     problems = collapsed_features(spec, frame, "evaluation slice")
-    assert problems == ["`temp` is constant at 0.54 over the evaluation slice (48 rows; allowed: std above 0)"]
+    assert problems == [
+        "`temp` is constant at 0.54 over the evaluation slice (48 rows; allowed: std above 0)"
+    ]
     assert DataQualityError.__mro__[1].__name__ == "StepError"  # a clean step failure, exit code 1
 
 
@@ -102,7 +152,9 @@ def test_a_dead_sensor_over_the_window_passes_each_day_but_never_reaches_trainin
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", source={"path": str(stuck)}))
+    spec = load_spec(
+        write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", source={"path": str(stuck)})
+    )
     base = Settings.from_env()
     settings = Settings(**{**base.__dict__, "home": tmp_path / "home", "store": tmp_path / "home" / "store"})
     interval = Interval(dt.date(2011, 6, 29), dt.date(2011, 6, 30))

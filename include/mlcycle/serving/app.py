@@ -43,8 +43,9 @@ MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None,
-                 reason: str = "invalid"):
+    def __init__(
+        self, status: int, message: str, errors: list[dict[str, Any]] | None = None, reason: str = "invalid"
+    ):
         super().__init__(message)
         self.status, self.message, self.errors, self.reason = status, message, errors or [], reason
 
@@ -65,22 +66,36 @@ def _errors(exc: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors(include_url=False, include_context=False):
         loc = [*prefix, *err["loc"]]
-        item = {"loc": loc, "field": next((p for p in reversed(loc) if isinstance(p, str)), None),
-                "type": err["type"], "msg": err["msg"]}
+        item = {
+            "loc": loc,
+            "field": next((p for p in reversed(loc) if isinstance(p, str)), None),
+            "type": err["type"],
+            "msg": err["msg"],
+        }
         if err["type"] not in ("missing",) and "input" in err:
             value = err["input"]
-            item["input"] = value if isinstance(value, (int, str, bool, type(None))) or (
-                isinstance(value, float) and math.isfinite(value)) else repr(value)[:200]
+            item["input"] = (
+                value
+                if isinstance(value, (int, str, bool, type(None)))
+                or (isinstance(value, float) and math.isfinite(value))
+                else repr(value)[:200]
+            )
         out.append(item)
     return out
 
 
 def _reason(errors: list[dict[str, Any]]) -> str:
     kinds = {e["type"] for e in errors}
-    for kind, reason in (("missing", "missing_field"), ("extra_forbidden", "extra_field"),
-                         ("finite_number", "not_finite"), ("literal_error", "unknown_category"),
-                         ("greater_than_equal", "out_of_range"), ("less_than_equal", "out_of_range"),
-                         ("too_long", "too_many_rows"), ("too_short", "empty")):
+    for kind, reason in (
+        ("missing", "missing_field"),
+        ("extra_forbidden", "extra_field"),
+        ("finite_number", "not_finite"),
+        ("literal_error", "unknown_category"),
+        ("greater_than_equal", "out_of_range"),
+        ("less_than_equal", "out_of_range"),
+        ("too_long", "too_many_rows"),
+        ("too_short", "empty"),
+    ):
         if kind in kinds:
             return reason
     return "wrong_type"
@@ -105,10 +120,16 @@ class Server:
         model.warm_up()
         self.model = model
         if self.settings.log_enabled and self.settings.store is not None:
-            self.predlog = PredictionLog(self.settings.store, self.schema.pipeline, model.info.name,
-                                         model.info.version, model.names, model.classes,
-                                         flush_rows=self.settings.flush_rows,
-                                         flush_seconds=self.settings.flush_seconds)
+            self.predlog = PredictionLog(
+                self.settings.store,
+                self.schema.pipeline,
+                model.info.name,
+                model.info.version,
+                model.names,
+                model.classes,
+                flush_rows=self.settings.flush_rows,
+                flush_seconds=self.settings.flush_seconds,
+            )
         m.model_loaded(model)
         self.ready = True
 
@@ -122,12 +143,17 @@ class Server:
     async def body(self, request: Request) -> bytes:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip().lower() != JSON:
-            raise BadRequest(415, f"content type must be {JSON} (got {ctype or 'none'})", reason="content_type")
+            raise BadRequest(
+                415, f"content type must be {JSON} (got {ctype or 'none'})", reason="content_type"
+            )
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
-                             reason="too_large")
+            raise BadRequest(
+                413,
+                f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                reason="too_large",
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -141,14 +167,21 @@ class Server:
             if not raw:
                 raise BadRequest(422, "the request holds no rows", reason="empty")
             if len(raw) > self.schema.max_rows:
-                raise BadRequest(413, f"{len(raw)} rows exceed the limit of {self.schema.max_rows} per request",
-                                 reason="too_many_rows")
+                raise BadRequest(
+                    413,
+                    f"{len(raw)} rows exceed the limit of {self.schema.max_rows} per request",
+                    reason="too_many_rows",
+                )
             try:
                 return self.many.validate_python(raw)
             except ValidationError as exc:
                 errors = _errors(exc, prefix)
-                raise BadRequest(422, f"{len(errors)} problem(s) in the rows", errors, _reason(errors)) from None
-        raise BadRequest(422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type")
+                raise BadRequest(
+                    422, f"{len(errors)} problem(s) in the rows", errors, _reason(errors)
+                ) from None
+        raise BadRequest(
+            422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type"
+        )
 
     def parse_predict(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
         text = body.lstrip()[:1]
@@ -162,8 +195,9 @@ class Server:
             if errors and errors[0]["type"] == "json_invalid":
                 raise BadRequest(400, f"invalid JSON: {errors[0]['msg']}", reason="invalid_json") from None
             if any(e["type"] == "too_long" and len(e["loc"]) == 0 for e in errors):
-                raise BadRequest(413, f"more than {self.schema.max_rows} rows in one request",
-                                 reason="too_many_rows") from None
+                raise BadRequest(
+                    413, f"more than {self.schema.max_rows} rows in one request", reason="too_many_rows"
+                ) from None
             if any(e["type"] == "too_short" and len(e["loc"]) == 0 for e in errors):
                 raise BadRequest(422, "the request holds no rows", reason="empty") from None
             raise BadRequest(422, f"{len(errors)} problem(s) in the row", errors, _reason(errors)) from None
@@ -175,7 +209,9 @@ class Server:
             json.loads(body)
         except ValueError as exc:
             raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None
-        raise BadRequest(422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type")
+        raise BadRequest(
+            422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type"
+        )
 
     def parse_invocations(self, body: bytes) -> list[dict[str, Any]]:
         try:
@@ -183,37 +219,61 @@ class Server:
         except ValueError as exc:
             raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None
         if not isinstance(payload, dict):
-            raise BadRequest(400, f"the body must be a JSON object with one of the keys {', '.join(MLFLOW_KEYS)}",
-                             reason="wrong_type")
+            raise BadRequest(
+                400,
+                f"the body must be a JSON object with one of the keys {', '.join(MLFLOW_KEYS)}",
+                reason="wrong_type",
+            )
         keys = [k for k in MLFLOW_KEYS if k in payload]
         unknown = sorted(set(payload) - set(MLFLOW_KEYS) - {"params"})
         if len(keys) != 1 or unknown:
-            raise BadRequest(400, f"the body must hold exactly one of the keys {', '.join(MLFLOW_KEYS)} (got "
-                             f"{', '.join(sorted(payload)) or 'none'})", reason="wrong_type")
+            raise BadRequest(
+                400,
+                f"the body must hold exactly one of the keys {', '.join(MLFLOW_KEYS)} (got "
+                f"{', '.join(sorted(payload)) or 'none'})",
+                reason="wrong_type",
+            )
         key = keys[0]
         data = payload[key]
         if key == "dataframe_split":
             if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-                raise BadRequest(400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type")
+                raise BadRequest(
+                    400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type"
+                )
             columns = data.get("columns") or self.schema.feature_names
             rows = []
             for i, values in enumerate(data["data"]):
                 if not isinstance(values, list) or len(values) != len(columns):
-                    raise BadRequest(400, f"dataframe_split.data[{i}] must be a list of {len(columns)} values",
-                                     [{"loc": [key, "data", i], "field": None, "type": "wrong_length",
-                                       "msg": f"expected {len(columns)} values"}], reason="wrong_type")
+                    raise BadRequest(
+                        400,
+                        f"dataframe_split.data[{i}] must be a list of {len(columns)} values",
+                        [
+                            {
+                                "loc": [key, "data", i],
+                                "field": None,
+                                "type": "wrong_length",
+                                "msg": f"expected {len(columns)} values",
+                            }
+                        ],
+                        reason="wrong_type",
+                    )
                 rows.append(dict(zip(columns, values, strict=True)))
         elif isinstance(data, dict):  # columnar: {"feature": [values], ...}
             lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
             if len(lengths) != 1 or -1 in lengths:
-                raise BadRequest(400, f"{key} as columns needs a list of equal length per column", reason="wrong_type")
+                raise BadRequest(
+                    400, f"{key} as columns needs a list of equal length per column", reason="wrong_type"
+                )
             n = lengths.pop()
             rows = [{c: v[i] for c, v in data.items()} for i in range(n)]
         elif isinstance(data, list):
             rows = data
         else:
-            raise BadRequest(400, f"{key} must be a list of records (or, for inputs/instances, columns)",
-                             reason="wrong_type")
+            raise BadRequest(
+                400,
+                f"{key} must be a list of records (or, for inputs/instances, columns)",
+                reason="wrong_type",
+            )
         return self.validate_rows(rows, (key,))
 
     # -- prediction -----------------------------------------------------------------------------
@@ -224,9 +284,17 @@ class Server:
         latency = time.perf_counter() - started
         m.observe_predictions(model, result.predictions)
         if self.predlog is not None:
-            self.predlog.append(LoggedRequest(request_id=request_id, time=dt.datetime.now(dt.UTC), endpoint=endpoint,
-                                              rows=rows, predictions=result.predictions,
-                                              probabilities=result.probabilities, latency_ms=latency * 1000.0))
+            self.predlog.append(
+                LoggedRequest(
+                    request_id=request_id,
+                    time=dt.datetime.now(dt.UTC),
+                    endpoint=endpoint,
+                    rows=rows,
+                    predictions=result.predictions,
+                    probabilities=result.probabilities,
+                    latency_ms=latency * 1000.0,
+                )
+            )
         return result
 
 
@@ -239,15 +307,24 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await asyncio.to_thread(server.load)
-        log.info("ready: %s version %s on the %s path (worker pid %d)", server.model.info.name,
-                 server.model.info.version, server.model.path, os.getpid())
+        log.info(
+            "ready: %s version %s on the %s path (worker pid %d)",
+            server.model.info.name,
+            server.model.info.version,
+            server.model.path,
+            os.getpid(),
+        )
         yield
         server.close()
 
-    app = FastAPI(title=f"mlcycle serving: {schema.pipeline}", version="1",
-                  description=f"Predicts `{schema.target}` ({schema.task}) for the `{schema.pipeline}` pipeline. "
-                              "`/predict` takes one row or a list of rows; `/invocations` speaks MLflow's "
-                              "scoring protocol.", lifespan=lifespan)
+    app = FastAPI(
+        title=f"mlcycle serving: {schema.pipeline}",
+        version="1",
+        description=f"Predicts `{schema.target}` ({schema.task}) for the `{schema.pipeline}` pipeline. "
+        "`/predict` takes one row or a list of rows; `/invocations` speaks MLflow's "
+        "scoring protocol.",
+        lifespan=lifespan,
+    )
     app.state.server = server
     app.add_middleware(m.MetricsMiddleware)
 
@@ -256,8 +333,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     def rejected(exc: BadRequest, mlflow_style: bool) -> Response:
         m.REJECTED.labels(exc.reason).inc()
-        payload: dict[str, Any] = {"error_code": "BAD_REQUEST" if mlflow_style else exc.reason,
-                                   "message": exc.message}
+        payload: dict[str, Any] = {
+            "error_code": "BAD_REQUEST" if mlflow_style else exc.reason,
+            "message": exc.message,
+        }
         if exc.errors:
             payload["errors"] = exc.errors
         return _json_response(payload, exc.status)
@@ -266,13 +345,36 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         given = request.headers.get("x-request-id", "")
         return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
 
-    @app.post("/predict", response_model=predict_response, summary="Predict one row or a list of rows",
-              responses={413: {"description": "body or row count over the limit"},
-                         415: {"description": "not JSON"}, 422: {"description": "invalid rows: each bad field"}},
-              openapi_extra={"requestBody": {"required": True, "content": {JSON: {"schema": {
-                  "anyOf": [{"$ref": f"#/components/schemas/{server.row_type.__name__}"},
-                            {"type": "array", "minItems": 1, "maxItems": schema.max_rows,
-                             "items": {"$ref": f"#/components/schemas/{server.row_type.__name__}"}}]}}}}})
+    @app.post(
+        "/predict",
+        response_model=predict_response,
+        summary="Predict one row or a list of rows",
+        responses={
+            413: {"description": "body or row count over the limit"},
+            415: {"description": "not JSON"},
+            422: {"description": "invalid rows: each bad field"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "anyOf": [
+                                {"$ref": f"#/components/schemas/{server.row_type.__name__}"},
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": schema.max_rows,
+                                    "items": {"$ref": f"#/components/schemas/{server.row_type.__name__}"},
+                                },
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         if server.model is None:
@@ -283,20 +385,43 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             return rejected(exc, mlflow_style=False)
         request_id = request_id_of(request)
         result = server.predict(rows, request_id, "predict", started)
-        payload: dict[str, Any] = {"request_id": request_id, "model_name": server.model.info.name,
-                                   "model_version": server.model.info.version, "predictions": result.predictions}
+        payload: dict[str, Any] = {
+            "request_id": request_id,
+            "model_name": server.model.info.name,
+            "model_version": server.model.info.version,
+            "predictions": result.predictions,
+        }
         if result.probabilities is not None:
             labels = [str(c) for c in server.model.classes]
             payload["probabilities"] = [dict(zip(labels, p, strict=True)) for p in result.probabilities]
         return _json_response(payload, headers={"x-request-id": request_id})
 
-    @app.post("/invocations", response_model=invocations_response,
-              summary="MLflow scoring protocol (same request and response as `mlflow models serve`)",
-              openapi_extra={"requestBody": {"required": True, "content": {JSON: {"schema": {
-                  "type": "object", "description": "exactly one of dataframe_split {columns, data}, "
-                  "dataframe_records [rows], instances [rows], inputs [rows] or {column: [values]}",
-                  "properties": {"dataframe_split": {"type": "object"}, "dataframe_records": {"type": "array"},
-                                 "instances": {}, "inputs": {}, "params": {"type": "object"}}}}}}})
+    @app.post(
+        "/invocations",
+        response_model=invocations_response,
+        summary="MLflow scoring protocol (same request and response as `mlflow models serve`)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "description": "exactly one of dataframe_split {columns, data}, "
+                            "dataframe_records [rows], instances [rows], inputs [rows] or {column: [values]}",
+                            "properties": {
+                                "dataframe_split": {"type": "object"},
+                                "dataframe_records": {"type": "array"},
+                                "instances": {},
+                                "inputs": {},
+                                "params": {"type": "object"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
         if server.model is None:
@@ -313,12 +438,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="model loaded and warmed up", responses={503: {"description": "still loading"}})
+    @app.get(
+        "/ready", summary="model loaded and warmed up", responses={503: {"description": "still loading"}}
+    )
     async def ready() -> Response:
         if not server.ready:
             return not_ready()
-        return _json_response({"status": "ready", "model_version": server.model.info.version,
-                               "inference_path": server.model.path})
+        return _json_response(
+            {
+                "status": "ready",
+                "model_version": server.model.info.version,
+                "inference_path": server.model.path,
+            }
+        )
 
     @app.get("/metadata", summary="which model this is, where it came from, how it is served")
     async def metadata() -> Response:
@@ -326,20 +458,33 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if model is None:
             return not_ready()
         info = model.info
-        return _json_response({
-            "pipeline": schema.pipeline, "model_name": info.name, "model_version": info.version,
-            "run_id": info.run_id, "model_uri": info.model_uri, "data_fingerprint": info.fingerprint,
-            "window": {"start": info.window_start, "end": info.window_end}, "code_version": info.code_version,
-            "serving_code_version": os.environ.get("MLCYCLE_CODE_VERSION") or __version__,
-            "signature": model.signature, "task": schema.task, "target": schema.target,
-            "classes": [str(c) for c in model.classes] if model.classes else None,
-            "inference_path": model.path, "inference_path_reason": model.path_reason,
-            "onnx_max_abs_diff": model.parity, "tolerance": schema.tolerance,
-            "features": [f.__dict__ | {"values": list(f.values) if f.values else None} for f in schema.features],
-            "load_seconds": round(model.load_seconds, 3),
-            "prediction_log": str(server.predlog.folder) if server.predlog else None,
-            "tags": info.tags,
-        })
+        return _json_response(
+            {
+                "pipeline": schema.pipeline,
+                "model_name": info.name,
+                "model_version": info.version,
+                "run_id": info.run_id,
+                "model_uri": info.model_uri,
+                "data_fingerprint": info.fingerprint,
+                "window": {"start": info.window_start, "end": info.window_end},
+                "code_version": info.code_version,
+                "serving_code_version": os.environ.get("MLCYCLE_CODE_VERSION") or __version__,
+                "signature": model.signature,
+                "task": schema.task,
+                "target": schema.target,
+                "classes": [str(c) for c in model.classes] if model.classes else None,
+                "inference_path": model.path,
+                "inference_path_reason": model.path_reason,
+                "onnx_max_abs_diff": model.parity,
+                "tolerance": schema.tolerance,
+                "features": [
+                    f.__dict__ | {"values": list(f.values) if f.values else None} for f in schema.features
+                ],
+                "load_seconds": round(model.load_seconds, 3),
+                "prediction_log": str(server.predlog.folder) if server.predlog else None,
+                "tags": info.tags,
+            }
+        )
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
     async def metrics() -> Response:
@@ -349,7 +494,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         row_schema = server.one.json_schema(ref_template="#/components/schemas/{model}")
         defs = row_schema.pop("$defs", {})
         components = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -364,6 +511,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for the ASGI server (granian or uvicorn ``--factory``)."""
-    logging.basicConfig(level=os.environ.get("MLCYCLE_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MLCYCLE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return create_app()

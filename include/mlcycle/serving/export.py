@@ -104,7 +104,11 @@ def _attr(node: Any, name: str) -> Any:
             value = helper.get_attribute_value(a)
             if isinstance(value, bytes):
                 return value.decode()
-            return [v.decode() if isinstance(v, bytes) else v for v in value] if isinstance(value, list) else value
+            return (
+                [v.decode() if isinstance(v, bytes) else v for v in value]
+                if isinstance(value, list)
+                else value
+            )
     return None
 
 
@@ -115,9 +119,22 @@ def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
     trues, falses = _attr(node, "nodes_truenodeids"), _attr(node, "nodes_falsenodeids")
     missing = _attr(node, "nodes_missing_value_tracks_true") or [0] * len(node_ids)
     info = {(t, n): i for i, (t, n) in enumerate(zip(tree_ids, node_ids, strict=True))}
-    out: dict[str, list] = {k: [] for k in ("featureids", "splits", "modes", "truenodeids", "trueleafs",
-                                            "falsenodeids", "falseleafs", "missing", "roots",
-                                            "leaf_targetids", "leaf_weights")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "featureids",
+            "splits",
+            "modes",
+            "truenodeids",
+            "trueleafs",
+            "falsenodeids",
+            "falseleafs",
+            "missing",
+            "roots",
+            "leaf_targetids",
+            "leaf_weights",
+        )
+    }
     branch_index: dict[tuple[int, int], int] = {}
     leaf_index: dict[tuple[int, int], int] = {}
 
@@ -137,8 +154,16 @@ def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
             raise NotImplementedError(f"tree node mode {modes[i]} with {n_targets} target(s)")
         pos = len(out["featureids"])
         branch_index[key] = pos
-        for k in ("featureids", "splits", "modes", "truenodeids", "trueleafs", "falsenodeids", "falseleafs",
-                  "missing"):
+        for k in (
+            "featureids",
+            "splits",
+            "modes",
+            "truenodeids",
+            "trueleafs",
+            "falsenodeids",
+            "falseleafs",
+            "missing",
+        ):
             out[k].append(0)
         out["featureids"][pos] = features[i]
         out["splits"][pos] = float(predictors[key[0]][0].nodes[key[1]]["num_threshold"])
@@ -156,8 +181,16 @@ def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
         if is_leaf(root):  # a tree without a split: a dummy split whose both sides are that leaf
             pos = len(out["featureids"])
             only = leaf(root)
-            for k, v in (("featureids", 0), ("splits", 0.0), ("modes", 0), ("truenodeids", only),
-                         ("trueleafs", 1), ("falsenodeids", only), ("falseleafs", 1), ("missing", 0)):
+            for k, v in (
+                ("featureids", 0),
+                ("splits", 0.0),
+                ("modes", 0),
+                ("truenodeids", only),
+                ("trueleafs", 1),
+                ("falsenodeids", only),
+                ("falseleafs", 1),
+                ("missing", 0),
+            ):
                 out[k].append(v)
             out["roots"].append(pos)
         else:
@@ -187,21 +220,33 @@ def _double_tree_regressors(onx: Any, estimator: Any) -> int:
         n_targets = int(_attr(node, "n_targets") or 1)
         if len(set(_attr(node, "nodes_treeids"))) != len(predictors):
             continue
-        if (_attr(node, "post_transform") or "NONE") != "NONE" or \
-                (_attr(node, "aggregate_function") or "SUM") != "SUM":
+        if (_attr(node, "post_transform") or "NONE") != "NONE" or (
+            _attr(node, "aggregate_function") or "SUM"
+        ) != "SUM":
             continue
         out = _tree_arrays(node, predictors, n_targets)
         tree_out = f"{node.output[0]}_trees"
         new = helper.make_node(
-            "TreeEnsemble", list(node.input), [tree_out], domain="ai.onnx.ml", name=f"{node.name}_double",
-            n_targets=n_targets, aggregate_function=1, post_transform=0, tree_roots=out["roots"],
+            "TreeEnsemble",
+            list(node.input),
+            [tree_out],
+            domain="ai.onnx.ml",
+            name=f"{node.name}_double",
+            n_targets=n_targets,
+            aggregate_function=1,
+            post_transform=0,
+            tree_roots=out["roots"],
             nodes_featureids=out["featureids"],
             nodes_splits=numpy_helper.from_array(np.asarray(out["splits"], dtype=np.float64)),
             nodes_modes=numpy_helper.from_array(np.zeros(len(out["modes"]), dtype=np.uint8)),
-            nodes_truenodeids=out["truenodeids"], nodes_trueleafs=out["trueleafs"],
-            nodes_falsenodeids=out["falsenodeids"], nodes_falseleafs=out["falseleafs"],
-            nodes_missing_value_tracks_true=out["missing"], leaf_targetids=out["leaf_targetids"],
-            leaf_weights=numpy_helper.from_array(np.asarray(out["leaf_weights"], dtype=np.float64)))
+            nodes_truenodeids=out["truenodeids"],
+            nodes_trueleafs=out["trueleafs"],
+            nodes_falsenodeids=out["falsenodeids"],
+            nodes_falseleafs=out["falseleafs"],
+            nodes_missing_value_tracks_true=out["missing"],
+            leaf_targetids=out["leaf_targetids"],
+            leaf_weights=numpy_helper.from_array(np.asarray(out["leaf_weights"], dtype=np.float64)),
+        )
         base = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(1, -1)
         base_name = f"{node.output[0]}_base"
         onx.graph.initializer.append(numpy_helper.from_array(base, base_name))
@@ -235,13 +280,18 @@ def _double_imputers(onx: Any, model: Any) -> int:
             continue
         name = node.output[0]
         fill_name, mask = f"{name}_fill", f"{name}_isnan"
-        onx.graph.initializer.append(numpy_helper.from_array(np.asarray(fill, dtype=np.float64).reshape(1, -1),
-                                                             fill_name))
+        onx.graph.initializer.append(
+            numpy_helper.from_array(np.asarray(fill, dtype=np.float64).reshape(1, -1), fill_name)
+        )
         index = list(onx.graph.node).index(node)
         onx.graph.node.remove(node)
-        onx.graph.node.insert(index, helper.make_node("Where", [mask, fill_name, node.input[0]], [name],
-                                                      name=f"{node.name}_where"))
-        onx.graph.node.insert(index, helper.make_node("IsNaN", [node.input[0]], [mask], name=f"{node.name}_isnan"))
+        onx.graph.node.insert(
+            index,
+            helper.make_node("Where", [mask, fill_name, node.input[0]], [name], name=f"{node.name}_where"),
+        )
+        onx.graph.node.insert(
+            index, helper.make_node("IsNaN", [node.input[0]], [mask], name=f"{node.name}_isnan")
+        )
     return len(imputers)
 
 
@@ -263,8 +313,12 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
 
         options = {id(model.steps[-1][1]): {"zipmap": False}} if schema.task == "classification" else None
         with _boolean_attribute_fix():
-            onx = convert_sklearn(model, initial_types=_initial_types(schema.features), target_opset=TARGET_OPSET,
-                                  options=options)
+            onx = convert_sklearn(
+                model,
+                initial_types=_initial_types(schema.features),
+                target_opset=TARGET_OPSET,
+                options=options,
+            )
         _double_tree_regressors(onx, model.steps[-1][1])
         _double_imputers(onx, model)
         data = onx.SerializeToString()
@@ -273,7 +327,9 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         out = session.run(None, _feeds(schema, x_eval))
     except Exception as exc:  # noqa: BLE001 - skl2onnx raises many untyped errors; the Pipeline is still served
-        reason = f"skl2onnx could not convert {type(model.steps[-1][1]).__name__}: {type(exc).__name__}: {exc}"
+        reason = (
+            f"skl2onnx could not convert {type(model.steps[-1][1]).__name__}: {type(exc).__name__}: {exc}"
+        )
         log.warning("no ONNX fast path: %s", reason)
         return OnnxExport(None, None, None, len(x_eval), reason[:500])
     if schema.task == "classification":
@@ -283,9 +339,16 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
         diff = float(np.max(np.abs(np.asarray(out[1], dtype=np.float64) - model.predict_proba(x_eval))))
     else:
         mismatches = None
-        diff = float(np.max(np.abs(np.asarray(out[0], dtype=np.float64).reshape(-1)
-                                   - np.asarray(model.predict(x_eval), dtype=np.float64))))
+        diff = float(
+            np.max(
+                np.abs(
+                    np.asarray(out[0], dtype=np.float64).reshape(-1)
+                    - np.asarray(model.predict(x_eval), dtype=np.float64)
+                )
+            )
+        )
     reason = f"max abs difference {diff:.3g} on {len(x_eval)} evaluation rows" + (
-        f", {mismatches} label mismatch(es)" if mismatches is not None else "")
+        f", {mismatches} label mismatch(es)" if mismatches is not None else ""
+    )
     log.info("ONNX export: %s", reason)
     return OnnxExport(data, diff, mismatches, len(x_eval), reason)

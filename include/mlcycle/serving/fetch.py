@@ -41,8 +41,10 @@ def parse_model_uri(uri: str) -> ModelRef | None:
         name, version = rest.split("/")
         if name and version.isdigit():
             return ModelRef(name, None, version)
-    raise RegistryError(f"cannot serve {uri!r}: use models:/<name>@<alias>, models:/<name>/<version> or a "
-                        "path to a model folder")
+    raise RegistryError(
+        f"cannot serve {uri!r}: use models:/<name>@<alias>, models:/<name>/<version> or a "
+        "path to a model folder"
+    )
 
 
 def resolve_model(uri: str, cache: Path, tracking_uri: str | None = None) -> Path:
@@ -51,8 +53,10 @@ def resolve_model(uri: str, cache: Path, tracking_uri: str | None = None) -> Pat
     if ref is None:
         folder = Path(uri).expanduser().resolve()
         if not (folder / "MLmodel").is_file():
-            raise RegistryError(f"{folder} is not a model folder (no MLmodel file): pass models:/<name>@<alias>, "
-                                "models:/<name>/<version>, or the folder of a downloaded model")
+            raise RegistryError(
+                f"{folder} is not a model folder (no MLmodel file): pass models:/<name>@<alias>, "
+                "models:/<name>/<version>, or the folder of a downloaded model"
+            )
         return folder
 
     import mlflow
@@ -64,18 +68,30 @@ def resolve_model(uri: str, cache: Path, tracking_uri: str | None = None) -> Pat
         mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient()
     try:
-        mv = client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else \
-            client.get_model_version(ref.name, ref.version)
+        mv = (
+            client.get_model_version_by_alias(ref.name, ref.alias)
+            if ref.alias
+            else client.get_model_version(ref.name, ref.version)
+        )
     except MlflowException as exc:
-        raise RegistryError(f"{uri} is not in the registry at {mlflow.get_registry_uri()}: {exc.message}. "
-                            "Train and register a model first (make run)") from exc
+        raise RegistryError(
+            f"{uri} is not in the registry at {mlflow.get_registry_uri()}: {exc.message}. "
+            "Train and register a model first (make run)"
+        ) from exc
     folder = cache / ref.name / f"v{mv.version}"
-    info = {"name": ref.name, "version": str(mv.version), "run_id": mv.run_id,
-            "model_uri": f"models:/{ref.name}/{mv.version}", "requested_uri": uri,
-            "fingerprint": mv.tags.get("mlcycle.data_fingerprint"),
-            "window_start": mv.tags.get("mlcycle.window_start"), "window_end": mv.tags.get("mlcycle.window_end"),
-            "code_version": mv.tags.get("mlcycle.code_version"), "tags": dict(mv.tags),
-            "aliases": list(getattr(mv, "aliases", []) or [])}
+    info = {
+        "name": ref.name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "model_uri": f"models:/{ref.name}/{mv.version}",
+        "requested_uri": uri,
+        "fingerprint": mv.tags.get("mlcycle.data_fingerprint"),
+        "window_start": mv.tags.get("mlcycle.window_start"),
+        "window_end": mv.tags.get("mlcycle.window_end"),
+        "code_version": mv.tags.get("mlcycle.code_version"),
+        "tags": dict(mv.tags),
+        "aliases": list(getattr(mv, "aliases", []) or []),
+    }
     if (folder / "MLmodel").is_file() and (folder / "serving.json").is_file():
         cached = json.loads((folder / "serving.json").read_text())
         if cached.get("run_id") == mv.run_id:
@@ -84,7 +100,9 @@ def resolve_model(uri: str, cache: Path, tracking_uri: str | None = None) -> Pat
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".v{mv.version}.", dir=folder.parent))
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{ref.name}/{mv.version}", dst_path=str(tmp))
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{ref.name}/{mv.version}", dst_path=str(tmp)
+        )
         (tmp / "serving.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if folder.exists():
             shutil.rmtree(folder)

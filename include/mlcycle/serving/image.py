@@ -50,8 +50,10 @@ class ImageResult(Result):
 
 def _docker(*args: str, capture: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    if "DOCKER_BUILDKIT" not in env and subprocess.run(["docker", "buildx", "version"], capture_output=True,
-                                                       env=env).returncode != 0:
+    if (
+        "DOCKER_BUILDKIT" not in env
+        and subprocess.run(["docker", "buildx", "version"], capture_output=True, env=env).returncode != 0
+    ):
         env["DOCKER_BUILDKIT"] = "0"
     return subprocess.run(["docker", *args], capture_output=capture, text=True, env=env, timeout=timeout)
 
@@ -73,30 +75,58 @@ def default_base_image() -> str:
     return "python:3.11-slim"
 
 
-def build_serving_image(pipeline: str, model_dir: Path, settings: Settings, tag: str | None = None,
-                        base_image: str | None = None, force: bool = False) -> ImageResult:
+def build_serving_image(
+    pipeline: str,
+    model_dir: Path,
+    settings: Settings,
+    tag: str | None = None,
+    base_image: str | None = None,
+    force: bool = False,
+) -> ImageResult:
     started = time.perf_counter()
     info_path = model_dir / "serving.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     name, version = str(info.get("name") or pipeline), str(info.get("version") or "0")
     tag = tag or f"mlcycle-serving-{pipeline}:v{version}"
     code_version = settings.code_version
-    labels = {f"{LABEL_PREFIX}.name": name, f"{LABEL_PREFIX}.version": version,
-              f"{LABEL_PREFIX}.run_id": str(info.get("run_id") or ""),
-              f"{LABEL_PREFIX}.fingerprint": str(info.get("fingerprint") or ""),
-              f"{LABEL_PREFIX}.uri": str(info.get("model_uri") or model_dir),
-              "io.mlcycle.pipeline": pipeline, "org.opencontainers.image.revision": code_version}
+    labels = {
+        f"{LABEL_PREFIX}.name": name,
+        f"{LABEL_PREFIX}.version": version,
+        f"{LABEL_PREFIX}.run_id": str(info.get("run_id") or ""),
+        f"{LABEL_PREFIX}.fingerprint": str(info.get("fingerprint") or ""),
+        f"{LABEL_PREFIX}.uri": str(info.get("model_uri") or model_dir),
+        "io.mlcycle.pipeline": pipeline,
+        "org.opencontainers.image.revision": code_version,
+    }
     hint = "onnx" if (model_dir / "model.onnx").is_file() else "pipeline"
     existing = _labels(tag)
     if not force and existing is not None and all(existing.get(k) == v for k, v in labels.items()):
         image_id = _docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
-        log.info("reusing %s (%s): same model run %s and code %s", tag, image_id[:19], labels[
-            f"{LABEL_PREFIX}.run_id"], code_version)
-        return ImageResult(pipeline, tag, image_id, True, name, version, info.get("run_id"), info.get("fingerprint"),
-                           code_version, hint, round(time.perf_counter() - started, 2))
+        log.info(
+            "reusing %s (%s): same model run %s and code %s",
+            tag,
+            image_id[:19],
+            labels[f"{LABEL_PREFIX}.run_id"],
+            code_version,
+        )
+        return ImageResult(
+            pipeline,
+            tag,
+            image_id,
+            True,
+            name,
+            version,
+            info.get("run_id"),
+            info.get("fingerprint"),
+            code_version,
+            hint,
+            round(time.perf_counter() - started, 2),
+        )
     if not (REPO_ROOT / DOCKERFILE).is_file():
-        raise ImageBuildError(f"no {DOCKERFILE} under {REPO_ROOT}: build serving images from a checkout of the "
-                              "repository (the step image does not carry the Dockerfiles)")
+        raise ImageBuildError(
+            f"no {DOCKERFILE} under {REPO_ROOT}: build serving images from a checkout of the "
+            "repository (the step image does not carry the Dockerfiles)"
+        )
     base = base_image or default_base_image()
     with tempfile.TemporaryDirectory(prefix="mlcycle-serving-build-") as tmp:
         ctx = Path(tmp)
@@ -105,8 +135,19 @@ def build_serving_image(pipeline: str, model_dir: Path, settings: Settings, tag:
         shutil.copy2(REPO_ROOT / "pyproject.toml", ctx / "pyproject.toml")
         shutil.copytree(PACKAGE_DIR, ctx / "include" / "mlcycle", ignore=ignore)
         shutil.copytree(model_dir, ctx / "model", ignore=ignore)
-        args = ["build", "--network", "host", "-f", str(ctx / DOCKERFILE), "-t", tag,
-                "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"CODE_VERSION={code_version}"]
+        args = [
+            "build",
+            "--network",
+            "host",
+            "-f",
+            str(ctx / DOCKERFILE),
+            "-t",
+            tag,
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--build-arg",
+            f"CODE_VERSION={code_version}",
+        ]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
         log.info("building %s on %s for %s version %s (code %s)", tag, base, name, version, code_version)
@@ -117,5 +158,16 @@ def build_serving_image(pipeline: str, model_dir: Path, settings: Settings, tag:
     image_id = _docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
     seconds = round(time.perf_counter() - started, 2)
     log.info("built %s (%s) in %.1f s", tag, image_id[:19], seconds)
-    return ImageResult(pipeline, tag, image_id, False, name, version, info.get("run_id"), info.get("fingerprint"),
-                       code_version, hint, seconds)
+    return ImageResult(
+        pipeline,
+        tag,
+        image_id,
+        False,
+        name,
+        version,
+        info.get("run_id"),
+        info.get("fingerprint"),
+        code_version,
+        hint,
+        seconds,
+    )

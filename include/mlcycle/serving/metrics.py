@@ -22,14 +22,28 @@ from prometheus_client import (
 ENDPOINTS = {"/predict", "/invocations", "/health", "/ready", "/metadata", "/metrics"}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-REQUESTS = Counter("mlcycle_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"])
-LATENCY = Histogram("mlcycle_request_latency_seconds", "request latency in the server, by endpoint", ["endpoint"],
-                    buckets=LATENCY_BUCKETS)
-REJECTED = Counter("mlcycle_rejected_requests_total", "requests rejected before the model, by reason", ["reason"])
+REQUESTS = Counter(
+    "mlcycle_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"]
+)
+LATENCY = Histogram(
+    "mlcycle_request_latency_seconds",
+    "request latency in the server, by endpoint",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "mlcycle_rejected_requests_total", "requests rejected before the model, by reason", ["reason"]
+)
 ROWS = Counter("mlcycle_predicted_rows_total", "rows predicted")
-MODEL_INFO = Gauge("mlcycle_model_info", "the served model (value 1)",
-                   ["name", "version", "run_id", "inference_path"], multiprocess_mode="max")
-PREDICTION_LABELS = Counter("mlcycle_predictions_by_label_total", "classification: predicted rows by label", ["label"])
+MODEL_INFO = Gauge(
+    "mlcycle_model_info",
+    "the served model (value 1)",
+    ["name", "version", "run_id", "inference_path"],
+    multiprocess_mode="max",
+)
+PREDICTION_LABELS = Counter(
+    "mlcycle_predictions_by_label_total", "classification: predicted rows by label", ["label"]
+)
 _prediction_hist: Histogram | None = None
 
 
@@ -45,8 +59,9 @@ def model_loaded(model: Any) -> None:
         lo, hi = values[0], values[-1]
         step = (hi - lo) / 10 or 1.0
         buckets = sorted({round(lo + i * step, 6) for i in range(11)})
-        _prediction_hist = Histogram("mlcycle_prediction", "regression: distribution of predicted values",
-                                     buckets=buckets)
+        _prediction_hist = Histogram(
+            "mlcycle_prediction", "regression: distribution of predicted values", buckets=buckets
+        )
 
 
 def observe_predictions(model: Any, predictions: list[Any]) -> None:

@@ -69,19 +69,27 @@ def _read_mlmodel(folder: Path) -> dict[str, Any]:
 def read_schema(folder: Path) -> ServingSchema:
     meta = (_read_mlmodel(folder).get("metadata") or {}).get(METADATA_KEY)
     if not meta:
-        raise ModelLoadError(f"the model in {folder} carries no serving schema (MLmodel metadata "
-                             f"`{METADATA_KEY}`): retrain it with this version of mlcycle")
+        raise ModelLoadError(
+            f"the model in {folder} carries no serving schema (MLmodel metadata "
+            f"`{METADATA_KEY}`): retrain it with this version of mlcycle"
+        )
     return ServingSchema.from_dict(meta)
 
 
 def read_info(folder: Path, mlmodel: dict[str, Any], default_name: str) -> ModelInfo:
     info_path = folder / SERVING_INFO
     raw = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return ModelInfo(name=str(raw.get("name") or default_name), version=str(raw.get("version") or "unregistered"),
-                     run_id=raw.get("run_id") or mlmodel.get("run_id"), model_uri=raw.get("model_uri"),
-                     fingerprint=raw.get("fingerprint"), window_start=raw.get("window_start"),
-                     window_end=raw.get("window_end"), code_version=raw.get("code_version"),
-                     tags=dict(raw.get("tags") or {}))
+    return ModelInfo(
+        name=str(raw.get("name") or default_name),
+        version=str(raw.get("version") or "unregistered"),
+        run_id=raw.get("run_id") or mlmodel.get("run_id"),
+        model_uri=raw.get("model_uri"),
+        fingerprint=raw.get("fingerprint"),
+        window_start=raw.get("window_start"),
+        window_end=raw.get("window_end"),
+        code_version=raw.get("code_version"),
+        tags=dict(raw.get("tags") or {}),
+    )
 
 
 def _load_pipeline(folder: Path, mlmodel: dict[str, Any]):
@@ -89,8 +97,10 @@ def _load_pipeline(folder: Path, mlmodel: dict[str, Any]):
     path = folder / str(conf.get("pickled_model", "model.skops"))
     fmt = conf.get("serialization_format", "skops")
     if fmt != "skops":
-        raise ModelLoadError(f"{path}: serialization format {fmt!r}; only skops models are served (pickle "
-                             "can run arbitrary code)")
+        raise ModelLoadError(
+            f"{path}: serialization format {fmt!r}; only skops models are served (pickle "
+            "can run arbitrary code)"
+        )
     import skops.io
 
     # Trust exactly the types this file holds that skops does not trust by default, as the model's
@@ -147,8 +157,11 @@ class ServedModel:
         self.names = self.schema.feature_names
         self.classification = self.schema.task == "classification"
         self.pipeline = _load_pipeline(self.folder, self.mlmodel)
-        self.classes = [c.item() if hasattr(c, "item") else c for c in getattr(self.pipeline, "classes_", [])] \
-            if self.classification else None
+        self.classes = (
+            [c.item() if hasattr(c, "item") else c for c in getattr(self.pipeline, "classes_", [])]
+            if self.classification
+            else None
+        )
         self.session = None
         self.parity: float | None = None
         self.path = "pipeline"
@@ -159,8 +172,15 @@ class ServedModel:
         elif force_path == "pipeline":
             self.path_reason = "forced by MLCYCLE_SERVING_PATH=pipeline"
         self.load_seconds = time.perf_counter() - started
-        log.info("model %s version %s loaded from %s in %.2f s; inference path: %s (%s)", self.info.name,
-                 self.info.version, self.folder, self.load_seconds, self.path, self.path_reason)
+        log.info(
+            "model %s version %s loaded from %s in %.2f s; inference path: %s (%s)",
+            self.info.name,
+            self.info.version,
+            self.folder,
+            self.load_seconds,
+            self.path,
+            self.path_reason,
+        )
 
     # ---------------------------------------------------------------------------------------
     # the fast path
@@ -174,7 +194,9 @@ class ServedModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(self.folder / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(self.folder / ONNX_FILE), opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors; the Pipeline stays
             self.path_reason = f"onnxruntime cannot load {ONNX_FILE}: {exc}"
             return
@@ -197,12 +219,16 @@ class ServedModel:
         self.parity = diff
         if diff <= self.schema.tolerance:
             self.path = "onnx"
-            self.path_reason = (f"ONNX matches the Pipeline on {len(rows)} rows (max abs difference {diff:.3g} "
-                                f"<= tolerance {self.schema.tolerance:g})")
+            self.path_reason = (
+                f"ONNX matches the Pipeline on {len(rows)} rows (max abs difference {diff:.3g} "
+                f"<= tolerance {self.schema.tolerance:g})"
+            )
         else:
             self.session = None
-            self.path_reason = (f"ONNX differs from the Pipeline by {diff:.3g} on {len(rows)} rows "
-                                f"(> tolerance {self.schema.tolerance:g}): serving the Pipeline")
+            self.path_reason = (
+                f"ONNX differs from the Pipeline by {diff:.3g} on {len(rows)} rows "
+                f"(> tolerance {self.schema.tolerance:g}): serving the Pipeline"
+            )
 
     def _max_difference(self, rows: list[dict[str, Any]]) -> float:
         fast, exact = self._predict_onnx(rows), self._predict_pipeline(rows)

@@ -43,8 +43,17 @@ class LoggedRequest:
 
 
 class PredictionLog:
-    def __init__(self, root: Path, pipeline: str, model_name: str, model_version: str, feature_names: list[str],
-                 classes: list[Any] | None = None, flush_rows: int = 5_000, flush_seconds: float = 10.0):
+    def __init__(
+        self,
+        root: Path,
+        pipeline: str,
+        model_name: str,
+        model_version: str,
+        feature_names: list[str],
+        classes: list[Any] | None = None,
+        flush_rows: int = 5_000,
+        flush_seconds: float = 10.0,
+    ):
         self.folder = Path(root) / pipeline / "predictions"
         self.model_name, self.model_version = model_name, model_version
         self.feature_names, self.classes = feature_names, classes
@@ -100,8 +109,12 @@ class PredictionLog:
         self._wake.set()
         self._thread.join(timeout)
         self.flush()
-        log.info("prediction log closed: %d rows in %d files under %s", self.rows_written, self.files_written,
-                 self.folder)
+        log.info(
+            "prediction log closed: %d rows in %d files under %s",
+            self.rows_written,
+            self.files_written,
+            self.folder,
+        )
 
     def _write(self, batch: list[LoggedRequest]) -> int:
         by_day: dict[dt.date, list[LoggedRequest]] = {}
@@ -119,8 +132,15 @@ class PredictionLog:
         return total
 
     def _table(self, entries: list[LoggedRequest]) -> pa.Table:
-        cols: dict[str, list[Any]] = {"request_id": [], "row": [], "time": [], "endpoint": [],
-                                      "model_name": [], "model_version": [], "latency_ms": []}
+        cols: dict[str, list[Any]] = {
+            "request_id": [],
+            "row": [],
+            "time": [],
+            "endpoint": [],
+            "model_name": [],
+            "model_version": [],
+            "latency_ms": [],
+        }
         features: dict[str, list[Any]] = {name: [] for name in self.feature_names}
         predictions: list[Any] = []
         probas: dict[str, list[float]] = {f"proba_{c}": [] for c in (self.classes or [])}

@@ -54,20 +54,30 @@ class ServingSchema:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["features"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(f).items()}
-                           for f in self.features]
+        out["features"] = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(f).items()} for f in self.features
+        ]
         out["classes"] = list(self.classes) if self.classes is not None else None
         return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ServingSchema:
-        features = tuple(FeatureSchema(**{**f, "values": tuple(f["values"]) if f.get("values") else None})
-                         for f in raw["features"])
-        return cls(pipeline=raw["pipeline"], task=raw["task"], target=raw["target"], features=features,
-                   classes=tuple(raw["classes"]) if raw.get("classes") is not None else None,
-                   unknown_categories=raw.get("unknown_categories", "reject"),
-                   tolerance=float(raw.get("tolerance", 1e-6)), max_rows=int(raw.get("max_rows", 10_000)),
-                   version=int(raw.get("version", SCHEMA_VERSION)), extra=dict(raw.get("extra") or {}))
+        features = tuple(
+            FeatureSchema(**{**f, "values": tuple(f["values"]) if f.get("values") else None})
+            for f in raw["features"]
+        )
+        return cls(
+            pipeline=raw["pipeline"],
+            task=raw["task"],
+            target=raw["target"],
+            features=features,
+            classes=tuple(raw["classes"]) if raw.get("classes") is not None else None,
+            unknown_categories=raw.get("unknown_categories", "reject"),
+            tolerance=float(raw.get("tolerance", 1e-6)),
+            max_rows=int(raw.get("max_rows", 10_000)),
+            version=int(raw.get("version", SCHEMA_VERSION)),
+            extra=dict(raw.get("extra") or {}),
+        )
 
 
 def _dtype_of(kind: str) -> str:
@@ -95,14 +105,24 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
             values = tuple(int(v) for v in values)
         elif values is not None and dtype == "string":
             values = tuple(str(v) for v in values)
-        features.append(FeatureSchema(name=col.name, type=col.type, dtype=dtype,
-                                      min=None if col.min is None else float(col.min),
-                                      max=None if col.max is None else float(col.max),
-                                      # A null category has no encoding the fast path shares with the
-                                      # Pipeline: only numbers may be null (NaN, which both handle).
-                                      values=values, nullable=col.max_null_share > 0 and col.type not in ("categorical", "string")))
+        features.append(
+            FeatureSchema(
+                name=col.name,
+                type=col.type,
+                dtype=dtype,
+                min=None if col.min is None else float(col.min),
+                max=None if col.max is None else float(col.max),
+                # A null category has no encoding the fast path shares with the
+                # Pipeline: only numbers may be null (NaN, which both handle).
+                values=values,
+                nullable=col.max_null_share > 0 and col.type not in ("categorical", "string"),
+            )
+        )
     return ServingSchema(
-        pipeline=spec.name, task=spec.task, target=spec.target, features=tuple(features),
+        pipeline=spec.name,
+        task=spec.task,
+        target=spec.target,
+        features=tuple(features),
         classes=tuple(_plain(c) for c in classes) if classes is not None else None,
         unknown_categories=getattr(serving, "unknown_categories", "reject"),
         tolerance=float(getattr(serving, "tolerance", 1e-6)),
@@ -155,11 +175,17 @@ def row_model(schema: ServingSchema) -> type[BaseModel]:
     """One input row: every feature required, nothing else allowed."""
     # Aliases carry the real names: a feature name need not be a valid Python identifier.
     fields = {f"f_{i}": _feature_field(f, schema) for i, f in enumerate(schema.features)}
-    return create_model(f"{_camel(schema.pipeline)}Row",
-                        __config__=ConfigDict(extra="forbid", populate_by_name=False,
-                                              json_schema_extra={"description": f"One row of `{schema.pipeline}` "
-                                                                 f"features; predicts `{schema.target}`."}),
-                        **fields)
+    return create_model(
+        f"{_camel(schema.pipeline)}Row",
+        __config__=ConfigDict(
+            extra="forbid",
+            populate_by_name=False,
+            json_schema_extra={
+                "description": f"One row of `{schema.pipeline}` features; predicts `{schema.target}`."
+            },
+        ),
+        **fields,
+    )
 
 
 def _camel(name: str) -> str:
@@ -178,13 +204,18 @@ def response_models(schema: ServingSchema) -> tuple[type[BaseModel], type[BaseMo
     pred = prediction_type(schema)
     fields: dict[str, Any] = {
         "request_id": (str, Field(description="echoed in the X-Request-ID header and the prediction log")),
-        "model_name": (str, ...), "model_version": (str, ...),
+        "model_name": (str, ...),
+        "model_version": (str, ...),
         "predictions": (list[pred], Field(description=f"one `{schema.target}` per input row, in order")),
     }
     if schema.task == "classification":
-        fields["probabilities"] = (list[dict[str, float]],
-                                   Field(description="per row, the probability of each class label"))
+        fields["probabilities"] = (
+            list[dict[str, float]],
+            Field(description="per row, the probability of each class label"),
+        )
     predict = create_model(f"{_camel(schema.pipeline)}PredictResponse", **fields)
-    invocations = create_model(f"{_camel(schema.pipeline)}InvocationsResponse",
-                               predictions=(list[pred], Field(description="MLflow scoring protocol response")))
+    invocations = create_model(
+        f"{_camel(schema.pipeline)}InvocationsResponse",
+        predictions=(list[pred], Field(description="MLflow scoring protocol response")),
+    )
     return predict, invocations

@@ -33,8 +33,13 @@ def run(model_dir: Path, host: str, port: int, workers: int) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
     else:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log.info("serving %s on http://%s:%d with %d worker(s): docs /docs, metrics /metrics", model_dir, host, port,
-             workers)
+    log.info(
+        "serving %s on http://%s:%d with %d worker(s): docs /docs, metrics /metrics",
+        model_dir,
+        host,
+        port,
+        workers,
+    )
     try:
         try:
             from granian import Granian
@@ -42,11 +47,27 @@ def run(model_dir: Path, host: str, port: int, workers: int) -> int:
         except ImportError:
             import uvicorn
 
-            uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level="warning",
-                        access_log=False)
+            uvicorn.run(
+                APP_FACTORY,
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+                access_log=False,
+            )
             return 0
-        Granian(APP_FACTORY, address=host, port=port, interface=Interfaces.ASGI, workers=workers, factory=True,
-                log_access=False, respawn_failed_workers=True, workers_kill_timeout=30).serve()
+        Granian(
+            APP_FACTORY,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            factory=True,
+            log_access=False,
+            respawn_failed_workers=True,
+            workers_kill_timeout=30,
+        ).serve()
         return 0
     finally:
         if multiproc:

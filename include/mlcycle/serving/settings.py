@@ -37,12 +37,15 @@ class ServingSettings:
         env = os.environ
         model = env.get("MLCYCLE_SERVING_MODEL", "").strip()
         if not model:
-            raise ValueError("MLCYCLE_SERVING_MODEL is not set: start the server with `mlcycle serve --model-uri ...`")
+            raise ValueError(
+                "MLCYCLE_SERVING_MODEL is not set: start the server with `mlcycle serve --model-uri ...`"
+            )
         store_raw = env.get("MLCYCLE_STORE", "").strip()
         store = Path(store_raw).resolve() if store_raw else None
         log_flag = env.get("MLCYCLE_SERVING_LOG", "on" if store else "off").strip().lower()
         return cls(
-            model_dir=Path(model).resolve(), store=store,
+            model_dir=Path(model).resolve(),
+            store=store,
             log_enabled=log_flag in ("on", "1", "true", "yes") and store is not None,
             flush_rows=_env_int("MLCYCLE_SERVING_LOG_FLUSH_ROWS", 5_000),
             flush_seconds=float(env.get("MLCYCLE_SERVING_LOG_FLUSH_SECONDS", "") or 10.0),

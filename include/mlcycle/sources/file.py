@@ -32,8 +32,10 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
     except Exception as exc:  # pandas and pyarrow raise many types for a corrupt file
         raise SourceError(f"source file {path} is unreadable as {fmt}: {type(exc).__name__}: {exc}") from exc
     if frame.empty:
-        raise SourceError(f"source file {path} has no rows (columns: {', '.join(map(str, frame.columns)) or 'none'}): "
-                          f"check that the export that writes it finished")
+        raise SourceError(
+            f"source file {path} has no rows (columns: {', '.join(map(str, frame.columns)) or 'none'}): "
+            f"check that the export that writes it finished"
+        )
     return frame
 
 
@@ -54,8 +56,12 @@ def select_range(df: pd.DataFrame, spec: PipelineSpec, start: dt.date, end: dt.d
     mask = (stamp >= lo) & (stamp < hi)
     selected = frame.loc[mask].sort_values(EVENT_TIME, kind="stable").reset_index(drop=True)
     if any(dropped.values()):
-        log.warning("%d of %d source rows belong to no day and are dropped: %s", sum(dropped.values()), len(df),
-                    ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n))
+        log.warning(
+            "%d of %d source rows belong to no day and are dropped: %s",
+            sum(dropped.values()),
+            len(df),
+            ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n),
+        )
     return Selection(frame=selected, rows_read=len(df), dropped=dropped, examples=examples)
 
 

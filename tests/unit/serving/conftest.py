@@ -24,10 +24,16 @@ def save_model_folder(spec, model, x_train, x_eval, folder: Path) -> Path:
     from mlcycle.serving.model import ONNX_FILE
 
     example = x_train.head(5)
-    mlflow.sklearn.save_model(model, str(folder), signature=infer_signature(example, model.predict(example)),
-                              input_example=example, serialization_format="skops",
-                              skops_trusted_types=trusted_types(spec), pip_requirements=["scikit-learn"],
-                              metadata=serving_metadata(spec, model, x_train))
+    mlflow.sklearn.save_model(
+        model,
+        str(folder),
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
+        serialization_format="skops",
+        skops_trusted_types=trusted_types(spec),
+        pip_requirements=["scikit-learn"],
+        metadata=serving_metadata(spec, model, x_train),
+    )
     export = to_onnx(serving_schema(spec, model, x_train), model, x_eval)
     if export.model is not None and export.max_abs_diff <= 1e-6 and not export.label_mismatches:
         (folder / ONNX_FILE).write_bytes(export.model)
@@ -47,8 +53,9 @@ def bike_model(tmp_path_factory):
     x, y = df[spec.feature_names], df[spec.target]
     model = build_pipeline(spec).set_params(model__max_iter=40, model__max_leaf_nodes=31)
     model.fit(x.iloc[:2000], y.iloc[:2000])
-    folder = save_model_folder(spec, model, x.iloc[:2000], x.iloc[2000:2400],
-                               tmp_path_factory.mktemp("bike") / "model")
+    folder = save_model_folder(
+        spec, model, x.iloc[:2000], x.iloc[2000:2400], tmp_path_factory.mktemp("bike") / "model"
+    )
     return spec, folder, x.iloc[2000:2400].reset_index(drop=True)
 
 
@@ -64,5 +71,7 @@ def clf_model(tmp_path_factory):
     df = pd.read_csv(spec.source.path())
     x, y = df[spec.feature_names], df[spec.target]
     model = build_pipeline(spec).fit(x.iloc[:300], y.iloc[:300])
-    folder = save_model_folder(spec, model, x.iloc[:300], x.iloc[300:], tmp_path_factory.mktemp("clf") / "model")
+    folder = save_model_folder(
+        spec, model, x.iloc[:300], x.iloc[300:], tmp_path_factory.mktemp("clf") / "model"
+    )
     return spec, folder, x.iloc[300:].reset_index(drop=True)

@@ -25,8 +25,15 @@ def client(bike_model, tmp_path_factory):
     from mlcycle.serving.settings import ServingSettings
 
     _, folder, x_eval = bike_model
-    settings = ServingSettings(model_dir=folder, store=tmp_path_factory.mktemp("store"), log_enabled=True,
-                               flush_rows=100_000, flush_seconds=3600, max_body_bytes=256 * 1024, path="auto")
+    settings = ServingSettings(
+        model_dir=folder,
+        store=tmp_path_factory.mktemp("store"),
+        log_enabled=True,
+        flush_rows=100_000,
+        flush_seconds=3600,
+        max_body_bytes=256 * 1024,
+        path="auto",
+    )
     with TestClient(create_app(settings)) as c:
         c.rows = x_eval.to_dict("records")
         c.x_eval = x_eval
@@ -49,13 +56,19 @@ def test_predict_one_row_and_many_equal_the_pipeline(client):
     assert body["predictions"][0] == pytest.approx(expected[0], abs=1e-6)
 
 
-@pytest.mark.parametrize("payload", ["dataframe_split", "dataframe_records", "instances", "inputs", "columns"])
+@pytest.mark.parametrize(
+    "payload", ["dataframe_split", "dataframe_records", "instances", "inputs", "columns"]
+)
 def test_invocations_speak_mlflows_protocol(client, payload):
     rows = client.rows[:7]
     cols = list(rows[0])
-    body = {"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in rows]},
-            "dataframe_records": rows, "instances": rows, "inputs": rows,
-            "columns": {c: [r[c] for r in rows] for c in cols}}[payload]
+    body = {
+        "dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in rows]},
+        "dataframe_records": rows,
+        "instances": rows,
+        "inputs": rows,
+        "columns": {c: [r[c] for r in rows] for c in cols},
+    }[payload]
     key = "inputs" if payload == "columns" else payload
     answer = post(client, "/invocations", {key: body})
     assert answer.status_code == 200, answer.text
@@ -96,17 +109,20 @@ def test_bad_rows_get_422_naming_every_bad_field(client, case):
     assert listed.status_code == status and all(e["loc"][0] == 1 for e in listed.json()["errors"])
 
 
-@pytest.mark.parametrize("body,ctype,status", [
-    (b'{"temp": NaN}', "application/json", 422),
-    (b'{"temp": Infinity}', "application/json", 422),
-    (b"[]", "application/json", 422),
-    (b"{nope", "application/json", 400),
-    (b"", "application/json", 400),
-    (b'"a string"', "application/json", 422),
-    (b"season=1", "application/x-www-form-urlencoded", 415),
-    (b"{}", "", 415),
-    (b"[" + b"{}," * 100000 + b"{}]", "application/json", 413),
-])
+@pytest.mark.parametrize(
+    "body,ctype,status",
+    [
+        (b'{"temp": NaN}', "application/json", 422),
+        (b'{"temp": Infinity}', "application/json", 422),
+        (b"[]", "application/json", 422),
+        (b"{nope", "application/json", 400),
+        (b"", "application/json", 400),
+        (b'"a string"', "application/json", 422),
+        (b"season=1", "application/x-www-form-urlencoded", 415),
+        (b"{}", "", 415),
+        (b"[" + b"{}," * 100000 + b"{}]", "application/json", 413),
+    ],
+)
 def test_malformed_bodies_get_4xx(client, body, ctype, status):
     answer = client.post("/predict", content=body, headers={"content-type": ctype} if ctype else {})
     assert answer.status_code == status, answer.text
@@ -114,27 +130,41 @@ def test_malformed_bodies_get_4xx(client, body, ctype, status):
 
 
 def test_nan_names_the_field(client):
-    answer = client.post("/predict", content=json.dumps(_bad(client.rows, temp=math.nan)).encode(), headers=JSON_CT)
+    answer = client.post(
+        "/predict", content=json.dumps(_bad(client.rows, temp=math.nan)).encode(), headers=JSON_CT
+    )
     assert answer.status_code == 422 and [e["field"] for e in answer.json()["errors"]] == ["temp"]
 
 
 def test_too_many_rows_is_refused(client):
     limit = client.app_server.schema.max_rows
-    answer = post(client, "/invocations", {"dataframe_split": {"columns": ["hr"], "data": [[1]] * (limit + 1)}})
+    answer = post(
+        client, "/invocations", {"dataframe_split": {"columns": ["hr"], "data": [[1]] * (limit + 1)}}
+    )
     assert answer.status_code in (413, 400)
 
 
-@pytest.mark.parametrize("payload", [{"dataframe_split": {"columns": ["hr"], "data": [[1, 2]]}},
-                                     {"dataframe_records": [], "inputs": []}, {"nothing": 1}, [1, 2],
-                                     {"inputs": {"hr": [1, 2], "temp": [0.1]}}, {"instances": 3}])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": ["hr"], "data": [[1, 2]]}},
+        {"dataframe_records": [], "inputs": []},
+        {"nothing": 1},
+        [1, 2],
+        {"inputs": {"hr": [1, 2], "temp": [0.1]}},
+        {"instances": 3},
+    ],
+)
 def test_bad_invocations_get_400_like_mlflow(client, payload):
     answer = post(client, "/invocations", payload)
     assert answer.status_code in (400, 422) and answer.json()["error_code"] == "BAD_REQUEST"
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                       max_size=3), max_leaves=6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -21,8 +21,12 @@ def test_schema_from_bikeshare_spec_carries_types_ranges_and_values(bike_model):
     assert list(by_name) == spec.feature_names
     assert by_name["season"].dtype == "long" and by_name["season"].values == (1, 2, 3, 4)
     assert by_name["mnth"].dtype == "string" and "Sept" in by_name["mnth"].values
-    assert (by_name["temp"].dtype, by_name["temp"].min, by_name["temp"].max, by_name["temp"].nullable) == \
-        ("double", 0.0, 1.0, True)
+    assert (by_name["temp"].dtype, by_name["temp"].min, by_name["temp"].max, by_name["temp"].nullable) == (
+        "double",
+        0.0,
+        1.0,
+        True,
+    )
     assert by_name["hr"].dtype == "long" and by_name["hr"].max == 23.0
     assert model.schema.task == "regression" and model.schema.target == "bikers"
     # The round trip through the MLmodel file is lossless.
@@ -81,9 +85,14 @@ def test_sample_rows_cover_allowed_values_ranges_and_nulls(bike_model):
 
 
 def test_spec_serving_section_is_validated(tmp_path):
-    spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "ok.yaml",
-                                        serving={"tolerance": 1e-4, "unknown_categories": "accept"}))
+    spec = load_spec(
+        write_spec_variant(
+            BIKESHARE_SPEC, tmp_path / "ok.yaml", serving={"tolerance": 1e-4, "unknown_categories": "accept"}
+        )
+    )
     assert spec.serving.tolerance == 1e-4 and spec.serving.unknown_categories == "accept"
     assert load_spec(BIKESHARE_SPEC).serving.tolerance == 1e-6
     with pytest.raises(SpecError, match="serving.unknown_categories"):
-        load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "bad.yaml", serving={"unknown_categories": "maybe"}))
+        load_spec(
+            write_spec_variant(BIKESHARE_SPEC, tmp_path / "bad.yaml", serving={"unknown_categories": "maybe"})
+        )

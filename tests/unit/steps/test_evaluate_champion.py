@@ -29,9 +29,16 @@ PERFECT, CONSTANT = 1.0, 0.5  # ROC AUC of each model on the slice below
 def _slice(n: int = 40) -> pd.DataFrame:
     """An evaluation slice whose label is exactly ``x1 > 0.5``: separable, both classes present."""
     x1 = [(i + 0.5) / n for i in range(n)]
-    return pd.DataFrame({"hour": [i % 24 for i in range(n)], "x1": x1, "x2": [0.0] * n,
-                         "visits": [i % 60 for i in range(n)], "color": ["red", "blue"] * (n // 2),
-                         "label": [int(v > 0.5) for v in x1]})
+    return pd.DataFrame(
+        {
+            "hour": [i % 24 for i in range(n)],
+            "x1": x1,
+            "x2": [0.0] * n,
+            "visits": [i % 60 for i in range(n)],
+            "color": ["red", "blue"] * (n // 2),
+            "label": [int(v > 0.5) for v in x1],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,9 @@ def store(tmp_path_factory):
         settings = apply_env(mp, tmp)
         mp.setattr(mlflow.models, "infer_pip_requirements", lambda uri, flavor, fallback=None, **kw: fallback)
         spec = load_spec(make_classification_dataset(tmp / "data", days=10))
-        spec = dataclasses.replace(spec, evaluation=dataclasses.replace(spec.evaluation, threshold=0.4,
-                                                                        tolerance=0.1))
+        spec = dataclasses.replace(
+            spec, evaluation=dataclasses.replace(spec.evaluation, threshold=0.4, tolerance=0.1)
+        )
         interval = day_interval(spec.data_end)
         _, end = training_window(spec, interval, None)
         features = Store(settings.store, spec.name).features_dir(end)
@@ -67,7 +75,9 @@ def gate(store, request):
     from mlcycle.modeling import build_pipeline, trusted_types
 
     spec, settings, interval, experiment_id = store
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, registered_name=request.node.name[:60]))
+    spec = dataclasses.replace(
+        spec, model=dataclasses.replace(spec.model, registered_name=request.node.name[:60])
+    )
     data = _slice()
     x, y = data[spec.feature_names], data[spec.target]
 
@@ -76,8 +86,9 @@ def gate(store, request):
         model.steps[-1] = ("model", LogisticRegression(C=100.0) if kind == "perfect" else DummyClassifier())
         model.fit(x, y)
         with mlflow.start_run(experiment_id=experiment_id) as run:
-            info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
-                                            skops_trusted_types=trusted_types(spec))
+            info = mlflow.sklearn.log_model(
+                model, name="model", serialization_format="skops", skops_trusted_types=trusted_types(spec)
+            )
         return run.info.run_id, info.model_uri
 
     def crown(run_id: str, model_uri: str) -> str:
@@ -85,8 +96,9 @@ def gate(store, request):
         mlflow.MlflowClient().set_registered_model_alias(spec.model.registered_name, CHAMPION, version)
         return str(version)
 
-    return dataclasses.make_dataclass("Gate", ["spec", "settings", "interval", "logged", "crown", "experiment_id"])(
-        spec, settings, interval, logged, crown, experiment_id)
+    return dataclasses.make_dataclass(
+        "Gate", ["spec", "settings", "interval", "logged", "crown", "experiment_id"]
+    )(spec, settings, interval, logged, crown, experiment_id)
 
 
 def _run_data(run_id: str):
@@ -133,11 +145,20 @@ def test_the_first_run_has_no_champion_score(gate):
     run_id, uri = gate.logged("perfect")
     result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
     assert result.to_dict() == {
-        "pipeline": "synthclass", "run_id": run_id, "experiment_id": gate.experiment_id, "model_uri": uri,
-        "metric": "roc_auc", "blessed": True, "first_run": True, "candidate_score": PERFECT,
-        "champion_score": None, "champion_version": None,
-        "reasons": ["roc_auc 1.0000 meets the threshold (at least 0.4)",
-                    "no champion yet: first run, the threshold alone decides"],
+        "pipeline": "synthclass",
+        "run_id": run_id,
+        "experiment_id": gate.experiment_id,
+        "model_uri": uri,
+        "metric": "roc_auc",
+        "blessed": True,
+        "first_run": True,
+        "candidate_score": PERFECT,
+        "champion_score": None,
+        "champion_version": None,
+        "reasons": [
+            "roc_auc 1.0000 meets the threshold (at least 0.4)",
+            "no champion yet: first run, the threshold alone decides",
+        ],
     }
     data = _run_data(run_id)
     assert data.metrics == {"gate_candidate_roc_auc": PERFECT}
