@@ -231,7 +231,7 @@ class _Reader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         numeric = any(k in (int, float) for k in kinds) and bool not in kinds
         if kind is not object and (not isinstance(value, kind) or (numeric and isinstance(value, bool))):
-            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
+            names = " or ".join(k.__name__ for k in kinds)
             self.problems.append(f"{where}.{key}: expected {names}, got {value!r}")
             return None if default is ... else default
         return value
@@ -240,8 +240,8 @@ class _Reader:
         """Every key of ``data`` must be one of ``keys``: a typo is a problem, never silently ignored."""
         if not isinstance(data, dict):
             return
-        for key in data:
-            if key not in keys:
+        for key, value in data.items():
+            if key not in keys and value is not None:  # a variant unsets an inherited key with null
                 close = difflib.get_close_matches(str(key), [str(k) for k in keys], n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(keys))})"
                 self.problems.append(f"{where}.{key}: unknown key{hint}")

@@ -60,6 +60,8 @@ def test_a_success_writes_the_result_file_and_the_same_last_line(tmp_path, spec_
         "partitions": 2,
         "rows": 48,
         "empty_days": [],
+        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
+        "filtered": {},
     }
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == written
     assert [p.name for p in result_file.parent.iterdir()] == ["result.json"], "a temporary file was left"

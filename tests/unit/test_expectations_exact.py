@@ -95,8 +95,9 @@ def test_write_suite_writes_indented_json_where_the_spec_says(tmp_path):
 
 def test_load_suite_reads_the_saved_file_or_derives_and_says_so(tmp_path, caplog):
     saved = tmp_path / "saved.json"
-    saved.write_text('{"name": "edited by hand"}')
-    assert load_suite(_spec(tmp_path, suite=str(saved))) == {"name": "edited by hand"}
+    spec = _spec(tmp_path, suite=str(saved))
+    saved.write_text(json.dumps({**suite_from_spec(spec), "meta": {"reviewed": "by hand"}}))
+    assert load_suite(spec)["meta"] == {"reviewed": "by hand"}  # the committed file, not a fresh derivation
     missing = _spec(tmp_path, suite=str(tmp_path / "missing.json"))
     with caplog.at_level(logging.WARNING, logger="mlcycle.expectations"):
         assert load_suite(missing) == suite_from_spec(missing)

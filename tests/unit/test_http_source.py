@@ -49,7 +49,7 @@ def _http_spec(tmp_path: Path, url: str, fmt: str = "csv"):
     spec = write_spec_variant(
         local,
         tmp_path / "http.yaml",
-        source={"kind": "http", "url": url, "format": fmt, "timeout_seconds": 10},
+        source={"kind": "http", "url": url, "format": fmt, "timeout_seconds": 10, "path": None},
     )
     return load_spec(local), load_spec(spec)
 
@@ -59,8 +59,8 @@ def test_reads_the_same_rows_as_the_file_and_downloads_once(tmp_path, server):
     local, spec = _http_spec(tmp_path, f"{base}/synthclass.csv")
     (www / "synthclass.csv").write_bytes(Path(local.source.options["path"]).read_bytes())
     reader = HttpReader(spec)
-    first = reader.read(dt.date(2011, 3, 2), dt.date(2011, 3, 4))
-    second = reader.read(dt.date(2011, 3, 4), dt.date(2011, 3, 5))
+    first = reader.read(dt.date(2011, 3, 2), dt.date(2011, 3, 4)).frame
+    second = reader.read(dt.date(2011, 3, 4), dt.date(2011, 3, 5)).frame
     assert (len(first), len(second)) == (48, 24)
     assert first["event_time"].min().isoformat() == "2011-03-02T00:00:00+00:00"
     assert first["event_time"].max().isoformat() == "2011-03-03T23:00:00+00:00"
@@ -74,7 +74,7 @@ def test_reads_parquet(tmp_path, server):
     base, www, _ = server
     local, spec = _http_spec(tmp_path, f"{base}/rows.parquet", fmt="parquet")
     pd.read_csv(local.source.options["path"]).to_parquet(www / "rows.parquet")
-    assert len(HttpReader(spec).read(dt.date(2011, 3, 1), dt.date(2011, 3, 6))) == 5 * 24
+    assert len(HttpReader(spec).read(dt.date(2011, 3, 1), dt.date(2011, 3, 6)).frame) == 5 * 24
 
 
 def test_a_missing_file_is_a_source_error_that_names_the_url(tmp_path, server):
@@ -97,7 +97,9 @@ def test_the_timeout_defaults_to_sixty_seconds(tmp_path):
     local = make_classification_dataset(tmp_path / "data", days=5)
     spec = load_spec(
         write_spec_variant(
-            local, tmp_path / "http.yaml", source={"kind": "http", "url": "http://127.0.0.1:9/x"}
+            local,
+            tmp_path / "http.yaml",
+            source={"kind": "http", "url": "http://127.0.0.1:9/x", "path": None},
         )
     )
     reader = HttpReader(spec)

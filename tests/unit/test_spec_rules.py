@@ -71,6 +71,9 @@ def test_the_smallest_spec_takes_every_default():
         "cv_folds": 3,
         "seed": 42,
         "space": ({"name": "alpha", "low": 0.1, "high": 10, "log": False, "integer": False, "values": None},),
+        "categorical_encoding": "auto",
+        "budget_seconds": 600.0,
+        "early_stopping": True,
     }
     assert dataclasses.asdict(spec.evaluation) == {
         "metric": "rmse",

@@ -37,7 +37,7 @@ from tests.datasets import BIKESHARE_SPEC, write_spec_variant
         ({"window": {"days": True}}, "window.days: expected int, got True"),
         ({"evaluation": {"tolerance": -0.1}}, "evaluation.tolerance: a share between 0 and 1 (got -0.1)"),
         ({"evaluation": {"holdout_days": 0}}, "evaluation.holdout_days: at least 1 (got 0)"),
-        ({"evaluation": {"threshold": True}}, "evaluation.threshold: expected int or number, got True"),
+        ({"evaluation": {"threshold": True}}, "evaluation.threshold: expected int or float, got True"),
         (
             {"columns": {"temp": {"type": "numeric", "max_null_share": False}}},
             "columns.temp.max_null_share: expected",

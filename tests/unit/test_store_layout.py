@@ -27,9 +27,10 @@ def test_quarantining_the_same_attempt_twice_is_harmless(tmp_path):
     store = Store(tmp_path, "p")
     store.raw(DAY).parent.mkdir(parents=True)
     store.raw(DAY).write_bytes(b"partition")
-    first = store.quarantine(DAY, "try1")
-    assert store.quarantine(DAY, "try1") == first  # a retry of the same attempt: no error, nothing lost
-    assert (first / "data.parquet").read_bytes() == b"partition" and not store.raw(DAY).exists()
+    first = store.quarantine(DAY, "try1", b"partition")  # the exact bytes that were judged
+    assert store.quarantine(DAY, "try1", b"partition") == first  # a retry of the same attempt: no error
+    assert (first / "data.parquet").read_bytes() == b"partition"
+    assert store.raw(DAY).read_bytes() == b"partition", "quarantine copies what was judged; raw stays"
 
 
 def test_parquet_files_have_no_index_zstd_columns_and_statistics(tmp_path):
