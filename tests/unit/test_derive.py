@@ -100,6 +100,9 @@ def test_partitions_are_local_days_even_across_a_daylight_saving_change(tmp_path
     assert sunday["ts"].duplicated().any()
     validated = validate(spec, settings, Interval(dt.date(2023, 3, 13), dt.date(2023, 3, 14)), window_days=3)
     assert validated.validated == 3
+    # The filter's rows are counted in the validation report, apart from rows that belong to no day.
+    report = (settings.store / "flights" / "reports" / "validation" / "end=2023-03-14" / "report.html").read_text()
+    assert f"removed by filter: cancelled == 0</th><td>{result.filtered['filter: cancelled == 0']}<" in report
 
 
 def test_a_transform_function_adds_what_no_expression_covers(tmp_path):

@@ -163,7 +163,9 @@ def _dropped_rows(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date
                 "observed": f"{count} of {read} source rows ({share:.2%})"
                             + (f", e.g. {'; '.join(examples)}" if examples else ""),
             })
-    return {"source rows read": read, **{f"dropped: {k}": v for k, v in record.get("dropped", {}).items()}}, failures
+    removed = {f"removed by {rule}": n for rule, n in record.get("filtered", {}).items()}  # on purpose: counted
+    return {"source rows read": read, **{f"dropped: {k}": v for k, v in record.get("dropped", {}).items()},
+            **removed}, failures
 
 
 def _restatement(spec: PipelineSpec, old: ValidatedVersion, new: pd.DataFrame) -> dict[str, Any]:
