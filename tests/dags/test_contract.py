@@ -267,6 +267,8 @@ def test_local_runner_returns_the_result_file_and_leaves_no_folder(step_home, mo
         "partitions": 2,
         "rows": 48,
         "empty_days": [],
+        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
+        "filtered": {},
     }
     assert list((step_home / "tmp").iterdir()) == [], "the per-try result folder was left behind"
 
@@ -295,4 +297,4 @@ def test_local_runner_reports_bad_arguments(step_home):
             "ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06"
         ).execute({})
     assert "was called with bad arguments (exit code 2)" in str(info.value)
-    assert "not an ISO date: 'March'" in str(info.value)
+    assert "not a date in the form YYYY-MM-DD: 'March'" in str(info.value)
