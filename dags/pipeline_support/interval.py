@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
@@ -49,8 +50,9 @@ def plan_interval(entry: PipelineEntry, *, pipeline: str | None, window_days: An
         start, end = last, last + dt.timedelta(days=1)
         log.warning("this run has no logical date: using the latest complete interval the schedule serves, "
                     "[%s, %s)", start, end)
-    else:
-        start, end = interval_start.date(), interval_end.date()
+    else:  # the interval's calendar days in the schedule's zone (its midnight may be another UTC day)
+        zone = ZoneInfo(schedule.timezone)
+        start, end = interval_start.astimezone(zone).date(), interval_end.astimezone(zone).date()
     if not schedule.serves(start):
         raise AirflowFailException(
             f"the run's data interval [{start}, {end}) is outside what pipeline {spec.name} serves: "

@@ -42,8 +42,10 @@ ESTIMATORS = {
 
 #: Types skops must be told to trust when MLflow saves and loads each family (explicit, not blanket).
 SKOPS_TRUSTED_TYPES = {
+    # With native categorical features, the trees keep their own input check: a partial of check_array.
     "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-                               "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper"],
+                               "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+                               "functools.partial", "sklearn.utils.validation.check_array"],
     "random_forest": ["sklearn.tree._tree.Tree"],
     "ridge": [],
     "logistic_regression": [],

@@ -45,15 +45,24 @@ def test_one_training_dag_per_spec_in_the_folder(tmp_path, monkeypatch):
     events = bag.dags["training_events"]
     assert "events" in events.tags and "pipeline `events`" in events.doc_md
     # The schedule comes from the spec's data bounds: first day with a full 21-day window, last data day.
-    assert (events.timetable.first.date(), events.timetable.last.date()) == (dt.date(2013, 3, 22), dt.date(2013, 4, 9))
+    assert (events.timetable.first.date(), events.timetable.last.date()) == (
+        dt.date(2013, 3, 22),
+        dt.date(2013, 4, 9),
+    )
     assert events.catchup is False and events.start_date.year == 1970 and events.end_date is None
 
 
 def test_a_broken_spec_is_one_import_error_and_the_others_still_load(tmp_path, monkeypatch):
     write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml")
-    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({
-        "name": "typo", "window": {"data_start": "2011-01-01", "days": 28},
-        "schedule": {"intervall": "@daily", "catchup": "yes"}}))
+    (tmp_path / "typo.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "typo",
+                "window": {"data_start": "2011-01-01", "days": 28},
+                "schedule": {"intervall": "@daily", "catchup": "yes"},
+            }
+        )
+    )
     (tmp_path / "garbage.yaml").write_text("name: [unclosed\n")
     bag = _dagbag(tmp_path, monkeypatch)
     assert sorted(bag.dags) == ["training_bikeshare"]
@@ -72,16 +81,19 @@ def test_two_specs_with_one_name_are_reported_not_merged(tmp_path):
     assert "name 'bikeshare' is already used by" in broken[tmp_path / "b.yaml"]
 
 
-@pytest.mark.parametrize(("schedule", "problem"), [
-    ({"interval": "@hourly"}, "schedule.interval: @daily or a cron that runs once a day"),
-    ({"interval": "0 6 * * 1"}, "schedule.interval"),
-    ({"timezone": "Mars/Olympus"}, "schedule.timezone: an IANA time zone name"),
-    ({"start": "2011-02-30"}, "schedule.start: a date like 2011-01-31"),
-    ({"start": "2010-06-01"}, "is before window.data_start 2011-01-01"),
-    ({"end": "2012-06-01"}, "is after window.data_end 2011-12-31"),
-    ({"start": "2011-06-01", "end": "2011-05-01"}, "end 2011-05-01 is before start 2011-06-01"),
-    ({"catchup": 1}, "schedule.catchup: true or false"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        ({"interval": "@hourly"}, "schedule.interval: @daily or a cron that runs once a day"),
+        ({"interval": "0 6 * * 1"}, "schedule.interval"),
+        ({"timezone": "Mars/Olympus"}, "schedule.timezone: an IANA time zone name"),
+        ({"start": "2011-02-30"}, "schedule.start: a date like 2011-01-31"),
+        ({"start": "2010-06-01"}, "is before window.data_start 2011-01-01"),
+        ({"end": "2012-06-01"}, "is after window.data_end 2011-12-31"),
+        ({"start": "2011-06-01", "end": "2011-05-01"}, "end 2011-05-01 is before start 2011-06-01"),
+        ({"catchup": 1}, "schedule.catchup: true or false"),
+    ],
+)
 def test_schedule_problems_name_the_key(tmp_path, schedule, problem):
     spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", schedule=schedule)
     with pytest.raises(SpecProblem, match="problem") as err:
@@ -97,7 +109,9 @@ def test_extends_makes_a_variant_with_the_base_paths_resolved(tmp_path):
         variant.write_text(f"extends: {BIKESHARE_SPEC}\nmodel: {{search: {{n_iter: 1, cv_folds: 2}}}}\n")
     merged = read_spec(variant)
     assert merged["model"]["search"]["n_iter"] == 1 and merged["model"]["search"]["space"]
-    assert merged["source"]["path"] == str(ROOT / "include" / "data" / "bikeshare" / "bikeshare_hourly_2011.csv")
+    assert merged["source"]["path"] == str(
+        ROOT / "include" / "data" / "bikeshare" / "bikeshare_hourly_2011.csv"
+    )
     assert merged["validation"]["suite"] == str(ROOT / "include" / "expectations" / "bikeshare.json")
     assert load_entry(variant).name == "bikeshare"
     loop = tmp_path / "loop.yaml"
@@ -117,31 +131,52 @@ def test_the_timetable_serves_only_the_spec_bounds_and_survives_serialization():
     assert isinstance(table, PipelineTimetable)
     early = pendulum.datetime(1970, 1, 1, tz="UTC")
     # catchup on: the first run is the spec's first day, not the DAG's wide start date
-    first = table.next_dagrun_info(last_automated_data_interval=None,
-                                   restriction=TimeRestriction(early, None, True))
+    first = table.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(early, None, True)
+    )
     assert first.data_interval.start.date() == dt.date(2011, 1, 29)
     # catchup off, today far after the data: nothing to schedule
-    assert table.next_dagrun_info(last_automated_data_interval=None,
-                                  restriction=TimeRestriction(early, None, False)) is None
+    assert (
+        table.next_dagrun_info(
+            last_automated_data_interval=None, restriction=TimeRestriction(early, None, False)
+        )
+        is None
+    )
     # after the last day: nothing more
     last = table.infer_manual_data_interval(run_after=pendulum.datetime(2012, 1, 1, tz="UTC"))
-    assert table.next_dagrun_info(last_automated_data_interval=last,
-                                  restriction=TimeRestriction(early, None, True)) is None
+    assert (
+        table.next_dagrun_info(
+            last_automated_data_interval=last, restriction=TimeRestriction(early, None, True)
+        )
+        is None
+    )
     back = type(table).deserialize(json.loads(json.dumps(table.serialize())))
     assert back == table and back.summary == table.summary
 
 
 def _plan(entry, start=None, end=None, pipeline=None, run_type="manual", now=None):
-    return plan_interval(entry, pipeline=pipeline, window_days=None, interval_start=start, interval_end=end,
-                         run_type=run_type, now=now or dt.datetime(2026, 11, 23, tzinfo=UTC))
+    return plan_interval(
+        entry,
+        pipeline=pipeline,
+        window_days=None,
+        interval_start=start,
+        interval_end=end,
+        run_type=run_type,
+        now=now or dt.datetime(2026, 11, 23, tzinfo=UTC),
+    )
 
 
 def test_the_interval_task_plans_served_runs_and_explains_the_others(tmp_path):
     entry = load_entry(BIKESHARE_SPEC)
     day = pendulum.datetime(2011, 6, 29, tz="UTC")
     plan = _plan(entry, day, day.add(days=1))
-    assert plan == {"pipeline": "bikeshare", "spec": "bikeshare", "start": "2011-06-29", "end": "2011-06-30",
-                    "window_days": None}
+    assert plan == {
+        "pipeline": "bikeshare",
+        "spec": "bikeshare",
+        "start": "2011-06-29",
+        "end": "2011-06-30",
+        "window_days": None,
+    }
     with pytest.raises(AirflowFailException) as err:
         _plan(entry, pendulum.datetime(2013, 2, 28, tz="UTC"), pendulum.datetime(2013, 3, 1, tz="UTC"))
     assert "[2013-02-28, 2013-03-01) is outside what pipeline bikeshare serves" in str(err.value)
@@ -169,10 +204,21 @@ def test_make_run_refuses_a_date_the_pipeline_does_not_serve():
 
 @pytest.mark.skipif(not (STEPS_BIN / "python").exists(), reason="the step environment is not set up")
 def test_the_step_package_reads_the_same_schedule(tmp_path):
-    specs = [BIKESHARE_SPEC, ROOT / "include" / "pipelines" / "bikeshare_postgres.yaml",
-             write_spec_variant(BIKESHARE_SPEC, tmp_path / "v.yaml",
-                                schedule={"interval": "30 6 * * *", "timezone": "America/New_York",
-                                          "start": "2011-03-01", "end": "2011-10-31", "catchup": True})]
+    specs = [
+        BIKESHARE_SPEC,
+        ROOT / "include" / "pipelines" / "bikeshare_postgres.yaml",
+        write_spec_variant(
+            BIKESHARE_SPEC,
+            tmp_path / "v.yaml",
+            schedule={
+                "interval": "30 6 * * *",
+                "timezone": "America/New_York",
+                "start": "2011-03-01",
+                "end": "2011-10-31",
+                "catchup": True,
+            },
+        ),
+    ]
     probe = textwrap.dedent(f"""
         import json
         from mlcycle.spec import load_spec
@@ -182,10 +228,31 @@ def test_the_step_package_reads_the_same_schedule(tmp_path):
             out.append([s.interval, s.timezone, str(s.start), str(s.end), s.catchup])
         print(json.dumps(out))
     """)
-    proc = subprocess.run([str(STEPS_BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(STEPS_BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    ours = [[e.schedule.interval, e.schedule.timezone, str(e.schedule.start), str(e.schedule.end),
-             e.schedule.catchup] for e in map(load_entry, specs)]
+    ours = [
+        [
+            e.schedule.interval,
+            e.schedule.timezone,
+            str(e.schedule.start),
+            str(e.schedule.end),
+            e.schedule.catchup,
+        ]
+        for e in map(load_entry, specs)
+    ]
     assert theirs == ours
     assert ours[2] == ["30 6 * * *", "America/New_York", "2011-03-01", "2011-10-31", True]
+
+
+def test_the_interval_is_read_in_the_schedules_zone(tmp_path):
+    """Midnight in Paris is 22:00 UTC the day before: the run's days are Paris days."""
+    spec = write_spec_variant(
+        BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", schedule={"timezone": "Europe/Paris"}
+    )
+    entry = load_entry(spec)
+    start = pendulum.datetime(2011, 6, 29, tz="Europe/Paris")
+    plan = _plan(entry, start.in_timezone("UTC"), start.add(days=1).in_timezone("UTC"), pipeline=str(spec))
+    assert (plan["start"], plan["end"]) == ("2011-06-29", "2011-06-30")

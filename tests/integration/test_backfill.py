@@ -149,7 +149,7 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
             # One validated version per day (the same bytes as raw), and the pointer naming it.
             names = sorted(p.name for p in (store / "validated" / folder).iterdir())
             raw_sha = hashlib.sha256((store / "raw" / folder / "data.parquet").read_bytes()).hexdigest()
-            assert names == ["CURRENT.json", f"{raw_sha[:16]}.parquet"], folder
+            assert names == sorted(["CURRENT.json", f"{raw_sha[:16]}.parquet"]), folder
         features = sorted(p.name for p in (store / "features").iterdir())
         assert features == [f"end={(d + dt.timedelta(1)).isoformat()}" for d in _days(FROM, TO + dt.timedelta(1))]
         assert not [p for p in store.rglob("*") if p.name.endswith((".tmp", "-tmp"))]

@@ -91,6 +91,8 @@ def test_a_success_keeps_its_result_when_logs_follow_it(runner_env, capfd):
         "partitions": 2,
         "rows": 48,
         "empty_days": [],
+        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
+        "filtered": {},
     }
     captured = capfd.readouterr()
     assert f"{TRAILING_LOG} 3" in captured.out + captured.err, "the image did not log after the result"
