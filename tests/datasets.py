@@ -220,6 +220,20 @@ def _classification_rows(start: dt.date, days: int, seed: int) -> tuple[list[str
     return header, rows
 
 
+#: The ingest result of the generated classification set for --start 2011-03-05 --end 2011-03-06
+#: --window-days 2 (days=10 from 2011-03-01): what every runner must hand back, whatever the channel.
+SYNTHCLASS_INGEST_RESULT = {
+    "pipeline": "synthclass",
+    "window_start": "2011-03-04",
+    "window_end": "2011-03-06",
+    "partitions": 2,
+    "rows": 48,
+    "empty_days": [],
+    "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
+    "filtered": {},
+}
+
+
 def classification_spec(name: str, csv_path: Path, start: dt.date, end: dt.date) -> dict[str, Any]:
     """The spec of the generated data set, as the YAML mapping."""
     return {

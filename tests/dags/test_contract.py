@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from pipeline_support import contract
 from pipeline_support.contract import StepFailed, StepResult, interpret, read_result
 from tests.conftest import ROOT, STEPS_BIN
+from tests.datasets import SYNTHCLASS_INGEST_RESULT
 
 REJECTED = {
     "status": "failed",
@@ -260,16 +261,7 @@ def test_local_runner_returns_the_result_file_and_leaves_no_folder(step_home, mo
         "--window-days",
         "2",
     )
-    assert op.execute({}) == {
-        "pipeline": "synthclass",
-        "window_start": "2011-03-04",
-        "window_end": "2011-03-06",
-        "partitions": 2,
-        "rows": 48,
-        "empty_days": [],
-        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
-        "filtered": {},
-    }
+    assert op.execute({}) == SYNTHCLASS_INGEST_RESULT
     assert list((step_home / "tmp").iterdir()) == [], "the per-try result folder was left behind"
 
 

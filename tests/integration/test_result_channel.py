@@ -20,7 +20,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline_support.contract import StepFailed
-from tests.datasets import make_classification_dataset
+from tests.datasets import SYNTHCLASS_INGEST_RESULT, make_classification_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -84,16 +84,7 @@ def window(spec, start: str, end: str, days: int) -> list[str]:
 def test_a_success_keeps_its_result_when_logs_follow_it(runner_env, capfd):
     spec = make_classification_dataset(runner_env / "data", days=10)
     result = run_step("ingest", *window(spec, "2011-03-05", "2011-03-06", 2))
-    assert result == {
-        "pipeline": "synthclass",
-        "window_start": "2011-03-04",
-        "window_end": "2011-03-06",
-        "partitions": 2,
-        "rows": 48,
-        "empty_days": [],
-        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
-        "filtered": {},
-    }
+    assert result == SYNTHCLASS_INGEST_RESULT
     captured = capfd.readouterr()
     assert f"{TRAILING_LOG} 3" in captured.out + captured.err, "the image did not log after the result"
     assert list((runner_env / "results").iterdir()) == [], "the per-try result folder was left behind"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlcycle import cli
-from tests.datasets import make_classification_dataset
+from tests.datasets import SYNTHCLASS_INGEST_RESULT, make_classification_dataset
 from tests.unit.conftest import step_env
 
 
@@ -53,16 +53,7 @@ def test_a_success_writes_the_result_file_and_the_same_last_line(tmp_path, spec_
     )
     assert proc.returncode == 0, proc.stderr
     written = json.loads(result_file.read_text())
-    assert written == {
-        "pipeline": "synthclass",
-        "window_start": "2011-03-04",
-        "window_end": "2011-03-06",
-        "partitions": 2,
-        "rows": 48,
-        "empty_days": [],
-        "dropped": {"unparseable_timestamp": 0, "timestamp_out_of_range": 0, "outside_source_bounds": 0},
-        "filtered": {},
-    }
+    assert written == SYNTHCLASS_INGEST_RESULT
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == written
     assert [p.name for p in result_file.parent.iterdir()] == ["result.json"], "a temporary file was left"
 
