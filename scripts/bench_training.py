@@ -46,7 +46,7 @@ encoding, early, end = sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, categorical_encoding=encoding,
                                                            early_stopping=early))
 frame = read_table(spec.source.path(), spec.source.options.get("format", "csv"))
-frame[EVENT_TIME] = derive_event_time(frame, spec.timestamp).to_numpy()
+frame[EVENT_TIME] = derive_event_time(frame, spec.timestamp).values.to_numpy()
 end_ts = pd.Timestamp(end, tz="UTC")
 frame = frame[(frame[EVENT_TIME] < end_ts) & (frame[EVENT_TIME] >= end_ts - pd.Timedelta(days=28))]
 frame, _ = derive.apply(frame, spec.derivations, spec.timezone, EVENT_TIME)
@@ -67,7 +67,7 @@ def _busy(stop) -> None:
 
 
 def run(spec: Path, encoding: str, early: bool, end: str, threads: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and k != "OMP_WAIT_POLICY"}
     env.pop("MLCYCLE_THREADS", None)
     if threads:
         env["MLCYCLE_THREADS"] = threads

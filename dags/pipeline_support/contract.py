@@ -114,3 +114,15 @@ def interpret(step: str, exit_code: int, result: StepResult, output_tail: str = 
     if result.payload is None:
         raise StepFailed(f"step `{step}` exited 0 but left no result: {result.problem}")
     return result.payload
+
+
+def task_threads() -> str:
+    """Threads each step task may use: the worker's MLCYCLE_THREADS, else 1.
+
+    A worker runs several tasks at once (a backfill, other DAGs), and OpenMP threads that outnumber
+    free cores make gradient boosting crawl: measured on 2 cores with two other busy processes, a
+    search took 4.3 s with one thread and 19.3 s with two, while one thread cost nothing on the quiet
+    machine (3.1 s against 3.3 s; ``make bench-training``). A worker that runs one heavy task at a time
+    on many cores sets MLCYCLE_THREADS to them. Outside Airflow, a step uses the cores it may use.
+    """
+    return os.environ.get("MLCYCLE_THREADS") or "1"

@@ -49,6 +49,7 @@ from pipeline_support.contract import (
     interpret,
     read_result,
     result_folder,
+    task_threads,
 )
 from pipeline_support.links import MLflowLink, mlflow_url
 
@@ -83,7 +84,8 @@ class StepDockerOperator(DockerOperator):
         from docker.types import Mount
 
         home = os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
-        env = {"MLCYCLE_HOME": home, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false"}
+        env = {"MLCYCLE_HOME": home, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
+               "MLCYCLE_THREADS": task_threads()}
         env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
         self.environment = {**env, **(self.environment or {})}
 

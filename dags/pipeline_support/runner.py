@@ -23,7 +23,14 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from pipeline_support import PROJECT_ROOT
-from pipeline_support.contract import RESULT_FILE_ENV, RESULT_FILE_NAME, StepFailed, interpret, read_result
+from pipeline_support.contract import (
+    RESULT_FILE_ENV,
+    RESULT_FILE_NAME,
+    StepFailed,
+    interpret,
+    read_result,
+    task_threads,
+)
 from pipeline_support.links import MLflowLink, mlflow_url
 
 #: Arguments every interval-keyed step receives: the run's plan, made once by the ``interval`` task.
@@ -63,7 +70,7 @@ class LocalStepOperator(BaseOperator):
             raise StepFailed(f"the step environment is missing: {executable} does not exist. Create it with "
                              f"`make setup` in {PROJECT_ROOT}, or point MLCYCLE_STEPS_BIN at its bin folder.")
         env = {**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local")),
-               "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **self.env}
+               "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "MLCYCLE_THREADS": task_threads(), **self.env}
         self._hook = SubprocessHook()
         with tempfile.TemporaryDirectory(prefix="mlcycle-result-") as folder:
             result_file = Path(folder) / RESULT_FILE_NAME

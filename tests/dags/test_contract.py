@@ -290,3 +290,10 @@ def test_local_runner_reports_bad_arguments(step_home):
         ).execute({})
     assert "was called with bad arguments (exit code 2)" in str(info.value)
     assert "not a date in the form YYYY-MM-DD: 'March'" in str(info.value)
+
+
+def test_each_step_task_gets_one_thread_unless_the_worker_says_otherwise(monkeypatch):
+    monkeypatch.delenv("MLCYCLE_THREADS", raising=False)
+    assert contract.task_threads() == "1"  # several tasks share a worker: no oversubscribed OpenMP
+    monkeypatch.setenv("MLCYCLE_THREADS", "8")
+    assert contract.task_threads() == "8"
