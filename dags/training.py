@@ -41,7 +41,7 @@ from airflow.sdk import DAG, Param
 
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.extract import extract_task
-from pipeline_support.factory import EARLIEST, broken_specs_dag, default_args, spec_doc, timetable
+from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date, timetable
 from pipeline_support.interval import interval_task
 from pipeline_support.runner import step_task
 from pipeline_support.specs import PipelineEntry, discover
@@ -51,7 +51,7 @@ def training_dag(entry: PipelineEntry) -> DAG:
     with DAG(
         dag_id=f"training_{entry.name}",
         schedule=timetable(entry.schedule),  # the spec's schedule, bounded by its first and last day
-        start_date=EARLIEST,  # wide on purpose: see pipeline_support.factory
+        start_date=start_date(entry),  # the data's first day, before the schedule's: see factory.start_date
         catchup=entry.schedule.catchup,
         max_active_runs=1,
         doc_md=spec_doc(entry, "Training", __doc__),

@@ -2,9 +2,10 @@
 
 Airflow's ``CronDataIntervalTimetable`` runs from the DAG's ``start_date`` to its ``end_date``, and
 those dates also decide which tasks a run gets: a run whose logical date lies outside them is
-created with no task at all and shows as a green, empty success. The training DAGs therefore keep a
-wide ``start_date`` and no ``end_date`` (so that every run, even a mistaken one, has its first task,
-which says which dates the pipeline serves), and put the spec's bounds here, where they decide what
+created with no task at all and shows as a green, empty success. The training DAGs therefore start at
+the data's first day with no ``end_date`` (so that a run past the schedule, such as the UI's default
+date, still has its first task, which says which dates the pipeline serves), and put the spec's
+schedule bounds here, where they decide what
 the scheduler and a backfill create.
 
 Registered as a plugin so that the scheduler and the DAG processor can deserialize it (Airflow's

@@ -19,10 +19,6 @@ from airflow.sdk import DAG
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.specs import PipelineEntry, Schedule
 
-#: The DAGs' own start date. Deliberately early: the spec's bounds live in the timetable, so that a run
-#: of any logical date has its tasks and its first task can say why the date is not served.
-EARLIEST = pendulum.datetime(1970, 1, 1, tz="UTC")
-
 
 def default_args(owner: str = "mlops", retries: int = 1) -> dict[str, Any]:
     return {
@@ -31,6 +27,18 @@ def default_args(owner: str = "mlops", retries: int = 1) -> dict[str, Any]:
         "retry_delay": timedelta(minutes=2),
         "on_failure_callback": [failure_notifier()],
     }
+
+
+def start_date(entry: PipelineEntry) -> pendulum.DateTime:
+    """The DAG's start date: the first day the source holds data, not the schedule's first day.
+
+    The schedule's bounds live in the timetable. The DAG starts earlier on purpose, at the data's
+    start and with no end date, so that a run of a date the schedule does not serve still has its
+    tasks, and its first task can say which dates are served (a run of a date before the DAG's start
+    would have no task at all, and look like an empty success).
+    """
+    day = entry.data_start
+    return pendulum.datetime(day.year, day.month, day.day, tz=pendulum.timezone(entry.schedule.timezone))
 
 
 def timetable(schedule: Schedule) -> Any:
@@ -79,7 +87,7 @@ def broken_specs_dag(kind: str, broken: dict[Path, str]) -> DAG | None:
     """A DAG that the DAG processor rejects with every broken spec's problems; None when all load."""
     if not broken:
         return None
-    placeholder = _BrokenSpecsDag(dag_id=f"{kind}__broken_specs", schedule=None, start_date=EARLIEST,
+    placeholder = _BrokenSpecsDag(dag_id=f"{kind}__broken_specs", schedule=None,
                                   tags=["mlcycle"], doc_md="Placeholder for specs that do not load.")
     listing = "\n".join(broken.values())
     placeholder.problems = (f"{len(broken)} pipeline spec(s) cannot be loaded, so their {kind} DAGs are "

@@ -147,6 +147,8 @@ class PipelineEntry:
     description: str
     schedule: Schedule
     window_days: int
+    #: The first day the source holds data (``window.data_start``; the schedule's start without it).
+    data_start: dt.date
 
 
 def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, list[str]]:
@@ -218,8 +220,9 @@ def load_entry(path: Path) -> PipelineEntry:
         raise SpecProblem(f"pipeline spec {path} has {len(problems)} problem(s):\n  - {listing}")
     assert schedule is not None
     window = raw.get("window") or {}
+    data_start = _date(window.get("data_start"), "window.data_start", []) or schedule.start
     return PipelineEntry(name=name, path=path.resolve(), description=str(raw.get("description") or "").strip(),
-                         schedule=schedule, window_days=int(window.get("days", 28)))
+                         schedule=schedule, window_days=int(window.get("days", 28)), data_start=data_start)
 
 
 def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path, str]]:

@@ -49,7 +49,7 @@ def test_one_training_dag_per_spec_in_the_folder(tmp_path, monkeypatch):
         dt.date(2013, 3, 22),
         dt.date(2013, 4, 9),
     )
-    assert events.catchup is False and events.start_date.year == 1970 and events.end_date is None
+    assert events.catchup is False and events.start_date.date() == dt.date(2013, 3, 1) and events.end_date is None
 
 
 def test_a_broken_spec_is_one_import_error_and_the_others_still_load(tmp_path, monkeypatch):
