@@ -112,6 +112,19 @@ def _attr(node: Any, name: str) -> Any:
     return None
 
 
+#: The per-branch arrays of an ONNX TreeEnsemble (one entry per branch node).
+_BRANCH_FIELDS = (
+    "featureids",
+    "splits",
+    "modes",
+    "truenodeids",
+    "trueleafs",
+    "falsenodeids",
+    "falseleafs",
+    "missing",
+)
+
+
 def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
     """The ``TreeEnsemble`` arrays of one ``TreeEnsembleRegressor`` node, values read from ``predictors``."""
     tree_ids, node_ids = _attr(node, "nodes_treeids"), _attr(node, "nodes_nodeids")
@@ -119,22 +132,7 @@ def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
     trues, falses = _attr(node, "nodes_truenodeids"), _attr(node, "nodes_falsenodeids")
     missing = _attr(node, "nodes_missing_value_tracks_true") or [0] * len(node_ids)
     info = {(t, n): i for i, (t, n) in enumerate(zip(tree_ids, node_ids, strict=True))}
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "featureids",
-            "splits",
-            "modes",
-            "truenodeids",
-            "trueleafs",
-            "falsenodeids",
-            "falseleafs",
-            "missing",
-            "roots",
-            "leaf_targetids",
-            "leaf_weights",
-        )
-    }
+    out: dict[str, list] = {k: [] for k in (*_BRANCH_FIELDS, "roots", "leaf_targetids", "leaf_weights")}
     branch_index: dict[tuple[int, int], int] = {}
     leaf_index: dict[tuple[int, int], int] = {}
 
@@ -154,16 +152,7 @@ def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
             raise NotImplementedError(f"tree node mode {modes[i]} with {n_targets} target(s)")
         pos = len(out["featureids"])
         branch_index[key] = pos
-        for k in (
-            "featureids",
-            "splits",
-            "modes",
-            "truenodeids",
-            "trueleafs",
-            "falsenodeids",
-            "falseleafs",
-            "missing",
-        ):
+        for k in _BRANCH_FIELDS:
             out[k].append(0)
         out["featureids"][pos] = features[i]
         out["splits"][pos] = float(predictors[key[0]][0].nodes[key[1]]["num_threshold"])

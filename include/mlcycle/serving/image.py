@@ -99,6 +99,22 @@ def build_serving_image(
         "org.opencontainers.image.revision": code_version,
     }
     hint = "onnx" if (model_dir / "model.onnx").is_file() else "pipeline"
+
+    def result(image_id: str, reused: bool, seconds: float) -> ImageResult:
+        return ImageResult(
+            pipeline,
+            tag,
+            image_id,
+            reused,
+            name,
+            version,
+            info.get("run_id"),
+            info.get("fingerprint"),
+            code_version,
+            hint,
+            seconds,
+        )
+
     existing = _labels(tag)
     if not force and existing is not None and all(existing.get(k) == v for k, v in labels.items()):
         image_id = _docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
@@ -109,19 +125,7 @@ def build_serving_image(
             labels[f"{LABEL_PREFIX}.run_id"],
             code_version,
         )
-        return ImageResult(
-            pipeline,
-            tag,
-            image_id,
-            True,
-            name,
-            version,
-            info.get("run_id"),
-            info.get("fingerprint"),
-            code_version,
-            hint,
-            round(time.perf_counter() - started, 2),
-        )
+        return result(image_id, True, round(time.perf_counter() - started, 2))
     if not (REPO_ROOT / DOCKERFILE).is_file():
         raise ImageBuildError(
             f"no {DOCKERFILE} under {REPO_ROOT}: build serving images from a checkout of the "
@@ -158,16 +162,4 @@ def build_serving_image(
     image_id = _docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
     seconds = round(time.perf_counter() - started, 2)
     log.info("built %s (%s) in %.1f s", tag, image_id[:19], seconds)
-    return ImageResult(
-        pipeline,
-        tag,
-        image_id,
-        False,
-        name,
-        version,
-        info.get("run_id"),
-        info.get("fingerprint"),
-        code_version,
-        hint,
-        seconds,
-    )
+    return result(image_id, False, seconds)
