@@ -146,7 +146,8 @@ def in_process(folder: Path, rows: list[dict]) -> dict[str, float]:
 
 
 def log_cost(model, one: list[dict]) -> dict[str, float]:
-    """What the prediction log adds to a request: the append on the request path (the write is off it)."""
+    """What the prediction log adds to a request: the append on the request path (the write is off it,
+    in the writer process, which is started and ready before the clock starts)."""
     import datetime as dt
 
     from mlcycle.serving.predlog import LoggedRequest, PredictionLog
@@ -162,16 +163,19 @@ def log_cost(model, one: list[dict]) -> dict[str, float]:
             flush_seconds=3600,
         )
         pred = model.predict(one).predictions
+        plog.flush()  # the writer process is up
         times = []
         for i in range(5_000):
             t = time.perf_counter()
             plog.append(LoggedRequest(f"r{i}", dt.datetime.now(dt.UTC), "predict", one, pred, None, 0.1))
             times.append(time.perf_counter() - t)
         t = time.perf_counter()
+        plog.flush()
+        written = time.perf_counter() - t
         plog.close()
         return {
             "log_append_us": statistics.median(times) * 1e6,
-            "log_write_5000_rows_ms": (time.perf_counter() - t) * 1e3,
+            "log_write_5000_rows_ms": written * 1e3,
         }
 
 

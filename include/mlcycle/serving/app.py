@@ -278,7 +278,14 @@ class Server:
 
     # -- prediction -----------------------------------------------------------------------------
 
-    def predict(self, rows: list[dict[str, Any]], request_id: str, endpoint: str, started: float):
+    def predict(
+        self,
+        rows: list[dict[str, Any]],
+        request_id: str,
+        endpoint: str,
+        started: float,
+        day: dt.date | None = None,
+    ):
         model = self.model
         result = model.predict(rows)
         latency = time.perf_counter() - started
@@ -293,6 +300,7 @@ class Server:
                     predictions=result.predictions,
                     probabilities=result.probabilities,
                     latency_ms=latency * 1000.0,
+                    day=day,
                 )
             )
         return result
@@ -345,6 +353,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         given = request.headers.get("x-request-id", "")
         return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
 
+    def event_day_of(request: Request) -> dt.date | None:
+        """The ``X-Event-Date`` a replay of past traffic states (YYYY-MM-DD): the log's partition day."""
+        given = request.headers.get("x-event-date", "")
+        try:
+            return dt.date.fromisoformat(given) if len(given) == 10 else None
+        except ValueError:
+            return None
+
     @app.post(
         "/predict",
         response_model=predict_response,
@@ -384,7 +400,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         except BadRequest as exc:
             return rejected(exc, mlflow_style=False)
         request_id = request_id_of(request)
-        result = server.predict(rows, request_id, "predict", started)
+        result = server.predict(rows, request_id, "predict", started, event_day_of(request))
         payload: dict[str, Any] = {
             "request_id": request_id,
             "model_name": server.model.info.name,
@@ -431,7 +447,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         except BadRequest as exc:
             return rejected(exc, mlflow_style=True)
         request_id = request_id_of(request)
-        result = server.predict(rows, request_id, "invocations", started)
+        result = server.predict(rows, request_id, "invocations", started, event_day_of(request))
         return _json_response({"predictions": result.predictions}, headers={"x-request-id": request_id})
 
     @app.get("/health", summary="alive")

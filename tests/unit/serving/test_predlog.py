@@ -99,3 +99,68 @@ def test_classification_probabilities_get_a_column_per_class(tmp_path):
         1,
         0,
     ]
+
+
+def test_a_killed_server_loses_only_its_last_hand_off(tmp_path):
+    """SIGKILL of the server worker: the writer writes every row handed over, then exits."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from tests.unit.serving.test_predlog import FEATURES, _entry
+        from mlcycle.serving.predlog import PredictionLog
+        log = PredictionLog({str(tmp_path)!r}, "bikeshare", "m", "1", FEATURES, flush_rows=10_000,
+                            flush_seconds=3600, handoff_seconds=0.05)
+        for i in range(100):
+            log.append(_entry(i))
+        time.sleep(1.0)  # twenty hand-off intervals
+        print(log._writer.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    writer_pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while _alive(writer_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(writer_pid), "the writer outlived its server"
+    assert sum(pq.read_table(f).num_rows for f in _files(tmp_path)) == 200
+
+
+def test_the_writer_ignores_a_signal_to_the_process_group_and_is_replaced_when_it_dies(tmp_path, caplog):
+    import os
+    import signal
+
+    log = PredictionLog(tmp_path, "bikeshare", "m", "1", FEATURES, flush_rows=10_000, flush_seconds=3600)
+    log.append(_entry(1))
+    assert log.flush() == 2  # the writer is up
+    os.kill(log._writer.pid, signal.SIGTERM)  # a stray signal: the server's shutdown decides
+    log.append(_entry(1))
+    assert log.flush() == 2 and log._writer.poll() is None
+
+    log._writer.kill()
+    log._writer.wait()
+    log.append(_entry(2))
+    deadline = time.monotonic() + 10
+    while log._writer.poll() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the hand-off thread notices and starts a new writer
+    log.append(_entry(3))
+    log.close()
+    assert "the prediction log writer exited" in caplog.text
+    assert sum(pq.read_table(f).num_rows for f in _files(tmp_path)) >= 6
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
