@@ -3,7 +3,9 @@
     .venv-steps/bin/python scripts/bench_validate.py [--repeat 3]
 
 Each repeat uses a fresh store under a temporary folder; ingest runs before each validate and is
-not measured. Prints the median of the repeats.
+not measured. The variants run interleaved in the same repeats: without Data Docs
+(``MLCYCLE_DATA_DOCS=off``) and the default, which renders GX's Data Docs pages, and, with
+``--baseline-code``, an older checkout first; ratios are against the first variant.
 """
 
 from __future__ import annotations
@@ -46,28 +48,43 @@ def step(name: str, interval: tuple[str, str], env: dict[str, str]) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        default=None,
+        help="a checkout of older code (e.g. `git worktree add /tmp/base <commit>`): its "
+        "include/ is measured first, as the baseline, in the same repeats",
+    )
     args = parser.parse_args()
-    figures: dict[str, list[tuple[float, float, float]]] = {
-        "first run (28 partitions)": [],
-        "next day (1 new)": [],
-    }
+    labels = ("first run (28 partitions)", "next day (1 new)")
+    variants = {"without Data Docs": {"MLCYCLE_DATA_DOCS": "off"}, "with Data Docs": {}}
+    if args.baseline_code is not None:
+        older = {"PYTHONPATH": str(args.baseline_code.resolve() / "include")}  # ahead of the editable install
+        variants = {f"code of {args.baseline_code} (baseline)": older, **variants}
+    figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {
-                **os.environ,
-                "MLCYCLE_HOME": tmp,
-                "MLFLOW_ENABLE_TELEMETRY": "false",
-                "GX_ANALYTICS_ENABLED": "false",
-            }
-            env.pop("MLCYCLE_STORE", None)
-            for label, interval in zip(figures, (FIRST, NEXT), strict=True):
-                step("ingest", interval, env)
-                figures[label].append(step("validate", interval, env))
-    for label, runs in figures.items():
-        wall, cpu, rss = (statistics.median(run[i] for run in runs) for i in range(3))
+        for variant, settings in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {
+                    **os.environ,
+                    "MLCYCLE_HOME": tmp,
+                    "MLFLOW_ENABLE_TELEMETRY": "false",
+                    "GX_ANALYTICS_ENABLED": "false",
+                    **settings,
+                }
+                env.pop("MLCYCLE_STORE", None)
+                for label, interval in zip(labels, (FIRST, NEXT), strict=True):
+                    step("ingest", interval, env)
+                    figures.setdefault((label, variant), []).append(step("validate", interval, env))
+    medians = {
+        key: tuple(statistics.median(run[i] for run in runs) for i in range(3))
+        for key, runs in figures.items()
+    }
+    for (label, variant), (wall, cpu, rss) in medians.items():
+        base_wall, base_cpu, _ = medians[(label, next(iter(variants)))]
         print(
-            f"validate, {label}: {wall:.2f} s wall, {cpu:.2f} s CPU, {rss:.0f} MiB peak RSS "
-            f"(median of {len(runs)})"
+            f"validate, {label}, {variant}: {wall:.2f} s wall ({wall / base_wall:.2f}x), {cpu:.2f} s CPU "
+            f"({cpu / base_cpu:.2f}x), {rss:.0f} MiB peak RSS (median of {args.repeat})"
         )
 
 

@@ -24,10 +24,17 @@ class SourceError(StepError):
 class ValidationFailed(StepError):
     """A batch failed its expectation suite; it has been quarantined."""
 
-    def __init__(self, message: str, failures: list[dict] | None = None, report: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        failures: list[dict] | None = None,
+        report: str | None = None,
+        data_docs: str | None = None,
+    ):
         super().__init__(message)
         self.failures = failures or []
         self.report = report
+        self.data_docs = data_docs  # the Great Expectations Data Docs page of the first failing validation
 
 
 class DataQualityError(StepError):

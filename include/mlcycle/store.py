@@ -13,6 +13,7 @@ Layout under ``$MLCYCLE_STORE/<pipeline>/``::
     lineage/<fingerprint>.json                  the exact validated versions behind a data fingerprint
     reports/ingest/end=YYYY-MM-DD.json          the rows ingest read and the rows it dropped, by reason
     reports/validation/end=YYYY-MM-DD/report.html
+    reports/validation/data_docs/               Great Expectations Data Docs: a page per validation
 
 Every write goes to a temporary name in the same folder (``.<name>.<random>.mlcycle-tmp``, locked
 with ``flock`` while its writer lives) and is renamed into place, so a killed step leaves no
@@ -220,6 +221,10 @@ class Store:
 
     def validation_report(self, end: dt.date) -> Path:
         return self.base / "reports" / "validation" / f"end={end.isoformat()}" / "report.html"
+
+    def validation_docs(self) -> Path:
+        """The pipeline's Great Expectations Data Docs site: a page per validation of every run."""
+        return self.base / "reports" / "validation" / "data_docs"
 
     def ingest_record(self, end: dt.date) -> Path:
         return self.base / "reports" / "ingest" / f"end={end.isoformat()}.json"

@@ -21,8 +21,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pandas as pd
 
@@ -44,6 +48,7 @@ class ValidateResult(Result):
     validated: int
     skipped: int
     report: str
+    data_docs: str | None
     restated: list[dict[str, Any]]
     dropped: dict[str, int]
 
@@ -67,7 +72,7 @@ def _per_partition(expectation: dict[str, Any]) -> bool:
 
 
 class SuiteRunner:
-    """GX validation definitions of one run, reused for every partition.
+    """GX validation definitions of one run, reused for every partition, and their Data Docs.
 
     ``full`` is the whole suite, run on one partition. For a window of many new partitions the
     suite is also split: ``row_level`` (schema, types, ranges, sets, strict not-null, uniqueness of
@@ -75,15 +80,32 @@ class SuiteRunner:
     verdicts on each day) runs once on the whole batch, and ``partition_level`` (row counts, not-null
     shares) runs on each day. GX's cost is mostly per expectation and per run, not per row, so the
     split turns a first run's 28 full validations into one plus 28 small ones.
+
+    Every validation is named by what it judged (a partition's day, or ``window_<start>_<end>``) and
+    rendered by GX into the pipeline's Data Docs site (``docs``), one page per validation, in the
+    form GX users know: each expectation, the observed value, samples of unexpected values.
     """
 
-    def __init__(self, suite: dict[str, Any]):
+    def __init__(self, suite: dict[str, Any], docs: Path | None = None):
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.execution_engine import pandas_execution_engine
 
+        # GX names every in-memory batch by hashing the whole DataFrame (a third of validate's time
+        # on millions of rows). Each partition is already named by the sha256 of its bytes (the
+        # validated version's file name, failures.json): frames of any size skip GX's hash.
+        pandas_execution_engine.HASH_THRESHOLD = 0
         self.context = gx.get_context(mode="ephemeral")
         # Progress bars are for notebooks; in a task log they are noise.
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.docs = docs
+        if docs is not None:
+            self.context.add_data_docs_site(DATA_DOCS_SITE, {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+        self.run_time = dt.datetime.now(dt.UTC)
         batch = (self.context.data_sources.add_pandas("partitions")
                  .add_dataframe_asset("partition").add_batch_definition_whole_dataframe("whole"))
         parts = {
@@ -98,23 +120,63 @@ class SuiteRunner:
             self.definitions[key] = self.context.validation_definitions.add(
                 gx.ValidationDefinition(name=key, data=batch, suite=gx_suite))
 
-    def run(self, frame: pd.DataFrame, part: str = "full") -> list[dict[str, Any]]:
+    def run(self, frame: pd.DataFrame, part: str = "full", name: str = "frame") -> list[dict[str, Any]]:
+        from great_expectations.core.run_identifier import RunIdentifier
+
         if part == "partition_level" and not self.definitions[part].suite.expectations:
             return []
-        result = self.definitions[part].run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        result = self.definitions[part].run(batch_parameters={"dataframe": frame}, result_format="SUMMARY",
+                                            run_id=RunIdentifier(run_name=name, run_time=self.run_time))
         return [_summarise(item) for item in result.results]
 
     def run_window(self, frames: dict[dt.date, pd.DataFrame]) -> dict[dt.date, list[dict[str, Any]]]:
         """Each partition's results; the split suite when all partitions share one schema and pass it."""
         schemas = {tuple(zip(f.columns, map(str, f.dtypes), strict=True)) for f in frames.values()}
         if len(frames) > 1 and len(schemas) == 1:
-            row_level = self.run(pd.concat(frames.values(), ignore_index=True), "row_level")
+            window = window_run_name(frames)
+            row_level = self.run(pd.concat(frames.values(), ignore_index=True), "row_level", window)
             if all(r["success"] for r in row_level):
                 shared = [{**r, "observed": f"{r['observed']} (on the window's {len(frames)} new partitions)"}
                           for r in row_level]
-                return {day: self.run(frame, "partition_level") + shared for day, frame in frames.items()}
+                return {day: self.run(frame, "partition_level", day.isoformat()) + shared
+                        for day, frame in frames.items()}
             log.info("the window batch failed a row-level expectation: validating each partition on its own")
-        return {day: self.run(frame) for day, frame in frames.items()}
+        return {day: self.run(frame, "full", day.isoformat()) for day, frame in frames.items()}
+
+    def build_docs(self) -> dict[str, list[Path]]:
+        """Render this run's validations into the Data Docs site: the pages of each validation name.
+
+        The site is the pipeline's, shared by every run (its static assets once, a page per
+        validation); the run's own summary (``report.html``) is its index. A failure to render is
+        logged, never a reason to fail a validation that GX has already judged.
+        """
+        if self.docs is None:
+            return {}
+        keys = list(self.context.validation_results_store.list_keys())
+        try:
+            self.context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=keys, build_index=False)
+        except Exception as exc:  # noqa: BLE001 - GX renders many types; the verdict stands without the pages
+            log.warning("the Data Docs pages could not be rendered into %s: %s", self.docs, exc)
+            return {}
+        pages: dict[str, list[Path]] = {}
+        for key in keys:
+            urls = self.context.get_docs_sites_urls(resource_identifier=key, site_name=DATA_DOCS_SITE)
+            page = Path(url2pathname(urlsplit(urls[0]["site_url"]).path)) if urls else None
+            if page is not None and page.is_file():
+                pages.setdefault(str(key.run_id.run_name), []).append(page)
+            else:
+                log.warning("no Data Docs page for the validation %s (%s)", key.run_id.run_name, urls)
+        log.info("Data Docs: %d page(s) under %s", sum(map(len, pages.values())), self.docs)
+        return pages
+
+
+#: The name of the pipeline's Data Docs site in the GX context.
+DATA_DOCS_SITE = "mlcycle"
+
+
+def window_run_name(frames: dict[dt.date, Any]) -> str:
+    """The name of a validation of several partitions at once: its first and last day."""
+    return f"window_{min(frames).isoformat()}_{max(frames).isoformat()}"
 
 
 def _summarise(item: Any) -> dict[str, Any]:
@@ -271,7 +333,13 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
     if pending:
         log.info("validating %d new partition(s) of %d in the window (%d already validated)",
                  len(pending), len(window), skipped)
-        outcome = SuiteRunner(suite).run_window({day: batch.frame for day, batch in pending.items()})
+        # Data Docs by default; MLCYCLE_DATA_DOCS=off skips the pages (failures.json and the summary stay).
+        docs = None if os.environ.get("MLCYCLE_DATA_DOCS", "on").lower() in ("off", "0", "false") \
+            else store.validation_docs()
+        runner = SuiteRunner(suite, docs)
+        frames = {day: batch.frame for day, batch in pending.items()}
+        outcome = runner.run_window(frames)
+        pages = runner.build_docs()
         for day, results in outcome.items():
             ok = all(r["success"] for r in results)
             if ok:
@@ -279,7 +347,8 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
                 restated.extend([change] if change else [])
                 if refusal:
                     results, ok = [*results, refusal], False
-            entry = {"partition": day.isoformat(), "success": ok, "rows": len(pending[day].frame), "results": results}
+            entry = {"partition": day.isoformat(), "success": ok, "rows": len(pending[day].frame), "results": results,
+                     "data_docs": [*pages.get(day.isoformat(), []), *pages.get(window_run_name(frames), [])]}
             checked.append(entry)
             if not ok:
                 failed.append(entry)
@@ -288,7 +357,7 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
                     "restated days": ", ".join(f"{c['partition']} ({c['rows_before']} -> {c['rows_after']} rows)"
                                                for c in restated) or "none"})
     write_text(validation_report(f"Validation of {spec.name}, window ending {end}", summary,
-                                 failed + [c for c in checked if c["success"]]), report_path)
+                                 failed + [c for c in checked if c["success"]], report_path.parent), report_path)
 
     if failed:
         lines = []
@@ -297,20 +366,22 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
             folder = store.quarantine(day, attempt, pending[day].data)
             bad = [r for r in entry["results"] if not r["success"]]
             write_json({"pipeline": spec.name, "partition": entry["partition"], "rows": entry["rows"],
-                        "sha256": pending[day].sha256, "failures": bad}, folder / "failures.json")
+                        "sha256": pending[day].sha256, "failures": bad,
+                        "data_docs": [str(page) for page in entry["data_docs"]]}, folder / "failures.json")
             write_text(validation_report(f"{spec.name}: partition {entry['partition']} rejected",
-                                         {"quarantined to": str(folder)}, [entry]), folder / "report.html")
+                                         {"quarantined to": str(folder)}, [entry], folder), folder / "report.html")
             lines.extend(f"  {entry['partition']}: {r['expectation']}: {r['observed']}" for r in bad)
         log.error("validation failed; report: %s", report_path)
         raise ValidationFailed(
             f"{len(failed)} partition(s) of {spec.name} failed the suite `{suite['name']}` and were "
             f"quarantined under {store.base / 'quarantine'}:\n" + "\n".join(lines) + f"\nReport: {report_path}",
             failures=[{"partition": e["partition"], **r} for e in failed for r in e["results"] if not r["success"]],
-            report=str(report_path),
+            report=str(report_path), data_docs=next((str(p) for e in failed for p in e["data_docs"]), None),
         )
     log.info("validated %d partition(s), %d already validated, %d restated; report: %s", len(checked), skipped,
              len(restated), report_path)
     return ValidateResult(pipeline=spec.name, suite=suite["name"], validated=len(checked), skipped=skipped,
                           report=str(report_path), restated=restated,
+                          data_docs=next((str(p) for c in checked for p in c["data_docs"]), None),
                           dropped={k.removeprefix("dropped: "): v for k, v in dropped.items()
                                    if k.startswith("dropped: ")})
