@@ -108,6 +108,7 @@ def day_start(day: dt.date, timezone: str) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(timezone, nonexistent="shift_forward", ambiguous=True)
 
 
-def local_days(event_time: pd.Series, timezone: str) -> pd.Series:
-    """The local calendar day of each UTC timestamp: the partition a row belongs to."""
-    return event_time.dt.tz_convert(timezone).dt.date
+def local_days(event_time: pd.Series, timezone: str) -> np.ndarray:
+    """The local calendar day of each UTC timestamp (the partition a row belongs to), as
+    ``datetime64[D]``: compared with ``np.datetime64(day)`` in one vectorised pass, no date objects."""
+    return event_time.dt.tz_convert(timezone).dt.tz_localize(None).to_numpy().astype("datetime64[D]")

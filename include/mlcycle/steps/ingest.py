@@ -15,6 +15,8 @@ import logging
 import shutil
 from dataclasses import dataclass
 
+import numpy as np
+
 from mlcycle import derive
 from mlcycle.errors import NothingToDo, SourceError, ValidationFailed
 from mlcycle.reports import validation_report
@@ -84,7 +86,7 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
     empty: list[str] = []
     partitions: dict[str, str] = {}
     for i, day in enumerate(days(start, end), start=1):
-        part = frame.loc[day_of_row == day]
+        part = frame.loc[day_of_row == np.datetime64(day, "D")]
         if part.empty:
             empty.append(day.isoformat())
         partitions[day.isoformat()] = write_parquet(part, store.raw(day))

@@ -39,6 +39,35 @@ class TrainResult(Result):
     window_end: str
 
 
+#: Rows of the evaluation slice the plots look at: permutation importance predicts it three times per
+#: feature, and a scatter of millions of points shows nothing more than one of this many.
+PLOT_ROWS = 20_000
+#: Rows a logged dataset's schema is inferred from (MLflow would otherwise walk every value).
+SCHEMA_ROWS = 1_000
+
+
+def _bounded(features: pd.DataFrame, target: pd.Series, rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """At most ``rows`` rows, drawn at random (reproducibly), in their original order."""
+    if len(features) <= rows:
+        return features, target
+    keep = features.sample(n=rows, random_state=seed).index.sort_values()
+    return features.loc[keep], target.loc[keep]
+
+
+def _dataset(frame: pd.DataFrame, **kwargs):
+    """An MLflow dataset of ``frame`` whose schema comes from its first rows, not from every value.
+
+    The digest (the data's fingerprint) and the profile (rows, elements) still describe all of it.
+    """
+    import mlflow
+    from mlflow.types.utils import _infer_schema
+
+    dataset = mlflow.data.from_pandas(frame, **kwargs)
+    # PandasDataset.schema is a cached property: fill its cache with the schema of the first rows.
+    dataset.__dict__["schema"] = _infer_schema(frame.head(SCHEMA_ROWS))
+    return dataset
+
+
 def _plots(spec: PipelineSpec, model, features: pd.DataFrame, target: pd.Series, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -48,13 +77,16 @@ def _plots(spec: PipelineSpec, model, features: pd.DataFrame, target: pd.Series,
     from sklearn.metrics import ConfusionMatrixDisplay
 
     paths = []
+    sampled = len(features) > PLOT_ROWS
+    features, target = _bounded(features, target, PLOT_ROWS, spec.model.seed)
+    on = f"{'a sample of ' if sampled else ''}the evaluation slice ({len(features):,} rows)"
     imp = permutation_importance(model, features, target, n_repeats=3, random_state=spec.model.seed,
                                  scoring=None, n_jobs=1)
     order = imp.importances_mean.argsort()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.5))
     ax.barh([features.columns[i] for i in order], imp.importances_mean[order],
             xerr=imp.importances_std[order], color="#4c72b0")
-    ax.set_title(f"{spec.name}: permutation importance on the evaluation slice")
+    ax.set_title(f"{spec.name}: permutation importance on {on}")
     ax.set_xlabel("drop in score when the feature is shuffled")
     fig.tight_layout()
     paths.append(folder / "feature_importance.png")
@@ -68,11 +100,11 @@ def _plots(spec: PipelineSpec, model, features: pd.DataFrame, target: pd.Series,
         ax.axhline(0, color="grey", lw=1)
         ax.set_xlabel(f"predicted {spec.target}")
         ax.set_ylabel("residual (actual - predicted)")
-        ax.set_title(f"{spec.name}: residuals on the evaluation slice")
+        ax.set_title(f"{spec.name}: residuals on {on}")
         paths.append(folder / "residuals.png")
     else:
         ConfusionMatrixDisplay.from_estimator(model, features, target, ax=ax, colorbar=False)
-        ax.set_title(f"{spec.name}: confusion matrix on the evaluation slice")
+        ax.set_title(f"{spec.name}: confusion matrix on {on}")
         paths.append(folder / "confusion_matrix.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=110)
@@ -148,13 +180,13 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
                            "search_cv_folds": search.cv.n_splits, "train_rows": len(train_df),
                            "eval_rows": len(eval_df), "window_days": (end - start).days})
         mlflow.log_dict({p.name: p.__dict__ for p in spec.model.space}, "search/space.json")
-        dataset = mlflow.data.from_pandas(train_df, source=str(folder / "train.parquet"),
-                                          name=f"{spec.name}-train-{end.isoformat()}", targets=spec.target,
-                                          digest=manifest["fingerprint"])
+        dataset = _dataset(train_df, source=str(folder / "train.parquet"),
+                           name=f"{spec.name}-train-{end.isoformat()}", targets=spec.target,
+                           digest=manifest["fingerprint"])
         mlflow.log_input(dataset, context="training")
-        mlflow.log_input(mlflow.data.from_pandas(eval_df, source=str(folder / "eval.parquet"),
-                                                 name=f"{spec.name}-eval-{end.isoformat()}",
-                                                 targets=spec.target), context="evaluation")
+        mlflow.log_input(_dataset(eval_df, source=str(folder / "eval.parquet"),
+                                  name=f"{spec.name}-eval-{end.isoformat()}", targets=spec.target),
+                         context="evaluation")
 
         log.info("searching %d candidate(s) of %s with %d-fold time-series CV on %d rows",
                  spec.model.n_iter, spec.model.family, search.cv.n_splits, len(train_df))
