@@ -48,6 +48,8 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook, BaseNotifier
 
+from pipeline_support.links import report_url
+
 log = logging.getLogger(__name__)
 
 SMTP_CONN_ID = "alerts_smtp"
@@ -81,6 +83,7 @@ class Alert:
     error: str = ""
     log_url: str | None = None
     report: str | None = None
+    data_docs: str | None = None
     failures: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     environment: str | None = None
 
@@ -114,7 +117,7 @@ class Alert:
             logical_date=logical.isoformat() if hasattr(logical, "isoformat") else str(logical or "none"),
             task_id=task_id, try_number=getattr(ti, "try_number", None),
             max_tries=getattr(ti, "max_tries", None), error=error, log_url=_log_url(ti),
-            report=payload.get("report"), failures=tuple(f for f in failures if isinstance(f, dict)),
+            report=payload.get("report"), data_docs=report_url(payload.get("data_docs")) or None, failures=tuple(f for f in failures if isinstance(f, dict)),
             environment=environment,
         )
 
@@ -142,6 +145,8 @@ class Alert:
             rows.append(("log", self.log_url))
         if self.report:
             rows.append(("report", self.report))
+        if self.data_docs:
+            rows.append(("Data Docs", self.data_docs))
         return rows
 
     def failure_lines(self) -> list[str]:
@@ -162,7 +167,7 @@ class Alert:
         """HTML, for e-mail; every value is escaped."""
         def cell(label: str, value: str) -> str:
             shown = html.escape(value)
-            if label == "log":
+            if label in ("log", "Data Docs"):
                 shown = f'<a href="{html.escape(value, quote=True)}">{shown}</a>'
             return f"<tr><th align='left'>{html.escape(label)}</th><td>{shown}</td></tr>"
 

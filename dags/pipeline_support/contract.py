@@ -22,6 +22,8 @@ What a runner makes of a finished step (``interpret``):
 - exit 0 and no result file, or one that is not a JSON object: ``StepFailed`` (a success that says
   nothing is not trusted);
 - exit 99: ``AirflowSkipException`` with the step's reason;
+- a step that cannot start at all (its environment or image is missing): ``StepCannotStart``, a
+  ``StepFailed`` that is not retried;
 - any other exit code: ``StepFailed`` whose message is the step's own error and whose ``payload``
   is the result file's content (``error``, and for a rejected batch ``report`` and ``failures``).
 """
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -58,6 +60,14 @@ class StepFailed(AirflowException):
     def __init__(self, message: str, payload: dict[str, Any] | None = None):
         super().__init__(message)
         self.payload = payload or {}
+
+
+class StepCannotStart(StepFailed, AirflowFailException):
+    """The step cannot start here (no step environment, no step image): the task fails at once.
+
+    A retry cannot help (nothing builds the image or the environment in between), so the failure
+    and its alert come now, with what to do, instead of after the retry delay.
+    """
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,16 @@ from pipeline_support.contract import (
     EXIT_NOTHING_TO_DO,
     RESULT_FILE_ENV,
     RESULT_FILE_NAME,
-    StepFailed,
+    StepCannotStart,
     interpret,
     read_result,
     result_folder,
     task_threads,
 )
-from pipeline_support.links import MLflowLink, mlflow_url
+from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
+
+#: How long a step waits for a Docker daemon that does not answer (one being restarted) before failing.
+DAEMON_WAIT_SECONDS = 20
 
 DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
 #: Where the per-try result folder is mounted inside the container.
@@ -74,7 +78,7 @@ class StepDockerOperator(DockerOperator):
     """DockerOperator for a pipeline step: run-time configuration, clear errors, the step contract."""
 
     ui_color = "#e3eefa"
-    operator_extra_links = (MLflowLink(),)
+    operator_extra_links = (MLflowLink(), ReportLink())
 
     def __init__(self, *, step: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -88,6 +92,8 @@ class StepDockerOperator(DockerOperator):
                "MLCYCLE_THREADS": task_threads()}
         env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
         self.environment = {**env, **(self.environment or {})}
+        # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps.
+        self.labels = {"mlcycle.step": self.step, "mlcycle.home": home}
 
         folders = {Path(home)}
         for key in PASSED_THROUGH[:3]:
@@ -118,14 +124,26 @@ class StepDockerOperator(DockerOperator):
                                          "MLFLOW_TRACKING_PASSWORD": conn.password or ""}
 
     def _check_engine(self) -> None:
+        """The engine answers (a restarting daemon gets ``DAEMON_WAIT_SECONDS``) and has the image.
 
-        try:
-            self.cli.ping()
-        except Exception as exc:  # noqa: BLE001 - whatever the SDK raises, the fix is the same
-            raise StepFailed(f"cannot reach the Docker daemon at {self.docker_url}: {exc}. Start it "
-                             "(`sudo scripts/docker-engine.sh`) or run the steps locally with MLCYCLE_RUNNER=local.") from exc
+        Neither failure is retried: a daemon that stays silent that long, or an image that is not
+        there, is a setup problem that a retry minutes later does not fix; the alert says what to do.
+        """
+        deadline = time.monotonic() + DAEMON_WAIT_SECONDS
+        while True:
+            try:
+                self.cli.ping()
+                break
+            except Exception as exc:  # noqa: BLE001 - whatever the SDK raises, the fix is the same
+                if time.monotonic() >= deadline:
+                    raise StepCannotStart(
+                        f"cannot reach the Docker daemon at {self.docker_url} (waited {DAEMON_WAIT_SECONDS} s): "
+                        f"{exc}. Start it (`sudo scripts/docker-engine.sh`) or run the steps locally with "
+                        "MLCYCLE_RUNNER=local.") from exc
+                self.log.info("the Docker daemon at %s does not answer yet (%s); trying again", self.docker_url, exc)
+                time.sleep(2)
         if not self.cli.images(name=self.image):
-            raise StepFailed(f"the step image {self.image} is not on this Docker engine: build it with "
+            raise StepCannotStart(f"the step image {self.image} is not on this Docker engine: build it with "
                              "`make images` (scripts/build-images.sh), or set MLCYCLE_STEP_IMAGE to an image you have.")
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -140,7 +158,9 @@ class StepDockerOperator(DockerOperator):
                 exit_code, tail = EXIT_NOTHING_TO_DO, self._last(exc.logs)
             except DockerContainerFailedException as exc:
                 exit_code, tail = self._exit_code(exc), self._last(exc.logs)
-            payload = interpret(self.step, exit_code, read_result(folder / RESULT_FILE_NAME), tail)
+            step_result = read_result(folder / RESULT_FILE_NAME)
+            self.report_url = result_report_url(step_result.payload)  # a failed validation links its report too
+            payload = interpret(self.step, exit_code, step_result, tail)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.mlflow_url = mlflow_url(payload)

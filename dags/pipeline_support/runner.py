@@ -26,12 +26,12 @@ from pipeline_support import PROJECT_ROOT
 from pipeline_support.contract import (
     RESULT_FILE_ENV,
     RESULT_FILE_NAME,
-    StepFailed,
+    StepCannotStart,
     interpret,
     read_result,
     task_threads,
 )
-from pipeline_support.links import MLflowLink, mlflow_url
+from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
 
 #: Arguments every interval-keyed step receives: the run's plan, made once by the ``interval`` task.
 INTERVAL_ARGS = [
@@ -52,7 +52,7 @@ class LocalStepOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("command", "env")
     ui_color = "#e8f4ea"
-    operator_extra_links = (MLflowLink(),)
+    operator_extra_links = (MLflowLink(), ReportLink())
 
     def __init__(self, *, step: str, command: list[str], env: dict[str, str] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -67,7 +67,7 @@ class LocalStepOperator(BaseOperator):
         steps_bin = Path(os.environ.get("MLCYCLE_STEPS_BIN", PROJECT_ROOT / ".venv-steps" / "bin"))
         executable = steps_bin / "mlcycle"
         if not executable.exists():
-            raise StepFailed(f"the step environment is missing: {executable} does not exist. Create it with "
+            raise StepCannotStart(f"the step environment is missing: {executable} does not exist. Create it with "
                              f"`make setup` in {PROJECT_ROOT}, or point MLCYCLE_STEPS_BIN at its bin folder.")
         env = {**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local")),
                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "MLCYCLE_THREADS": task_threads(), **self.env}
@@ -76,7 +76,9 @@ class LocalStepOperator(BaseOperator):
             result_file = Path(folder) / RESULT_FILE_NAME
             env[RESULT_FILE_ENV] = str(result_file)
             result = self._hook.run_command([str(executable), *self.command], env=env, cwd=str(PROJECT_ROOT))
-            payload = interpret(self.step, result.exit_code, read_result(result_file), result.output)
+            step_result = read_result(result_file)
+            self.report_url = result_report_url(step_result.payload)  # a failed validation links its report too
+            payload = interpret(self.step, result.exit_code, step_result, result.output)
         self.mlflow_url = mlflow_url(payload)
         return payload
 

@@ -17,7 +17,7 @@ from pipeline_support.alerts import (
     failure_notifier,
     one_line,
 )
-from pipeline_support.runner import StepFailed
+from pipeline_support.contract import StepFailed
 from tests.integration import test_alerts as live
 from tests.integration.airflow_env import free_port
 from tests.integration.test_alerts import alert_connections

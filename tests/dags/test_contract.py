@@ -198,6 +198,17 @@ def test_step_failed_is_an_airflow_exception_with_an_empty_default_payload():
     assert isinstance(failure, AirflowException) and failure.payload == {} and str(failure) == "boom"
 
 
+def test_a_step_that_cannot_start_is_not_retried(tmp_path, monkeypatch):
+    """No step environment: the task fails at once (AirflowFailException), saying what to run."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("MLCYCLE_STEPS_BIN", str(tmp_path / "no-venv" / "bin"))
+    with pytest.raises(StepFailed) as info:
+        local_operator("ingest", "--pipeline", "bikeshare").execute({})
+    assert isinstance(info.value, AirflowFailException), "a missing environment would wait for a retry"
+    assert "the step environment is missing" in str(info.value) and "make setup" in str(info.value)
+
+
 def test_imports_run_one_way():
     """runner -> contract <- docker_runner: neither runner imports the other, contract imports neither."""
     folder = Path(contract.__file__).parent
