@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: setup run test lint bench bench-training images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
+.PHONY: setup run test lint bench bench-scale bench-training bench-monitoring images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -16,8 +16,14 @@ lint:             ## ruff check, and ruff format --check (files listed in pyproj
 bench:            ## parse times, DAG wall time, peak memory per step
 	bash scripts/setup.sh && . scripts/env.sh && .venv/bin/python scripts/bench.py
 
+bench-scale:      ## every step of one interval at 10k, 100k, 330k rows a day (slow; SIZES=10000,100000 for fewer)
+	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_scale.py $(if $(SIZES),--sizes $(SIZES))
+
 bench-training:   ## the search on a 25k-row window with a 100-value categorical, quiet and busy
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_training.py
+
+bench-monitoring: ## the monitor step's cost, drift days per month of 2011, false positives on a same-distribution replay
+	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_monitoring.py
 
 .PHONY: mutation
 mutation:         ## mutation score of the gate, store, contract, spec and expectations (slow; MODULES=... for some)
@@ -81,3 +87,12 @@ serving-image:    ## build the serving image of @champion: mlcycle-serving-<pipe
 bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wrk)
 	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
 	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion
+
+.PHONY: deploy
+deploy:           ## deploy @champion (or VERSION=n) of the embedded default through deploy_<PIPELINE>, auto-approved; print the URL
+	bash scripts/setup.sh && . scripts/env.sh && \
+	airflow db migrate >"$$AIRFLOW_HOME/db-migrate.log" 2>&1 && \
+	airflow dags test "deploy_$(or $(PIPELINE),bikeshare)" \
+	  --conf '{"version": "$(VERSION)", "target": "production", "auto_approve": true}' && \
+	.venv-steps/bin/mlcycle deploy-status --pipeline "$(or $(PIPELINE),bikeshare)" 2>/dev/null | tail -n 1 | \
+	  .venv/bin/python -c 'import json, sys; s = json.load(sys.stdin); print("\n==> production: %s serves version %s (slot %s)" % (s["production_url"], s["production_version"], s["live"]))'

@@ -14,12 +14,15 @@ One such DAG exists per spec in `include/pipelines/` (`training_<name>`), genera
 | `train` | bounded hyper-parameter search, tracked in MLflow (params, metrics, plots, dataset, model) | MLflow run |
 | `evaluate` | candidate vs `@champion` on the same slice; blessed = above the floor and within tolerance | `gate.*` tags on the run |
 | `register` | new model version as `@challenger`; `@champion` moves only when blessed | MLflow registry |
+| `announce` | when `@champion` moved: the asset event `mlcycle://<name>/champion` that triggers `deploy_<name>`; skipped otherwise | asset event |
 
 **Which data a run covers.** A run for the data interval `[start, end)` trains on the `window_days`
 before `end`. A *scheduled* or *backfilled* run of logical date D covers `[D, D+1)`: it runs once
 that day is complete. A *manual* run (Trigger, `airflow dags test <dag> D`) of date D covers the last
 complete day before D, `[D-1, D)`. A run with no logical date takes the latest complete interval the
 schedule serves. A date outside the spec's `schedule:` fails the `interval` task with the dates served.
+A *drift-triggered* run (the Asset `mlcycle://<name>/drift`, emitted by `monitoring_<name>` once per
+drift episode) covers the drifted day the event names and trains on the window that ends there.
 Every partition is written atomically and deterministically, so re-running a date is safe.
 
 **Params** (Trigger DAG w/ config): `pipeline` (empty: this DAG's spec; or a path to a variant of it
@@ -40,8 +43,9 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param
 
 from pipeline_support.alerts import failure_notifier
+from pipeline_support.assets import announce_task
 from pipeline_support.extract import extract_task
-from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date, timetable
+from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date, timetable_or_drift
 from pipeline_support.interval import interval_task
 from pipeline_support.runner import step_task
 from pipeline_support.specs import PipelineEntry, discover
@@ -50,7 +54,7 @@ from pipeline_support.specs import PipelineEntry, discover
 def training_dag(entry: PipelineEntry) -> DAG:
     with DAG(
         dag_id=f"training_{entry.name}",
-        schedule=timetable(entry.schedule),  # the spec's schedule, bounded by its first and last day
+        schedule=timetable_or_drift(entry),  # the spec's schedule (bounded by its first and last day), or drift
         start_date=start_date(entry),  # the data's first day, before the schedule's: see factory.start_date
         catchup=entry.schedule.catchup,
         max_active_runs=1,
@@ -80,6 +84,7 @@ def training_dag(entry: PipelineEntry) -> DAG:
                                    "--model-uri", "{{ ti.xcom_pull(task_ids='evaluate')['model_uri'] }}"])
 
         plan >> extract >> ingest >> validate >> build_features >> train >> evaluate >> register
+        announce_task(entry.name, register.output)  # after register: the champion event deploy_<name> runs on
     return dag
 
 

@@ -119,3 +119,15 @@ elapsed=$((SECONDS - start))
 
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE_NAME:$VERSION")
 log "built $IMAGE_NAME:$VERSION and :latest in ${elapsed} s; size $((size / 1000000)) MB ($size bytes)"
+
+# --- the deploy proxy (nginx) ------------------------------------------------------------------
+# The reverse proxy in front of the blue/green serving slots (include/mlcycle/deploy/proxy.py).
+# Debian's nginx on the same base as above; `mlcycle deploy-rollout` builds it too when missing.
+PROXY_IMAGE=${PROXY_IMAGE:-mlcycle-proxy:$VERSION}
+proxy_base=$base
+case "$base" in python:*) proxy_base=debian:bookworm-slim ;; esac
+start=$SECONDS
+log "building $PROXY_IMAGE on $proxy_base"
+docker build --network host ${NO_CACHE:+--no-cache} --build-arg BASE_IMAGE="$proxy_base" \
+    -t "$PROXY_IMAGE" docker/proxy
+log "built $PROXY_IMAGE in $((SECONDS - start)) s"

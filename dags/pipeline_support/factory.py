@@ -57,6 +57,19 @@ def timetable(schedule: Schedule) -> Any:
     return PipelineTimetable(schedule.interval, tz, first, last)
 
 
+def timetable_or_drift(entry: PipelineEntry) -> Any:
+    """The training schedule: the spec's timetable, or a drift event of the pipeline's monitoring.
+
+    A drift-triggered run trains on the window that ends at the drifted interval's end, read from the
+    event by the ``interval`` task (see ``pipeline_support.drift``).
+    """
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from pipeline_support.assets import drift_asset
+
+    return AssetOrTimeSchedule(timetable=timetable(entry.schedule), assets=[drift_asset(entry.name)])
+
+
 def spec_doc(entry: PipelineEntry, kind: str, body: str) -> str:
     """The DAG's page in the UI: which pipeline, its schedule, then the kind's own documentation."""
     return (f"## {kind} of pipeline `{entry.name}`\n\n{entry.description}\n\n"

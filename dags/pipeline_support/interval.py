@@ -8,6 +8,8 @@ decision is made once, in one place, and logged:
   ``[D-1, D)``, as Airflow's cron timetables infer it;
 - a run with no logical date (Airflow 3 allows it) takes the latest complete interval the schedule
   serves, and says so;
+- a run triggered by the drift Asset (``pipeline_support.drift``) covers the drifted day the event
+  names, ``[end-1, end)``, and so trains on the window that ends there, whatever the wall clock says;
 - a run whose interval lies outside the spec's schedule fails here, naming the dates it serves,
   instead of running on data that does not exist (or, with no task at all, looking like a success).
 
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def plan_interval(entry: PipelineEntry, *, pipeline: str | None, window_days: Any,
-                  interval_start: Any, interval_end: Any, run_type: str, now: dt.datetime) -> dict[str, Any]:
+                  interval_start: Any, interval_end: Any, run_type: str, now: dt.datetime,
+                  triggered_end: dt.date | None = None) -> dict[str, Any]:
     """The run's plan, or AirflowFailException (no retry: a retry cannot help) saying what is served."""
     try:
         path = resolve_spec(pipeline) if pipeline else entry.path
@@ -43,7 +46,10 @@ def plan_interval(entry: PipelineEntry, *, pipeline: str | None, window_days: An
             f"the `pipeline` Param names spec {path} of pipeline {spec.name!r}, but this DAG runs pipeline "
             f"{entry.name!r}: trigger training_{spec.name} instead, or pass a variant that keeps the name")
     schedule = spec.schedule
-    if interval_start is None or interval_end is None:
+    if triggered_end is not None:  # a drift event names the interval to train up to
+        start, end = triggered_end - dt.timedelta(days=1), triggered_end
+        log.info("triggered by drift: the drifted interval ends %s, so the training window ends there", end)
+    elif interval_start is None or interval_end is None:
         today = now.astimezone(dt.UTC).date()
         last = schedule.end if schedule.end and schedule.end < today - dt.timedelta(days=1) \
             else today - dt.timedelta(days=1)
@@ -71,13 +77,23 @@ def interval_task(entry: PipelineEntry) -> Any:
 
     @task(task_id="interval")
     def interval(params: dict[str, Any] | None = None, data_interval_start: Any = None,
-                 data_interval_end: Any = None, dag_run: Any = None) -> dict[str, Any]:
+                 data_interval_end: Any = None, dag_run: Any = None,
+                 triggering_asset_events: Any = None) -> dict[str, Any]:
         """Resolve the spec and the data interval of this run; fail when the schedule does not serve it."""
+        from pipeline_support.drift import triggering_end
+
         params = params or {}
-        return plan_interval(entry, pipeline=params.get("pipeline"), window_days=params.get("window_days"),
+        triggered = triggering_end(entry.name, triggering_asset_events)
+        if triggered is not None:
+            log.info("drift event(s) consumed by this run: %s", triggered[1])
+        plan = plan_interval(entry, pipeline=params.get("pipeline"), window_days=params.get("window_days"),
                              interval_start=data_interval_start, interval_end=data_interval_end,
                              run_type=str(getattr(getattr(dag_run, "run_type", None), "value", "manual")),
-                             now=getattr(dag_run, "run_after", None) or dt.datetime.now(dt.UTC))
+                             now=getattr(dag_run, "run_after", None) or dt.datetime.now(dt.UTC),
+                             triggered_end=triggered[0] if triggered else None)
+        if triggered is not None:
+            plan["drift_events"] = triggered[1]
+        return plan
 
     return interval()
 

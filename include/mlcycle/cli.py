@@ -84,10 +84,72 @@ def _parser() -> argparse.ArgumentParser:
     p = step("register", "register the candidate (@challenger); move @champion when blessed", interval=False)
     p.add_argument("--run-id", required=True)
     p.add_argument("--model-uri", required=True)
+    step("monitor", "drift and performance of the interval against the production model's training data")
+    p = step("replay", "send a day's real rows to a serving endpoint at a set rate", interval=False)
+    p.add_argument("--date", type=_date, required=True, help="the day whose rows are replayed, YYYY-MM-DD")
+    p.add_argument("--rate", type=float, default=10.0, help="rows per second (default 10)")
+    p.add_argument("--url", default=os.environ.get("MLCYCLE_SERVING_URL", "http://127.0.0.1:8000"),
+                   help="the serving endpoint's base URL (default $MLCYCLE_SERVING_URL or http://127.0.0.1:8000)")
+    p.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N rows of the day")
     p = step("suite", "print (or --write) the expectation suite derived from the spec", interval=False)
     p.add_argument("--write", action="store_true", help="write it to the path the spec names")
     _serving_args(sub, step)
+    _deploy_args(step)
     return parser
+
+
+def _flag(value: str) -> bool | None:
+    text = value.strip().lower()
+    if text in ("", "none", "null"):
+        return None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true, false or empty (got {value!r})")
+
+
+def _deploy_args(step) -> None:
+    """``deploy-*``: the deploy DAG's steps (``mlcycle.deploy``), one per task."""
+    p = step("deploy-resolve", "which model version a deploy run works on (empty: @champion)", interval=False)
+    p.add_argument("--version", default="", help="model version number; empty: the one behind @champion")
+    p.add_argument("--target", default="production", help="staging (stop after it) or production")
+    p.add_argument("--auto-approve", type=_flag, default=None, help="true, false or empty (the spec's setting)")
+    for name, text in (("deploy-build", "build the serving image of the version (reused when unchanged)"),
+                       ("deploy-stage", "start the version on the staging slot, wait for /ready, smoke test"),
+                       ("deploy-rollout", "start the version on the idle slot and switch the proxy to it")):
+        p = step(name, text, interval=False)
+        p.add_argument("--version", required=True)
+        p.add_argument("--image", required=True, help="the serving image of that version")
+    p = step("deploy-watch", "watch the new slot's errors and latency; switch back on a breach", interval=False)
+    p.add_argument("--version", required=True)
+    p = step("deploy-record", "point @production at the served version; tag it with the deploy", interval=False)
+    p.add_argument("--version", required=True)
+    p.add_argument("--previous", default="", help="the version production served before")
+    step("deploy-status", "what the proxy, the slots and staging serve now", interval=False)
+    step("deploy-stop", "remove the proxy, the slots and staging of this pipeline", interval=False)
+
+
+def _deploy(args: argparse.Namespace, settings, spec) -> dict[str, Any]:
+    from mlcycle.deploy import record, rollout
+
+    if args.step == "deploy-resolve":
+        return record.resolve(spec, settings, args.version, args.target, args.auto_approve).to_dict()
+    if args.step == "deploy-build":
+        return rollout.build(spec, settings, args.version, args.image)
+    if args.step == "deploy-stage":
+        return rollout.stage(spec, settings, args.version, args.image).to_dict()
+    if args.step == "deploy-rollout":
+        return rollout.rollout(spec, settings, args.version, args.image).to_dict()
+    if args.step == "deploy-watch":
+        return rollout.watch(spec, settings, args.version).to_dict()
+    if args.step == "deploy-record":
+        return record.record(spec, settings, args.version, args.previous or None).to_dict()
+    if args.step == "deploy-status":
+        return rollout.status(spec, settings)
+    rollout.stop_all(spec, settings)
+    return {"pipeline": spec.name, "stopped": True}
 
 
 def _serving_args(sub, step) -> None:
@@ -145,6 +207,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return suite_from_spec(spec)
     if args.step == "serving-image":
         return _serving_image(args, settings, spec)
+    if args.step == "replay":
+        from mlcycle.monitoring.replay import replay
+
+        return replay(spec, settings, args.date, args.url, args.rate, args.batch, args.limit).to_dict()
+    if args.step.startswith("deploy-"):
+        return _deploy(args, settings, spec)
     if args.step == "register":
         from mlcycle.steps.register import register
 
@@ -161,8 +229,15 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "build_features": lambda: _step("features").build_features(spec, settings, interval, window),
         "train": lambda: _step("train").train(spec, settings, interval, window),
         "evaluate": lambda: _step("evaluate").evaluate(spec, settings, interval, args.run_id, args.model_uri, window),
+        "monitor": lambda: _monitor(spec, settings, interval),
     }
     return steps[args.step]().to_dict()
+
+
+def _monitor(spec, settings, interval):
+    from mlcycle.monitoring.step import monitor
+
+    return monitor(spec, settings, interval)
 
 
 def _step(module: str):
@@ -190,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StepError as exc:
         log.error("%s failed: %s", args.step, exc)
         _emit({"status": "failed", "step": args.step, "error": str(exc),
-               "report": getattr(exc, "report", None), "failures": getattr(exc, "failures", [])[:50]})
+               "report": getattr(exc, "report", None), "data_docs": getattr(exc, "data_docs", None),
+               "failures": getattr(exc, "failures", [])[:50]})
         return exc.exit_code
     except Exception as exc:  # still one clean result line: the task's error and the alert stay readable
         message = storage_problem(exc)

@@ -11,7 +11,7 @@ import datetime as dt
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -163,6 +163,45 @@ class ServingSpec:
 
 
 @dataclass(frozen=True)
+class MonitoringSpec:
+    """``monitoring:`` (optional): what the monitor step watches and what counts as drift or decay.
+
+    ``columns`` are the features compared with the reference (empty: every feature except those in
+    ``exclude`` and those derived only from calendar parts, which differ between one day and a
+    multi-week window by construction). ``method``/``threshold``: Evidently's drift test and its
+    threshold for every column (empty: Evidently's defaults by column type and size).
+    """
+
+    columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    method: str | None = None
+    threshold: float | None = None
+    drift_share: float = 0.5  # share of monitored columns that must drift for the day to be "drift"
+    performance_tolerance: float = 0.5  # relative decay of the gate metric against the hold-out score
+    min_rows: int = 12  # fewer current rows than this: nothing to monitor
+    cooldown_days: int = 7  # a drift day within this many days of the last triggered retrain joins its episode
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """``deploy:`` (optional): ports, checks and budgets of the deploy DAG (``mlcycle.deploy``)."""
+
+    production_port: int = 8700  # the reverse proxy: what clients call
+    slot_ports: tuple[int, int] = (8701, 8702)  # the blue and green slots behind it
+    staging_port: int = 8703
+    workers: int = 1  # server workers per slot
+    auto_approve: bool = False  # promote to production without a person's approval
+    approval_timeout_minutes: int = 60  # no answer by then: the run ends, production unchanged
+    ready_timeout_seconds: int = 180  # a container not ready by then is a failed deploy
+    smoke_rows: int = 500  # evaluation rows compared with the registry model's predictions
+    smoke_requests: int = 200  # one-row requests of the smoke test's bounded load
+    latency_budget_ms: float = 250.0  # p99 of that load must stay under it
+    watch_seconds: int = 120  # after the switch: how long the new slot is watched
+    watch_max_error_rate: float = 0.01  # share of 5xx answers the watch allows
+    watch_max_p99_ms: float = 500.0  # p99 latency the watch allows
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     description: str
@@ -189,7 +228,9 @@ class PipelineSpec:
     #: Derived columns, row filters and an optional transform function (``mlcycle.derive``).
     derivations: Derivations = Derivations()
     serving: ServingSpec = ServingSpec()
+    deploy: DeploySpec = DeploySpec()
     integrity: Integrity = field(default_factory=lambda: Integrity())
+    monitoring: MonitoringSpec = field(default_factory=lambda: MonitoringSpec())
 
     @property
     def timezone(self) -> str:
@@ -469,7 +510,7 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
 #: otherwise be ignored without a word, and is reported with the closest known key.
 TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
             "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
-            "transform", "serving")
+            "transform", "serving", "monitoring", "deploy")
 SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
                "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
@@ -664,6 +705,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     suite_rel = (val or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     serving = _parse_serving(r, raw.get("serving"))
+    monitoring = _parse_monitoring(r, raw.get("monitoring"), columns, target, derivations)
+    deploy = _parse_deploy(r, raw.get("deploy"))
     r.fail_if_any()
     return PipelineSpec(
         name=name, description=str(raw.get("description", "")).strip(), path=path,
@@ -672,7 +715,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         data_start=data_start, data_end=data_end, window_days=window_days,
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
-        key=key, derivations=derivations, serving=serving, integrity=integrity,
+        key=key, derivations=derivations, serving=serving, integrity=integrity, monitoring=monitoring,
+        deploy=deploy,
     )
 
 
@@ -693,3 +737,123 @@ def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
     if max_rows is not None and max_rows < 1:
         r.problems.append(f"serving.max_rows: at least 1 (got {max_rows})")
     return ServingSpec(tolerance=float(tolerance or 0.0), unknown_categories=unknown, max_rows=max_rows or 1)
+
+
+MONITORING_KEYS = ("columns", "exclude", "method", "threshold", "drift_share", "performance_tolerance",
+                   "min_rows", "cooldown_days")
+#: Evidently's column drift tests (``evidently.legacy.calculations.stattests``) a spec may name.
+DRIFT_METHODS = ("ks", "chisquare", "z", "wasserstein", "psi", "kl_div", "jensenshannon", "anderson",
+                 "cramer_von_mises", "energy_distance", "epps_singleton", "fisher_exact", "g_test",
+                 "hellinger", "mannw", "t_test", "empirical_mmd", "TVD")
+
+#: Drift tests that only take numeric columns.
+NUMERIC_DRIFT_METHODS = ("ks", "wasserstein", "anderson", "cramer_von_mises", "energy_distance", "epps_singleton",
+                         "mannw", "t_test", "empirical_mmd")
+
+
+def _parse_monitoring(r: _Reader, raw: Any, columns: list[Column], target: Any,
+                      derivations: Derivations) -> MonitoringSpec:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        r.problems.append(f"monitoring: a mapping with {', '.join(MONITORING_KEYS)}")
+        return MonitoringSpec()
+    r.known_keys(raw, "monitoring", MONITORING_KEYS)
+    features = [c.name for c in columns if c.role == "feature"]
+    listed: dict[str, tuple[str, ...]] = {}
+    for key in ("columns", "exclude"):
+        value = raw.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            r.problems.append(f"monitoring.{key}: a list of feature names (got {value!r})")
+            value = []
+        for name in value:
+            if name not in features:
+                close = difflib.get_close_matches(name, features, n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else f" (features: {', '.join(features)})"
+                r.problems.append(f"monitoring.{key}: {name!r} is not a feature{hint}")
+        listed[key] = tuple(value)
+    method = r.need(raw, "method", "monitoring", str, default=None)
+    if method is not None and method not in DRIFT_METHODS:
+        close = difflib.get_close_matches(method, DRIFT_METHODS, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(DRIFT_METHODS)})"
+        r.problems.append(f"monitoring.method: unknown drift test {method!r}{hint}")
+    threshold = r.need(raw, "threshold", "monitoring", (int, float), default=None)
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        r.problems.append(f"monitoring.threshold: a positive number (got {threshold})")
+    if threshold is not None and method is None:
+        r.problems.append("monitoring.threshold: set `method` too (the defaults differ by column type)")
+    share = r.need(raw, "drift_share", "monitoring", (int, float), default=0.5)
+    if share is not None and not 0 <= share < 1:
+        r.problems.append(f"monitoring.drift_share: a share in [0, 1) (got {share})")
+    tolerance = r.need(raw, "performance_tolerance", "monitoring", (int, float), default=0.5)
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        r.problems.append(f"monitoring.performance_tolerance: a relative decay >= 0 (got {tolerance})")
+    min_rows = r.need(raw, "min_rows", "monitoring", int, default=12)
+    if min_rows is not None and min_rows < 2:
+        r.problems.append(f"monitoring.min_rows: at least 2 (got {min_rows})")
+    cooldown = r.need(raw, "cooldown_days", "monitoring", int, default=7)
+    if cooldown is not None and cooldown < 0:
+        r.problems.append(f"monitoring.cooldown_days: zero or more (got {cooldown})")
+    chosen = listed["columns"] or tuple(
+        f for f in features if f not in listed["exclude"] and f not in _calendar_columns(derivations))
+    if features and not chosen:
+        r.problems.append("monitoring: no feature left to monitor (check `columns` and `exclude`)")
+    categorical = [c.name for c in columns if c.name in chosen and c.type in ("categorical", "string")]
+    if method in NUMERIC_DRIFT_METHODS and categorical:
+        r.problems.append(f"monitoring.method: {method} compares numbers, but {', '.join(categorical)} "
+                          "is categorical; list numeric `columns`, or leave `method` empty")
+    return MonitoringSpec(columns=chosen, exclude=listed["exclude"], method=method,
+                          threshold=float(threshold) if threshold is not None else None,
+                          drift_share=float(share if share is not None else 0.5),
+                          performance_tolerance=float(tolerance if tolerance is not None else 0.5),
+                          min_rows=min_rows or 12, cooldown_days=cooldown if cooldown is not None else 7)
+
+
+def _calendar_columns(derivations: Derivations) -> set[str]:
+    """Derived columns that read nothing but calendar parts (a weekday, a month)."""
+    return {column for column, expression in derivations.derive
+            if expression.names and expression.names <= set(CALENDAR_PARTS)}
+
+
+DEPLOY_KEYS = tuple(f.name for f in fields(DeploySpec))
+
+
+def _parse_deploy(r: _Reader, raw: Any) -> DeploySpec:
+    if raw is None:
+        return DeploySpec()
+    if not isinstance(raw, dict):
+        r.problems.append(f"deploy: a mapping with {', '.join(DEPLOY_KEYS)}")
+        return DeploySpec()
+    r.known_keys(raw, "deploy", DEPLOY_KEYS)
+    default = DeploySpec()
+    values: dict[str, Any] = {}
+    for f in fields(DeploySpec):
+        value = getattr(default, f.name)
+        if f.name == "slot_ports":
+            ports = r.need(raw, "slot_ports", "deploy", list, default=list(value))
+            if not (len(ports) == 2 and all(isinstance(p, int) and not isinstance(p, bool) for p in ports)):
+                r.problems.append(f"deploy.slot_ports: two port numbers, blue and green (got {ports!r})")
+                ports = list(value)
+            values[f.name] = tuple(ports)
+        elif isinstance(value, bool):
+            values[f.name] = r.need(raw, f.name, "deploy", bool, default=value)
+        elif isinstance(value, float):
+            values[f.name] = float(r.need(raw, f.name, "deploy", (int, float), default=value))
+        else:
+            values[f.name] = r.need(raw, f.name, "deploy", int, default=value)
+    spec = DeploySpec(**values)
+    ports = [spec.production_port, *spec.slot_ports, spec.staging_port]
+    if any(not 1 <= p <= 65535 for p in ports) or len(set(ports)) != len(ports):
+        r.problems.append(f"deploy: production_port, slot_ports and staging_port must be four different ports "
+                          f"(got {ports})")
+    for name in ("workers", "approval_timeout_minutes", "ready_timeout_seconds", "smoke_rows", "smoke_requests",
+                 "watch_seconds"):
+        if getattr(spec, name) < (0 if name == "watch_seconds" else 1):
+            r.problems.append(f"deploy.{name}: at least {0 if name == 'watch_seconds' else 1} "
+                              f"(got {getattr(spec, name)})")
+    if not 0 <= spec.watch_max_error_rate <= 1:
+        r.problems.append(f"deploy.watch_max_error_rate: a share between 0 and 1 (got {spec.watch_max_error_rate})")
+    for name in ("latency_budget_ms", "watch_max_p99_ms"):
+        if not (math.isfinite(getattr(spec, name)) and getattr(spec, name) > 0):
+            r.problems.append(f"deploy.{name}: a number of milliseconds > 0 (got {getattr(spec, name)})")
+    return spec

@@ -1,0 +1,201 @@
+"""The reverse proxy in front of the two slots: nginx on the production port.
+
+nginx runs in its own container (``docker/proxy``; the official ``nginx`` image works too) with the
+host network, and reads its configuration from ``<store>/<pipeline>/deploy/proxy/``, mounted
+read-only: ``nginx.conf`` (written once from the template below) includes ``upstream.conf``, which
+names the live slot's port. A switch rewrites ``upstream.conf`` atomically, checks the whole
+configuration with ``nginx -t`` (restoring the previous file when it fails) and reloads nginx
+gracefully (``nginx -s reload``): new workers take new connections at once, the old ones finish
+the requests they hold, so no request is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from mlcycle.deploy.slots import DeployError, docker, remove, running
+from mlcycle.deploy.state import write_atomically
+from mlcycle.settings import PACKAGE_DIR
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = PACKAGE_DIR.parent.parent
+MOUNT = "/etc/mlcycle-proxy"
+CONFIG = f"{MOUNT}/nginx.conf"
+IMAGE_ENV = "MLCYCLE_PROXY_IMAGE"
+
+NGINX_CONF = """\
+# Written by mlcycle deploy for pipeline {pipeline}; the live slot is in upstream.conf.
+worker_processes 1;
+pid /tmp/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path /tmp/nginx-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;
+    client_max_body_size 16m;
+    upstream serving {{
+        include {mount}/upstream.conf;
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://serving;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_read_timeout 60s;
+        }}
+    }}
+}}
+"""
+
+
+def proxy_image() -> str:
+    from mlcycle import __version__
+
+    return os.environ.get(IMAGE_ENV) or f"mlcycle-proxy:{__version__}"
+
+
+def ensure_image(image: str | None = None) -> str:
+    """The proxy image, built from ``docker/proxy`` when it is missing."""
+    image = image or proxy_image()
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return image
+    from mlcycle.serving.image import default_base_image
+
+    base = os.environ.get("MLCYCLE_PROXY_BASE_IMAGE") or _proxy_base(default_base_image())
+    log.info("building the proxy image %s on %s", image, base)
+    proc = docker(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "-t",
+        image,
+        str(REPO_ROOT / "docker" / "proxy"),
+        check=False,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise DeployError(f"building the proxy image {image} failed:\n{tail}")
+    return image
+
+
+def _proxy_base(serving_base: str) -> str:
+    """debian:bookworm-slim when present, else the base the serving image uses (Debian too)."""
+    if docker("image", "inspect", "debian:bookworm-slim", check=False).returncode == 0:
+        return "debian:bookworm-slim"
+    return serving_base
+
+
+class Proxy:
+    """The nginx container of one pipeline, listening on 127.0.0.1:``port``."""
+
+    def __init__(self, container: str, folder: Path, port: int):
+        self.container, self.folder, self.port = container, folder, port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def upstream(self) -> int | None:
+        """The slot port the configuration forwards to, or None before the first deploy."""
+        try:
+            text = (self.folder / "upstream.conf").read_text()
+        except FileNotFoundError:
+            return None
+        for word in text.replace(";", " ").split():
+            if word.startswith("127.0.0.1:"):
+                return int(word.split(":")[1])
+        return None
+
+    def _write_upstream(self, port: int) -> None:
+        write_atomically(self.folder / "upstream.conf", f"server 127.0.0.1:{port} max_fails=0;\n")
+
+    def running(self) -> bool:
+        return running(self.container)
+
+    def start(self, pipeline: str, slot_port: int, image: str | None = None) -> None:
+        """Start the proxy forwarding to ``slot_port`` (replacing a stopped or stale container)."""
+        image = ensure_image(image)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(
+            self.folder / "nginx.conf", NGINX_CONF.format(pipeline=pipeline, port=self.port, mount=MOUNT)
+        )
+        self._write_upstream(slot_port)
+        remove(self.container)
+        docker(
+            "run",
+            "-d",
+            "--name",
+            self.container,
+            "--network",
+            "host",
+            "--restart",
+            "unless-stopped",
+            "--label",
+            "io.mlcycle.deploy=1",
+            "-v",
+            f"{self.folder}:{MOUNT}:ro",
+            image,
+            "nginx",
+            "-c",
+            CONFIG,
+            "-g",
+            "daemon off;",
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                log.info("proxy %s listens on %s, forwarding to port %d", self.container, self.url, slot_port)
+                return
+            except OSError:
+                if not self.running():
+                    break
+                time.sleep(0.2)
+        logs = docker("logs", "--tail", "10", self.container, check=False)
+        remove(self.container)
+        raise DeployError(
+            f"the proxy {self.container} did not listen on {self.url}: "
+            f"{(logs.stdout + logs.stderr).strip()[-800:]}"
+        )
+
+    def switch(self, slot_port: int) -> float:
+        """Forward to ``slot_port`` from now on (graceful reload); the seconds the reload took."""
+        previous = self.upstream()
+        began = time.monotonic()
+        self._write_upstream(slot_port)
+        check = docker("exec", self.container, "nginx", "-t", "-q", "-c", CONFIG, check=False)
+        if check.returncode != 0:
+            if previous is not None:
+                self._write_upstream(previous)
+            raise DeployError(
+                f"nginx rejected the new configuration, kept forwarding to port {previous}: "
+                f"{(check.stderr or check.stdout).strip()[-500:]}"
+            )
+        reload = docker("exec", self.container, "nginx", "-s", "reload", "-c", CONFIG, check=False)
+        if reload.returncode != 0:
+            if previous is not None:
+                self._write_upstream(previous)
+            raise DeployError(
+                f"nginx reload failed, kept forwarding to port {previous}: "
+                f"{(reload.stderr or reload.stdout).strip()[-500:]}"
+            )
+        log.info("proxy %s: port %s -> %d (graceful reload)", self.container, previous, slot_port)
+        return round(time.monotonic() - began, 3)
+
+    def stop(self) -> None:
+        remove(self.container)

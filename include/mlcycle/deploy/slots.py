@@ -1,0 +1,147 @@
+"""Serving containers: start one version on a port, wait until it is ready, stop it.
+
+Every container uses the host network and listens on 127.0.0.1 only. A slot's container gets the
+pipeline's store mounted, so its prediction log lands where monitoring reads it; the staging
+container logs nothing (its traffic is the smoke test's, not the clients').
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlcycle.errors import StepError
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(StepError):
+    """A deploy step failed; the message says what happened and what production kept serving."""
+
+
+class NotReady(DeployError):
+    """A container did not become ready in time, or exited while starting."""
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise DeployError(
+            f"docker {' '.join(args[:2])} failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+        )
+    return proc
+
+
+def image_id(tag: str) -> str:
+    proc = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    if proc.returncode != 0:
+        raise DeployError(f"image {tag} does not exist: build it first (mlcycle serving-image)")
+    return proc.stdout.strip()
+
+
+def running(container: str) -> bool:
+    proc = docker("container", "inspect", "--format", "{{.State.Running}}", container, check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+def remove(container: str) -> None:
+    """Stop (SIGTERM, then after 20 s SIGKILL) and remove ``container``; nothing when it does not exist."""
+    if docker("container", "inspect", container, check=False).returncode != 0:
+        return
+    docker("stop", "--time", "20", container, check=False, timeout=60)
+    docker("rm", "-f", container, check=False)
+    log.info("removed container %s", container)
+
+
+def logs_tail(container: str, lines: int = 15) -> str:
+    proc = docker("logs", "--tail", str(lines), container, check=False)
+    return (proc.stdout + proc.stderr).strip()
+
+
+@dataclass(frozen=True)
+class Started:
+    container: str
+    port: int
+    image: str
+    image_id: str
+    started_at: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start(container: str, image: str, port: int, workers: int, store: Path | None) -> Started:
+    """Replace ``container`` by a new one serving ``image`` on 127.0.0.1:``port``."""
+    remove(container)
+    args = [
+        "run",
+        "-d",
+        "--name",
+        container,
+        "--network",
+        "host",
+        "--restart",
+        "no",
+        "--user",
+        f"{os.getuid()}:{os.getgid()}",
+        "-e",
+        "MLCYCLE_SERVING_HOST=127.0.0.1",
+        "-e",
+        f"MLCYCLE_SERVING_PORT={port}",
+        "-e",
+        f"MLCYCLE_SERVING_WORKERS={workers}",
+        "--label",
+        "io.mlcycle.deploy=1",
+    ]
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+        args += ["-v", f"{store}:/var/lib/mlcycle/store", "-e", "MLCYCLE_STORE=/var/lib/mlcycle/store"]
+    else:
+        args += ["-e", "MLCYCLE_SERVING_LOG=off"]
+    docker(*args, image)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    log.info("started %s from %s on port %d", container, image, port)
+    return Started(container, port, image, image_id(image), started)
+
+
+def ready_version(url: str, timeout: float = 2.0) -> str | None:
+    """The model version ``url``/ready reports, or None when it does not answer 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as resp:
+            if resp.status == 200:
+                return str(json.loads(resp.read()).get("model_version"))
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+    return None
+
+
+def wait_ready(container: str, url: str, version: str, seconds: float) -> float:
+    """Wait until ``url``/ready says yes for ``version``; the seconds it took.
+
+    Fails early when the container exits (its last log lines are in the message).
+    """
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        served = ready_version(url)
+        if served == version:
+            return round(time.monotonic() - began, 2)
+        if served is not None:
+            raise NotReady(
+                f"{url} is ready but serves version {served}, not {version}: another server holds the port"
+            )
+        if not running(container):
+            raise NotReady(f"container {container} exited before it was ready:\n{logs_tail(container)}")
+        time.sleep(0.5)
+    raise NotReady(
+        f"container {container} was not ready on {url} within {seconds:.0f} s:\n{logs_tail(container)}"
+    )

@@ -1,0 +1,186 @@
+"""Which rows the monitor compares: the interval's current data and the production model's training data.
+
+**Current data** is what the model saw in the interval: the rows the serving API logged
+(``predictions/date=…``) when there are any, otherwise the interval's validated batch (a pipeline
+without live traffic, like the bundled data set). The validated batch also carries the target, so
+the model's performance on the interval is measured on it whenever it exists ("labels arrived").
+
+**Reference data** is the training data of the model in production: ``@production`` when the
+deploy DAG has set it, else ``@champion``. It is found from the model version's own lineage tags
+(``mlcycle.data_fingerprint`` and the window), through the store's lineage record to the exact
+validated files, hash-checked; never re-derived from today's date, so a deleted or restated
+partition is an error, not a silently different reference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mlcycle.errors import NothingToDo, StepError
+from mlcycle.settings import Settings
+from mlcycle.spec import PipelineSpec
+from mlcycle.store import LineageError, Store, days
+
+log = logging.getLogger(__name__)
+
+#: Aliases the monitor watches, first found wins: the deploy DAG's, then the training DAG's.
+WATCHED_ALIASES = ("production", "champion")
+
+
+class ReferenceMissing(StepError):
+    """The production model's training data can no longer be found in the store."""
+
+
+class MonitoringInputError(StepError):
+    """The current data cannot be compared with the reference (a feature is missing)."""
+
+
+@dataclass(frozen=True)
+class CurrentData:
+    frame: pd.DataFrame
+    #: ``predictions`` (the serving API's log) or ``validated`` (the interval's validated batch).
+    source: str
+    #: The interval's validated rows with the target, when they exist (for performance); else None.
+    labelled: pd.DataFrame | None
+    days: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    frame: pd.DataFrame
+    model_name: str
+    version: str
+    alias: str
+    run_id: str
+    model_uri: str
+    window_start: str
+    window_end: str
+    fingerprint: str
+    #: The gate metric on the hold-out slice at training time (``holdout_<metric>`` of the run).
+    holdout_score: float | None
+
+
+def _read_all(files: list[Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(f) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date) -> CurrentData:
+    """The rows of ``[start, end)``: logged predictions when there are any, else the validated batch."""
+    wanted = days(start, end)
+    prediction_files = sorted(
+        f
+        for d in wanted
+        for f in (store.base / "predictions" / f"date={d.isoformat()}").glob("part-*.parquet")
+    )
+    validated_files = [p for p in (store.validated(d) for d in wanted) if p.is_file()]
+    labelled = _read_all(validated_files) if validated_files else None
+    if prediction_files:
+        frame, source = _read_all(prediction_files), "predictions"
+    elif labelled is not None:
+        frame, source = labelled, "validated"
+    else:
+        raise NothingToDo(
+            f"nothing to monitor: no logged predictions and no validated batch for "
+            f"[{start}, {end}) under {store.base}"
+        )
+    if len(frame) < spec.monitoring.min_rows:
+        raise NothingToDo(
+            f"nothing to monitor: [{start}, {end}) has {len(frame)} {source} row(s), fewer than "
+            f"monitoring.min_rows {spec.monitoring.min_rows}; a verdict on so few would be noise"
+        )
+    missing = [c for c in spec.monitoring.columns if c not in frame.columns]
+    if missing:
+        raise MonitoringInputError(
+            f"the {source} data of [{start}, {end}) lacks the monitored feature(s) {', '.join(missing)}: "
+            f"the serving schema or the spec changed; nothing was judged and no retrain was triggered"
+        )
+    log.info(
+        "current data: %d %s row(s) of [%s, %s)%s",
+        len(frame),
+        source,
+        start,
+        end,
+        "" if labelled is None else f"; {len(labelled)} labelled row(s) for performance",
+    )
+    return CurrentData(
+        frame=frame, source=source, labelled=labelled, days=tuple(d.isoformat() for d in wanted)
+    )
+
+
+def watched_version(client, name: str):
+    """The model version in production (``@production``, else ``@champion``) and its alias; None if none."""
+    from mlflow.exceptions import MlflowException
+
+    for alias in WATCHED_ALIASES:
+        try:
+            return client.get_model_version_by_alias(name, alias), alias
+        except MlflowException:
+            continue
+    return None, None
+
+
+def reference_data(spec: PipelineSpec, settings: Settings, store: Store) -> Reference:
+    """The watched model version and the exact validated rows it was trained on."""
+    from mlflow import MlflowClient
+
+    from mlcycle.tracking import connect
+
+    connect(settings, spec)
+    client = MlflowClient()
+    name = spec.model.registered_name
+    version, alias = watched_version(client, name)
+    if version is None:
+        raise NothingToDo(
+            f"nothing to monitor: no model of {name} is in production yet (no @production or "
+            f"@champion alias); run training_{spec.name} first"
+        )
+    tags = version.tags or {}
+    fingerprint = tags.get("mlcycle.data_fingerprint")
+    if not fingerprint:
+        raise ReferenceMissing(
+            f"{name} version {version.version} (@{alias}) has no mlcycle.data_fingerprint tag: "
+            "its training data cannot be identified; register it through the training DAG"
+        )
+    try:
+        files = store.files_for_fingerprint(fingerprint)
+    except LineageError as exc:
+        raise ReferenceMissing(
+            f"the training data of {name} version {version.version} (@{alias}, window "
+            f"{tags.get('mlcycle.window_start')} to {tags.get('mlcycle.window_end')}) is gone: {exc}. Restore "
+            f"the partitions, or retrain and promote a model on data that exists"
+        ) from None
+    holdout = None
+    if version.run_id:
+        metrics = client.get_run(version.run_id).data.metrics
+        holdout = metrics.get(f"holdout_{spec.evaluation.metric}")
+    frame = _read_all(files)
+    log.info(
+        "reference: %s version %s (@%s), trained on %s to %s (fingerprint %s, %d rows); hold-out %s %s",
+        name,
+        version.version,
+        alias,
+        tags.get("mlcycle.window_start"),
+        tags.get("mlcycle.window_end"),
+        fingerprint,
+        len(frame),
+        spec.evaluation.metric,
+        holdout,
+    )
+    return Reference(
+        frame=frame,
+        model_name=name,
+        version=str(version.version),
+        alias=alias,
+        run_id=version.run_id or "",
+        model_uri=f"models:/{name}/{version.version}",
+        window_start=tags.get("mlcycle.window_start", ""),
+        window_end=tags.get("mlcycle.window_end", ""),
+        fingerprint=fingerprint,
+        holdout_score=holdout,
+    )
