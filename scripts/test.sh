@@ -11,7 +11,12 @@ echo "==> ruff check (with Airflow's AIR rules)"
 .venv/bin/ruff check .
 echo "==> unit tests of the step package (.venv-steps)"
 COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q --cov --cov-report= "$@"
-echo "==> DAG and integration tests (.venv)"
-COVERAGE_FILE="$PWD/.coverage.airflow" .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q --cov --cov-report= "$@"
+echo "==> DAG and integration tests (.venv, ${MLCYCLE_TEST_WORKERS:-2} workers)"
+# Most of their time is spent waiting on Airflow, MLflow and Docker subprocesses, so two workers use
+# two cores; each module runs whole on one worker (tests/integration/conftest.py says how).
+workers=(-n "${MLCYCLE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder)
+[ "${MLCYCLE_TEST_WORKERS:-2}" = 0 ] && workers=(-p no:xdist)
+COVERAGE_FILE="$PWD/.coverage.airflow" .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q \
+  "${workers[@]}" --cov --cov-report= "$@"
 echo "==> coverage of include/ and dags/ (coverage.xml)"
 COVERAGE_FLOORS=$([ $# -eq 0 ] && echo 1 || echo 0) bash scripts/coverage.sh  # floors apply to the whole suite

@@ -118,6 +118,11 @@ def _dump(raw: dict[str, Any], target: Path) -> Path:
     return target
 
 
+#: The model search of integration runs: one candidate, two folds (what is tested is the pipeline,
+#: not the search; the full search is the spec's own and runs in `make run`).
+LEAN_MODEL = {"search": {"n_iter": 1, "cv_folds": 2}}
+
+
 def write_spec_variant(spec_path: Path | str, target_path: Path | str, **overrides: Any) -> Path:
     """Copy a spec YAML with nested overrides, e.g. ``evaluation={"threshold": 1}``; return the new path.
 

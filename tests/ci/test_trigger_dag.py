@@ -86,7 +86,8 @@ def airflow(tmp_path_factory):
     port = free_port()
     project = AirflowProject.create(
         home,
-        **AirflowProject.server_settings(port),
+        # logins checked here: the wrong password must be refused (not every user an admin)
+        **{**AirflowProject.server_settings(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False"},
         AIRFLOW__CORE__DAGS_FOLDER=str(dags),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USER}:admin",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from airflow.sdk.exceptions import AirflowFailException
 
-from mlcycle_timetables import PipelineTimetable
 from pipeline_support.factory import timetable
 from pipeline_support.interval import plan_interval
 from pipeline_support.specs import SpecProblem, discover, load_entry, read_spec
@@ -41,11 +40,15 @@ def test_one_training_dag_per_spec_in_the_folder(tmp_path, monkeypatch):
     make_classification_dataset(tmp_path, days=40, start="2013-03-01", name="events")
     bag = _dagbag(tmp_path, monkeypatch)
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["training_bikeshare", "training_events"]
+    assert sorted(bag.dags) == ["deploy_bikeshare", "deploy_events", "monitoring_bikeshare", "monitoring_events",
+                                "training_bikeshare", "training_events"]
     events = bag.dags["training_events"]
     assert "events" in events.tags and "pipeline `events`" in events.doc_md
+    # Training runs on its timetable or on the pipeline's drift Asset.
+    assert [a.uri for a in events.timetable.asset_condition.objects] == ["mlcycle://events/drift"]
     # The schedule comes from the spec's data bounds: first day with a full 21-day window, last data day.
-    assert (events.timetable.first.date(), events.timetable.last.date()) == (
+    timetable = events.timetable.timetable
+    assert (timetable.first.date(), timetable.last.date()) == (
         dt.date(2013, 3, 22),
         dt.date(2013, 4, 9),
     )
@@ -65,12 +68,13 @@ def test_a_broken_spec_is_one_import_error_and_the_others_still_load(tmp_path, m
     )
     (tmp_path / "garbage.yaml").write_text("name: [unclosed\n")
     bag = _dagbag(tmp_path, monkeypatch)
-    assert sorted(bag.dags) == ["training_bikeshare"]
-    (error,) = bag.import_errors.values()
-    assert "2 pipeline spec(s) cannot be loaded" in error
-    assert f"{tmp_path / 'typo.yaml'}" in error and "schedule.intervall: unknown key" in error
-    assert "schedule.catchup: true or false" in error
-    assert f"cannot read pipeline spec {tmp_path / 'garbage.yaml'}" in error
+    assert sorted(bag.dags) == ["deploy_bikeshare", "monitoring_bikeshare", "training_bikeshare"]
+    assert sorted(Path(f).name for f in bag.import_errors) == ["deploy.py", "monitoring.py", "training.py"]  # one per DAG file
+    for error in bag.import_errors.values():
+        assert "2 pipeline spec(s) cannot be loaded" in error
+        assert f"{tmp_path / 'typo.yaml'}" in error and "schedule.intervall: unknown key" in error
+        assert "schedule.catchup: true or false" in error
+        assert f"cannot read pipeline spec {tmp_path / 'garbage.yaml'}" in error
 
 
 def test_two_specs_with_one_name_are_reported_not_merged(tmp_path):
@@ -128,6 +132,10 @@ def test_the_timetable_serves_only_the_spec_bounds_and_survives_serialization():
 
     entry = load_entry(BIKESHARE_SPEC)
     table = timetable(entry.schedule)
+    # Airflow's plugin manager may load plugins/ again under the same module name (another test in
+    # this process started it): compare with the class the factory sees now, not one from collection.
+    from mlcycle_timetables import PipelineTimetable
+
     assert isinstance(table, PipelineTimetable)
     early = pendulum.datetime(1970, 1, 1, tz="UTC")
     # catchup on: the first run is the spec's first day, not the DAG's wide start date

@@ -40,25 +40,37 @@ class AirflowProject:
     def create(cls, home: Path, **overrides: str) -> AirflowProject:
         home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLCYCLE", "MLFLOW"))}
-        env.update({
-            "AIRFLOW_HOME": str(home / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "MLCYCLE_HOME": str(home / "local"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'local' / 'mlflow' / 'mlflow.db'}",
-            "MLCYCLE_ARTIFACT_ROOT": (home / "local" / "mlflow" / "artifacts").as_uri(),
-            "MLCYCLE_STEPS_BIN": str(STEPS_BIN),
-            "MLCYCLE_RUNNER": "local",
-            "MLFLOW_ENABLE_TELEMETRY": "false",
-            "DO_NOT_TRACK": "1",
-            "PATH": f"{AIRFLOW_BIN}:{env.get('PATH', '')}",
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(home / "airflow"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "MLCYCLE_HOME": str(home / "local"),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'local' / 'mlflow' / 'mlflow.db'}",
+                "MLCYCLE_ARTIFACT_ROOT": (home / "local" / "mlflow" / "artifacts").as_uri(),
+                "MLCYCLE_STEPS_BIN": str(STEPS_BIN),
+                "MLCYCLE_RUNNER": "local",
+                "MLFLOW_ENABLE_TELEMETRY": "false",
+                "DO_NOT_TRACK": "1",
+                "PATH": f"{AIRFLOW_BIN}:{env.get('PATH', '')}",
+            }
+        )
         env.update(overrides)
         project = cls(home=home, env=env)
         project.airflow("db", "migrate")
-        subprocess.run([str(AIRFLOW_BIN / "python"), str(ROOT / "scripts" / "load_airflow_settings.py"), "--file", str(ROOT / "airflow_settings.yaml")], env=env, check=True, timeout=300)  # connections, pools, variables (output shown on failure)
+        subprocess.run(
+            [
+                str(AIRFLOW_BIN / "python"),
+                str(ROOT / "scripts" / "load_airflow_settings.py"),
+                "--file",
+                str(ROOT / "airflow_settings.yaml"),
+            ],
+            env=env,
+            check=True,
+            timeout=300,
+        )  # connections, pools, variables (output shown on failure)
         return project
 
     @staticmethod
@@ -76,6 +88,8 @@ class AirflowProject:
             "AIRFLOW__API__BASE_URL": f"{base}/",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            # The REST API without logins (a test reads it as the UI would); never for a real deployment.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         }
 
     @contextmanager
@@ -94,22 +108,35 @@ class AirflowProject:
             for name in ("api-server", "scheduler", "dag-processor"):
                 log = (self.home / "services" / f"{name}.log").open("ab")
                 logs.append(log)
-                procs[name] = subprocess.Popen([str(AIRFLOW_BIN / "airflow"), name], env=self.env, cwd=self.home,
-                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                procs[name] = subprocess.Popen(
+                    [str(AIRFLOW_BIN / "airflow"), name],
+                    env=self.env,
+                    cwd=self.home,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             deadline = time.monotonic() + timeout
             while True:
                 dead = [n for n, p in procs.items() if p.poll() is not None]
                 if dead:
                     raise AssertionError(f"airflow {', '.join(dead)} exited early:\n{self.service_logs()}")
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as r:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5
+                    ) as r:
                         health = json.loads(r.read())
-                    if all((health.get(c) or {}).get("status") == "healthy" for c in ("scheduler", "dag_processor")):
+                    if all(
+                        (health.get(c) or {}).get("status") == "healthy"
+                        for c in ("scheduler", "dag_processor")
+                    ):
                         break
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"Airflow services not healthy after {timeout}s:\n{self.service_logs()}")
+                    raise AssertionError(
+                        f"Airflow services not healthy after {timeout}s:\n{self.service_logs()}"
+                    )
                 time.sleep(2)
             yield procs
         finally:
@@ -137,11 +164,19 @@ class AirflowProject:
         return Path(self.env["MLCYCLE_HOME"]) / "store"
 
     def airflow(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(AIRFLOW_BIN / "airflow"), *args], env=self.env, cwd=self.home,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(AIRFLOW_BIN / "airflow"), *args],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"airflow {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def dags_test(self, dag_id: str, date: str, conf: dict | None = None) -> subprocess.CompletedProcess:
@@ -159,10 +194,41 @@ class AirflowProject:
         rows = _json_output(self.airflow("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
         return {r["task_id"]: r["state"] for r in rows}
 
+    def champion_events(self, pipeline: str) -> list[dict]:
+        """The extras of the events of ``pipeline``'s champion asset, oldest first (Airflow's own table)."""
+        return [
+            json.loads(extra or "{}")
+            for (extra,) in self._asset_rows(
+                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id",
+                pipeline,
+            )
+        ]
+
+    def champion_queue(self, pipeline: str) -> list[str]:
+        """The DAGs queued to run on ``pipeline``'s champion asset (Airflow's own table)."""
+        return [
+            dag
+            for (dag,) in self._asset_rows(
+                "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id WHERE a.uri = ?",
+                pipeline,
+            )
+        ]
+
+    def _asset_rows(self, query: str, pipeline: str) -> list[tuple]:
+        import sqlite3
+
+        with sqlite3.connect(Path(self.env["AIRFLOW_HOME"]) / "airflow.db") as conn:
+            return conn.execute(query, (f"mlcycle://{pipeline}/champion",)).fetchall()
+
     def steps_python(self, code: str) -> dict:
         """Run ``code`` in the step environment; it must print one JSON line last."""
-        proc = subprocess.run([str(STEPS_BIN / "python"), "-c", textwrap.dedent(code)], env=self.env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(STEPS_BIN / "python"), "-c", textwrap.dedent(code)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             raise AssertionError(f"step-environment probe failed:\n{proc.stderr[-4000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])

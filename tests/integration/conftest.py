@@ -2,18 +2,39 @@
 
 pytest-randomly shuffles the unit and DAG tests to catch order dependence; here the order is the
 point (a first run, then a second that the gate decides...), so these items go back to file order.
+
+`make test` runs these tests on two pytest-xdist workers (``--dist loadfile``): a module runs whole,
+in file order, on one worker with its module fixtures. The longest scenarios start first, so that
+neither worker is left alone with one at the end.
 """
 
 from __future__ import annotations
 
 import pytest
 
+#: The longest scenarios, longest first (minutes on two quiet cores: about 10, 7, 5, 5, 5).
+LONGEST_FIRST = (
+    "test_deploy.py",
+    "test_training_dag.py",
+    "test_docker_runner.py",
+    "test_backfill.py",
+    "test_monitoring_backfill.py",
+)
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's wrapper: its shuffle comes first
+def pytest_collection_modifyitems(items: list[pytest.Item]):
+    """After pytest-randomly's shuffle: scenarios first (longest first, then by path), each in file
+    order; then everything else, as shuffled."""
+    result = yield
     scenario = [item for item in items if item.get_closest_marker("integration")]
-    if not scenario:
-        return
     others = [item for item in items if not item.get_closest_marker("integration")]
-    scenario.sort(key=lambda item: (str(item.path), item.location[1] or 0))
-    items[:] = others + scenario
+
+    def rank(item: pytest.Item) -> tuple:
+        name = item.path.name
+        first = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (first, str(item.path), item.location[1] or 0)
+
+    scenario.sort(key=rank)
+    items[:] = scenario + others
+    return result

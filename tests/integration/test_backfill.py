@@ -1,4 +1,4 @@
-"""A real backfill: the scheduler, not `dags test`, runs the training DAG over seven days.
+"""A real backfill: the scheduler, not `dags test`, runs the training DAG over three days.
 
 Airflow runs as in production: its metadata database is a fresh PostgreSQL database, the
 LocalExecutor runs the tasks, and scheduler, dag-processor and api-server (the Execution API the task
@@ -13,6 +13,8 @@ import datetime as dt
 import hashlib
 import json
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -20,14 +22,15 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from tests.datasets import BIKESHARE_SPEC, write_spec_variant
+from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
 from tests.integration.airflow_env import AirflowProject, _json_output, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-FROM, TO = dt.date(2011, 3, 1), dt.date(2011, 3, 7)  # logical dates, both included: 7 daily runs
+FROM, TO = dt.date(2011, 3, 1), dt.date(2011, 3, 3)  # logical dates, both included: 3 daily runs
+DAYS = (TO - FROM).days + 1
 WINDOW_DAYS = 14
-RERUN = dt.date(2011, 3, 4)
+RERUN = dt.date(2011, 3, 2)
 #: One run at a time, in date order: each day's candidate is gated against the champion the previous
 #: day left (Airflow's default for a backfill is 10 concurrent runs, whatever the DAG's max_active_runs).
 MAX_ACTIVE_RUNS = 1
@@ -35,6 +38,8 @@ MAX_ACTIVE_RUNS = 1
 STALL = 10 * 60
 DAG_ID = "training_bikeshare"
 TASKS = {"interval", "extract", "ingest", "validate", "build_features", "train", "evaluate", "register"}
+#: Runs only when the gate moved ``@champion`` (it emits the champion asset); skipped otherwise.
+ANNOUNCE = "announce"
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -95,7 +100,7 @@ def _partition_hashes(store: Path) -> dict[str, str]:
 
 def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_db, capsys):
     spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml",
-                              model={"search": {"n_iter": 1, "cv_folds": 2}})
+                              model=LEAN_MODEL)
     project = AirflowProject.create(
         tmp_path / "home",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata_db,
@@ -116,8 +121,8 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         project.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM.isoformat(),
                         "--to-date", TO.isoformat(), "--max-active-runs", str(MAX_ACTIVE_RUNS),
                         "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": WINDOW_DAYS}))
-        runs = _wait_until(project, lambda rs: len(rs) == 7 and all(r["state"] in ("success", "failed") for r in rs),
-                           "backfill of 7 days")
+        runs = _wait_until(project, lambda rs: len(rs) == DAYS and all(r["state"] in ("success", "failed") for r in rs),
+                           f"backfill of {DAYS} days")
         wall = time.monotonic() - started
 
         # Every run succeeded, one per day, all created by the backfill.
@@ -128,10 +133,20 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         for run in runs:  # a run whose tasks were skipped is `success` too: every task must have run
             rows = _json_output(project.airflow("tasks", "states-for-dag-run", DAG_ID, run["run_id"],
                                                 "-o", "json").stdout)
-            assert {r["task_id"]: r["state"] for r in rows} == dict.fromkeys(TASKS, "success"), (run, rows)
+            states = {r["task_id"]: r["state"] for r in rows}
+            assert states.pop(ANNOUNCE) in ("success", "skipped"), (run, rows)
+            assert states == dict.fromkeys(TASKS, "success"), (run, rows)
         ordered = sorted(runs, key=lambda r: r["logical_date"])
         if MAX_ACTIVE_RUNS == 1:  # one at a time, oldest first
             assert all(a["end_date"] <= b["start_date"] for a, b in zip(ordered, ordered[1:], strict=False))
+        # The validate task's "Report" button opens the run's Data Docs page, served by the API server.
+        api = project.env["AIRFLOW__API__BASE_URL"].rstrip("/")
+        with urllib.request.urlopen(f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(ordered[0]['run_id'])}"
+                                    "/taskInstances/validate/links", timeout=30) as response:
+            report = json.loads(response.read())["extra_links"]["Report"]
+        assert report.startswith(f"{api}/mlcycle/reports/bikeshare/reports/validation/data_docs/"), report
+        with urllib.request.urlopen(report, timeout=30) as response:
+            assert "Great Expectations" in response.read().decode()
         span = (max(dt.datetime.fromisoformat(r["end_date"]) for r in runs)
                 - min(dt.datetime.fromisoformat(r["start_date"]) for r in runs)).total_seconds()
 
@@ -174,10 +189,10 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         assert again["state"] == "success", project.service_logs()
         assert rerun_raw.stat().st_mtime_ns > written, "the cleared run did not rewrite its partitions"
         assert _partition_hashes(store) == before
-        assert len(_runs(project)) == 7
+        assert len(_runs(project)) == DAYS
 
     with capsys.disabled():
-        print(f"\nbackfill of 7 days (scheduler + LocalExecutor, PostgreSQL metadata, max_active_runs="
+        print(f"\nbackfill of {DAYS} days (scheduler + LocalExecutor, PostgreSQL metadata, max_active_runs="
               f"{MAX_ACTIVE_RUNS}): {wall:.0f} s wall from `backfill create` to all runs done "
-              f"({7 / wall * 60:.2f} runs/min); first start to last end {span:.0f} s; "
+              f"({DAYS / wall * 60:.2f} runs/min); first start to last end {span:.0f} s; "
               f"re-run of one cleared day {rerun_wall:.0f} s")

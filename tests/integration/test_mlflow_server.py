@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import STEPS_BIN
+from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
 from tests.integration.airflow_env import AirflowProject, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -38,10 +39,25 @@ def tracking_server(postgres_dsn, tmp_path):
     artifacts = tmp_path / "server-artifacts"
     log = (tmp_path / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
-        [str(STEPS_BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
-         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"})
+        [
+            str(STEPS_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -53,7 +69,9 @@ def tracking_server(postgres_dsn, tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}"
+                )
             time.sleep(2)
         yield url, artifacts
     finally:
@@ -67,8 +85,9 @@ def tracking_server(postgres_dsn, tmp_path):
 
 def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_server, tmp_path):
     url, artifacts = tracking_server
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
     project = AirflowProject.create(tmp_path / "home", MLFLOW_TRACKING_URI=url, MLCYCLE_ARTIFACT_ROOT="")
-    project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": "bikeshare", "window_days": 14})
+    project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14})
     states = project.task_states("training_bikeshare", "2011-06-30")
     assert all(states[t] == "success" for t in STEPS), states
 

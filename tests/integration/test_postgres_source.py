@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import ROOT, STEPS_BIN
-from tests.datasets import write_spec_variant
+from tests.datasets import LEAN_MODEL, write_spec_variant
 from tests.integration.airflow_env import AirflowProject
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -48,7 +48,7 @@ def table(postgres_dsn):
 @pytest.fixture
 def pg_spec(tmp_path, table) -> Path:
     return write_spec_variant(POSTGRES_SPEC, tmp_path / "specs" / "bikeshare_postgres.yaml",
-                              source={"table": table}, model={"search": {"n_iter": 1, "cv_folds": 2}})
+                              source={"table": table}, model=LEAN_MODEL)
 
 
 def _step_env(home: Path) -> dict[str, str]:

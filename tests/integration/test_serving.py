@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STEPS_BIN
-from tests.datasets import BIKESHARE_SPEC, make_classification_dataset, write_spec_variant
+from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, make_classification_dataset, write_spec_variant
 from tests.integration.airflow_env import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -150,7 +150,7 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, dt.date, int, str, bool]]:
     bike = write_spec_variant(
         BIKESHARE_SPEC,
         tmp / "bikeshare.yaml",
-        model={"search": {"n_iter": 1, "cv_folds": 2}},
+        model=LEAN_MODEL,
         window={"days": 14},
     )
     clf = make_classification_dataset(tmp / "clf", days=30)

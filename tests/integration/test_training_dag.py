@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.datasets import (
     BIKESHARE_SPEC,
+    LEAN_MODEL,
     make_bad_bikeshare,
     make_classification_dataset,
     make_events_dataset,
@@ -36,7 +37,7 @@ WINDOW = {"window_days": 14}
 def pipelines(tmp_path_factory) -> Path:
     """The project's specs folder: bikeshare, and (later) a data set onboarded by its spec alone."""
     folder = tmp_path_factory.mktemp("pipelines")
-    write_spec_variant(BIKESHARE_SPEC, folder / "bikeshare.yaml")
+    write_spec_variant(BIKESHARE_SPEC, folder / "bikeshare.yaml", model=LEAN_MODEL)
     return folder
 
 
@@ -51,7 +52,10 @@ def _fingerprint(project: AirflowProject, start: str, end: str) -> str:
     days = [first + dt.timedelta(days=i) for i in range((stop - first).days)]
     folder = project.store / "bikeshare" / "validated"
     # each day's current validated version, named by its pointer; the bytes are hashed here again
-    files = [folder / f"date={d}" / json.loads((folder / f"date={d}" / "CURRENT.json").read_text())["file"] for d in days]
+    files = [
+        folder / f"date={d}" / json.loads((folder / f"date={d}" / "CURRENT.json").read_text())["file"]
+        for d in days
+    ]
     hashes = [f"{d}:{hashlib.sha256(f.read_bytes()).hexdigest()}" for d, f in zip(days, files, strict=True)]
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
 
@@ -59,12 +63,18 @@ def _fingerprint(project: AirflowProject, start: str, end: str) -> str:
 def _code_version() -> str:
     """What the steps record: the package version and, in a git checkout, the commit."""
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return f"{version}+g{sha}" if sha else version
 
 
-def _run(project: AirflowProject, date: str, conf: dict, dag_id: str = "training_bikeshare") -> dict[str, str]:
+def _run(
+    project: AirflowProject, date: str, conf: dict, dag_id: str = "training_bikeshare"
+) -> dict[str, str]:
     proc = project.dags_test(dag_id, date, conf)
     states = project.task_states(dag_id, date)
     if any(states.get(t) != "success" for t in STEPS) and "bad" not in str(conf):
@@ -86,6 +96,11 @@ def test_first_run_takes_the_first_run_path_and_sets_the_champion(project):
     assert tags["airflow.dag_id"] == "training_bikeshare"
     assert tags["airflow.run_id"].startswith("manual__")
     assert tags["gate.first_run"] == "true" and tags["gate.blessed"] == "true"
+    # `@champion` moved: `announce` emitted the champion asset once, naming the version (deploys run on it)
+    assert states["announce"] == "success"
+    assert project.champion_events("bikeshare") == [
+        {"pipeline": "bikeshare", "model_name": "bikeshare", "version": "1"}
+    ]
 
     run = project.run_tags(registry["versions"][0]["run_id"])
     assert "no champion yet" in run["tags"]["gate.reason"]
@@ -99,7 +114,9 @@ def test_first_run_takes_the_first_run_path_and_sets_the_champion(project):
 def test_second_run_registers_a_new_version_and_the_gate_promotes_it(project, tmp_path):
     # A candidate may be up to twice the champion's RMSE: a retrained model on one more day of the
     # same data is well within that, so the outcome is known (the strict test below is the refusal).
-    lenient = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_lenient.yaml", evaluation={"tolerance": 1.0})
+    lenient = write_spec_variant(
+        BIKESHARE_SPEC, tmp_path / "bikeshare_lenient.yaml", model=LEAN_MODEL, evaluation={"tolerance": 1.0}
+    )
     states = _run(project, "2011-07-01", {"pipeline": str(lenient), **WINDOW})
     assert all(states[t] == "success" for t in STEPS), states
 
@@ -109,19 +126,29 @@ def test_second_run_registers_a_new_version_and_the_gate_promotes_it(project, tm
     v2 = registry["versions"][1]
     assert v2["tags"]["gate.first_run"] == "false" and v2["tags"]["gate.blessed"] == "true"
     assert v2["tags"]["gate.champion_version"] == "1"
+    assert states["announce"] == "success"
+    assert [e["version"] for e in project.champion_events("bikeshare")] == ["1", "2"]
     run = project.run_tags(v2["run_id"])
     candidate, champion = run["metrics"]["gate_candidate_rmse"], run["metrics"]["gate_champion_rmse"]
     assert candidate <= 120 and candidate <= champion * 2, (candidate, champion)
     v1_run = project.run_tags(registry["versions"][0]["run_id"])
-    assert champion != v1_run["metrics"]["gate_candidate_rmse"], "the champion was not re-scored on this run's slice"
+    assert champion != v1_run["metrics"]["gate_candidate_rmse"], (
+        "the champion was not re-scored on this run's slice"
+    )
 
 
 def test_a_strict_spec_makes_the_gate_reject_and_the_champion_stays(project, tmp_path):
-    strict = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_strict.yaml",
-                                evaluation={"threshold": 1.0, "tolerance": 0.0})
+    strict = write_spec_variant(
+        BIKESHARE_SPEC,
+        tmp_path / "bikeshare_strict.yaml",
+        model=LEAN_MODEL,
+        evaluation={"threshold": 1.0, "tolerance": 0.0},
+    )
     champion_before = project.registry("bikeshare")["aliases"]["champion"]
+    events_before = project.champion_events("bikeshare")
     states = _run(project, "2011-07-02", {"pipeline": str(strict), **WINDOW})
     assert all(states[t] == "success" for t in STEPS), states
+    assert states["announce"] == "skipped" and project.champion_events("bikeshare") == events_before
 
     registry = project.registry("bikeshare")
     newest = registry["versions"][-1]
@@ -133,15 +160,24 @@ def test_a_strict_spec_makes_the_gate_reject_and_the_champion_stays(project, tmp
 def test_a_spec_that_drops_a_feature_still_gates_against_the_champion(project, tmp_path):
     """The champion was trained with `windspeed`; the new spec no longer uses it. Each model is scored
     on the columns of its own signature, so the gate still compares both on the same rows."""
-    slimmer = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare_slim.yaml",
-                                 columns={"windspeed": {"role": "ignore"}}, evaluation={"tolerance": 1.0})
+    slimmer = write_spec_variant(
+        BIKESHARE_SPEC,
+        tmp_path / "bikeshare_slim.yaml",
+        model=LEAN_MODEL,
+        columns={"windspeed": {"role": "ignore"}},
+        evaluation={"tolerance": 1.0},
+        monitoring={"columns": ["temp", "atemp", "hum"]},
+    )
     champion_before = project.registry("bikeshare")["aliases"]["champion"]
     states = _run(project, "2011-07-03", {"pipeline": str(slimmer), **WINDOW})
     assert all(states[t] == "success" for t in STEPS), states
     newest = project.registry("bikeshare")["versions"][-1]
     run = project.run_tags(newest["run_id"])
     assert "gate_champion_rmse" in run["metrics"], run["tags"]["gate.reason"]
-    assert f"champion {'rmse'}" in run["tags"]["gate.reason"] and newest["tags"]["gate.champion_version"] == champion_before
+    assert (
+        f"champion {'rmse'}" in run["tags"]["gate.reason"]
+        and newest["tags"]["gate.champion_version"] == champion_before
+    )
 
 
 def test_a_bad_batch_stops_at_validation_and_nothing_is_registered(project, tmp_path):
@@ -186,7 +222,9 @@ def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(p
     assert (tags["mlcycle.window_start"], tags["mlcycle.window_end"]) == ("2023-03-01", "2023-03-15")
     run = project.run_tags(registry["versions"][0]["run_id"])
     # The whole classification metric set, and the gate's metric named.
-    assert {f"holdout_{m}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")} <= set(run["metrics"])
+    assert {f"holdout_{m}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")} <= set(
+        run["metrics"]
+    )
     assert run["metrics"]["holdout_roc_auc"] > 0.7
     assert run["params"]["gate_metric"] == "roc_auc"
     # The day clocks went forward is one local day of 23 hours, like any other partition.
