@@ -10,12 +10,17 @@ source scripts/env.sh
 echo "==> ruff check (with Airflow's AIR rules)"
 .venv/bin/ruff check .
 echo "==> unit tests of the step package (.venv-steps)"
-COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q --cov --cov-report= "$@"
+# MLCYCLE_TEST_WORKERS pytest-xdist workers (default 2, one per core; 0: one process, no xdist).
+parallel() {
+  if [ "${MLCYCLE_TEST_WORKERS:-2}" = 0 ]; then echo "-p no:xdist"; else echo "--numprocesses ${MLCYCLE_TEST_WORKERS:-2} $*"; fi
+}
+read -ra unit_workers <<<"$(parallel)"
+COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q \
+  "${unit_workers[@]}" --cov --cov-report= "$@"
 echo "==> DAG and integration tests (.venv, ${MLCYCLE_TEST_WORKERS:-2} workers)"
-# Most of their time is spent waiting on Airflow, MLflow and Docker subprocesses, so two workers use
-# two cores; each module runs whole on one worker (tests/integration/conftest.py says how).
-workers=(-n "${MLCYCLE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder)
-[ "${MLCYCLE_TEST_WORKERS:-2}" = 0 ] && workers=(-p no:xdist)
+# Most of their time is spent waiting on Airflow, MLflow and Docker subprocesses; each module runs
+# whole on one worker, longest first (tests/integration/conftest.py says how).
+read -ra workers <<<"$(parallel --dist loadfile --no-loadscope-reorder)"
 COVERAGE_FILE="$PWD/.coverage.airflow" .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q \
   "${workers[@]}" --cov --cov-report= "$@"
 echo "==> coverage of include/ and dags/ (coverage.xml)"

@@ -1,7 +1,9 @@
 """Run the real thing from tests: an isolated Airflow home, `airflow dags test`, and MLflow probes.
 
 Tests in the Airflow environment cannot import MLflow (by design), so registry state is read by a
-small script run in the step environment.
+small script run in the step environment. Airflow's own state (task states, asset events) is read
+from its metadata database: each `airflow` CLI call costs seconds of start-up, and the suite makes
+hundreds of such reads.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -59,7 +63,7 @@ class AirflowProject:
         )
         env.update(overrides)
         project = cls(home=home, env=env)
-        project.airflow("db", "migrate")
+        project._migrate()
         subprocess.run(
             [
                 str(AIRFLOW_BIN / "python"),
@@ -72,6 +76,38 @@ class AirflowProject:
             timeout=300,
         )  # connections, pools, variables (output shown on failure)
         return project
+
+    #: A freshly migrated SQLite metadata database, made once per test process and copied into
+    #: each new home (a migration costs several seconds of the suite per project).
+    _template_db: Path | None = None
+
+    def _migrate(self) -> None:
+        if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in self.env:  # a server database: migrate it in place
+            self.airflow("db", "migrate")
+            return
+        target = Path(self.env["AIRFLOW_HOME"]) / "airflow.db"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if AirflowProject._template_db is None:
+            self.airflow("db", "migrate")
+            template = Path(tempfile.mkdtemp(prefix="mlcycle-airflow-db-")) / "airflow.db"
+            shutil.copyfile(target, template)
+            AirflowProject._template_db = template
+        else:
+            shutil.copyfile(AirflowProject._template_db, target)
+
+    def _metadata(self, query: str, **params: object) -> list[tuple]:
+        """Rows of a query on this home's Airflow metadata database (SQLite or a server)."""
+        from sqlalchemy import create_engine, text
+
+        url = self.env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or (
+            f"sqlite:///{Path(self.env['AIRFLOW_HOME']) / 'airflow.db'}"
+        )
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(query), params)]
+        finally:
+            engine.dispose()
 
     @staticmethod
     def server_settings(port: int) -> dict[str, str]:
@@ -186,20 +222,25 @@ class AirflowProject:
         return self.airflow(*args, check=False)
 
     def task_states(self, dag_id: str, date: str) -> dict[str, str]:
-        """Task id -> final state of the one run of ``dag_id`` with logical date ``date``."""
-        runs = _json_output(self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout)
-        matching = [r for r in runs if str(r.get("logical_date", "")).startswith(date)]
+        """Task id -> final state of the latest run of ``dag_id`` with logical date ``date``."""
+        runs = self._metadata(
+            "SELECT run_id, logical_date FROM dag_run WHERE dag_id = :dag ORDER BY id DESC", dag=dag_id
+        )
+        matching = [run_id for run_id, logical in runs if str(logical).startswith(date)]
         assert matching, f"no run of {dag_id} at {date}; runs: {runs}"
-        run_id = matching[0]["run_id"]
-        rows = _json_output(self.airflow("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
-        return {r["task_id"]: r["state"] for r in rows}
+        rows = self._metadata(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = :dag AND run_id = :run",
+            dag=dag_id,
+            run=matching[0],
+        )
+        return {task_id: state for task_id, state in rows}
 
     def champion_events(self, pipeline: str) -> list[dict]:
         """The extras of the events of ``pipeline``'s champion asset, oldest first (Airflow's own table)."""
         return [
-            json.loads(extra or "{}")
+            extra if isinstance(extra, dict) else json.loads(extra or "{}")  # JSON on a server database
             for (extra,) in self._asset_rows(
-                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id",
+                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = :uri ORDER BY e.id",
                 pipeline,
             )
         ]
@@ -209,16 +250,13 @@ class AirflowProject:
         return [
             dag
             for (dag,) in self._asset_rows(
-                "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id WHERE a.uri = ?",
+                "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id WHERE a.uri = :uri",
                 pipeline,
             )
         ]
 
     def _asset_rows(self, query: str, pipeline: str) -> list[tuple]:
-        import sqlite3
-
-        with sqlite3.connect(Path(self.env["AIRFLOW_HOME"]) / "airflow.db") as conn:
-            return conn.execute(query, (f"mlcycle://{pipeline}/champion",)).fetchall()
+        return self._metadata(query, uri=f"mlcycle://{pipeline}/champion")
 
     def steps_python(self, code: str) -> dict:
         """Run ``code`` in the step environment; it must print one JSON line last."""
