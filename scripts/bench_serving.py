@@ -4,7 +4,7 @@
     .venv-steps/bin/python scripts/bench_serving.py --model-uri path/to/model-folder --duration 5
 
 Needs wrk (Debian: apt-get install -y wrk). Measures, with each server's default worker count:
-- one-row requests at 4 and 16 connections: requests/s, p50, p99 (wrk --latency);
+- after a short warm-up of each server (not recorded), one-row requests at 4 and 16 connections: requests/s, p50, p99 (wrk --latency);
 - 1,000-row requests at 2 connections: rows/s;
 - in-process cost of one prediction on each path (Pipeline, ONNX fast path), median of many;
 - the prediction log's cost: this server with the log on and off, one-row requests, 4 connections.
@@ -33,6 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+#: Seconds of load each server gets after it is ready and before any measured run, so that no figure
+#: includes a cold start (the first requests of a process, the prediction log writer's first file).
+WARM_UP_S = 3
 
 
 def free_port() -> int:
@@ -239,6 +242,7 @@ def main() -> int:
             tmp / "mlflow.log",
         ):
             url = f"http://127.0.0.1:{mp}/invocations"
+            wrk(url, json.dumps({"dataframe_records": [rows[0]]}), 4, WARM_UP_S, tmp)  # not recorded
             for c in (4, 16):
                 runs[f"mlflow_one_row_c{c}"] = wrk(
                     url, json.dumps({"dataframe_records": [rows[0]]}), c, args.duration, tmp
@@ -254,6 +258,7 @@ def main() -> int:
                 tmp / f"ours-{log_flag}.log",
             ):
                 url = f"http://127.0.0.1:{op}/predict"
+                wrk(url, one, 4, WARM_UP_S, tmp)  # not recorded: first requests, the log writer's start
                 if log_flag == "on":
                     for c in (4, 16):
                         runs[f"ours_one_row_c{c}"] = wrk(url, one, c, args.duration, tmp)

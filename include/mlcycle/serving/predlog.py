@@ -344,6 +344,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Background work: when cores are scarce, the server's requests go first and the log catches up.
+    os.nice(int(os.environ.get("MLCYCLE_SERVING_LOG_NICE", "10")))
     writer = _Writer(**json.loads(sys.argv[1]))
     _serve(writer, sys.stdin.buffer, sys.stdout)
 

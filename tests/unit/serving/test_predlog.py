@@ -164,3 +164,17 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_writer_yields_the_cores_to_the_server(tmp_path):
+    """Parquet encoding is background work: on a busy machine the server's requests go first."""
+    import os
+
+    log = PredictionLog(tmp_path, "bikeshare", "m", "1", FEATURES, flush_rows=10_000, flush_seconds=3600)
+    try:
+        log.append(_entry(0))
+        log.flush()  # the writer has answered: it runs its loop, at its own priority
+        server = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, log._writer.pid) == min(server + 10, 19)
+    finally:
+        log.close()
