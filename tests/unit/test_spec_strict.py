@@ -47,6 +47,12 @@ from tests.datasets import BIKESHARE_SPEC, write_spec_variant
             {"columns": {"weathersit": {"type": "categorical", "values": ["clear"], "min_std": 1}}},
             "columns.weathersit.min_std: only for numeric and integer columns",
         ),
+        # the deploy and monitoring sections are as strict as the rest
+        ({"deploy": {"watch_second": 3}}, "deploy.watch_second: unknown key; did you mean `watch_seconds`?"),
+        ({"deploy": {"watch_seconds": -1}}, "deploy.watch_seconds: at least 0 (got -1)"),
+        ({"deploy": {"production_port": True}}, "deploy.production_port: expected int, got True"),
+        ({"monitoring": {"colums": ["temp"]}}, "monitoring.colums: unknown key; did you mean `columns`?"),
+        ({"monitoring": {"columns": ["no_such_col"]}}, "monitoring.columns: 'no_such_col' is not a feature"),
     ],
 )
 def test_each_mistake_is_reported_with_its_path(tmp_path, overrides, problem):
