@@ -42,9 +42,9 @@ from airflow.sdk import DAG, Param, task
 
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.assets import champion_asset
-from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date
+from pipeline_support.factory import default_args, publish, spec_doc, start_date
 from pipeline_support.runner import LINEAGE_ENV, LocalStepOperator
-from pipeline_support.specs import PipelineEntry, discover, read_spec
+from pipeline_support.specs import PipelineEntry, read_spec
 
 
 def resolved(key: str) -> str:
@@ -169,8 +169,4 @@ def deploy_dag(entry: PipelineEntry) -> DAG:
     return dag
 
 
-entries, broken = discover()
-for entry in entries:
-    globals()[f"deploy_{entry.name}"] = deploy_dag(entry)
-if (placeholder := broken_specs_dag("deploy", broken)) is not None:
-    globals()[placeholder.dag_id] = placeholder
+publish(globals(), "deploy", deploy_dag)

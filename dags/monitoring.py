@@ -35,10 +35,10 @@ from airflow.sdk import DAG, Param
 
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.drift import retrain_trigger_task
-from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date, timetable
+from pipeline_support.factory import default_args, publish, spec_doc, start_date, timetable
 from pipeline_support.interval import interval_task
 from pipeline_support.runner import step_task
-from pipeline_support.specs import PipelineEntry, discover
+from pipeline_support.specs import PipelineEntry
 
 
 def monitoring_dag(entry: PipelineEntry) -> DAG:
@@ -69,8 +69,4 @@ def monitoring_dag(entry: PipelineEntry) -> DAG:
     return dag
 
 
-entries, broken = discover()
-for entry in entries:
-    globals()[f"monitoring_{entry.name}"] = monitoring_dag(entry)
-if (placeholder := broken_specs_dag("monitoring", broken)) is not None:
-    globals()[placeholder.dag_id] = placeholder
+publish(globals(), "monitoring", monitoring_dag)

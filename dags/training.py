@@ -45,10 +45,10 @@ from airflow.sdk import DAG, Param
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.assets import announce_task
 from pipeline_support.extract import extract_task
-from pipeline_support.factory import broken_specs_dag, default_args, spec_doc, start_date, timetable_or_drift
+from pipeline_support.factory import default_args, publish, spec_doc, start_date, timetable_or_drift
 from pipeline_support.interval import interval_task
 from pipeline_support.runner import step_task
-from pipeline_support.specs import PipelineEntry, discover
+from pipeline_support.specs import PipelineEntry
 
 
 def training_dag(entry: PipelineEntry) -> DAG:
@@ -88,8 +88,4 @@ def training_dag(entry: PipelineEntry) -> DAG:
     return dag
 
 
-entries, broken = discover()
-for entry in entries:
-    globals()[f"training_{entry.name}"] = training_dag(entry)
-if (placeholder := broken_specs_dag("training", broken)) is not None:
-    globals()[placeholder.dag_id] = placeholder
+publish(globals(), "training", training_dag)

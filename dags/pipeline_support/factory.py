@@ -9,6 +9,7 @@ spec and its problems, while the DAGs of every other spec load as usual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from pipeline_support.alerts import failure_notifier
-from pipeline_support.specs import PipelineEntry, Schedule
+from pipeline_support.specs import PipelineEntry, Schedule, discover
 
 
 def default_args(owner: str = "mlops", retries: int = 1) -> dict[str, Any]:
@@ -106,3 +107,13 @@ def broken_specs_dag(kind: str, broken: dict[Path, str]) -> DAG | None:
     placeholder.problems = (f"{len(broken)} pipeline spec(s) cannot be loaded, so their {kind} DAGs are "
                             f"missing (the other pipelines are unaffected):\n{listing}")
     return placeholder
+
+
+def publish(namespace: dict[str, Any], kind: str, build: Callable[[PipelineEntry], DAG]) -> None:
+    """One ``<kind>_<name>`` DAG per spec in a DAG file's ``namespace`` (its ``globals()``, where the
+    DAG processor looks), and the placeholder that reports the specs that do not load."""
+    entries, broken = discover()
+    for entry in entries:
+        namespace[f"{kind}_{entry.name}"] = build(entry)
+    if (placeholder := broken_specs_dag(kind, broken)) is not None:
+        namespace[placeholder.dag_id] = placeholder

@@ -178,22 +178,18 @@ class Proxy:
         previous = self.upstream()
         began = time.monotonic()
         self._write_upstream(slot_port)
-        check = docker("exec", self.container, "nginx", "-t", "-q", "-c", CONFIG, check=False)
-        if check.returncode != 0:
-            if previous is not None:
-                self._write_upstream(previous)
-            raise DeployError(
-                f"nginx rejected the new configuration, kept forwarding to port {previous}: "
-                f"{(check.stderr or check.stdout).strip()[-500:]}"
-            )
-        reload = docker("exec", self.container, "nginx", "-s", "reload", "-c", CONFIG, check=False)
-        if reload.returncode != 0:
-            if previous is not None:
-                self._write_upstream(previous)
-            raise DeployError(
-                f"nginx reload failed, kept forwarding to port {previous}: "
-                f"{(reload.stderr or reload.stdout).strip()[-500:]}"
-            )
+        for args, failure in (
+            (("-t", "-q"), "nginx rejected the new configuration"),
+            (("-s", "reload"), "nginx reload failed"),
+        ):
+            done = docker("exec", self.container, "nginx", *args, "-c", CONFIG, check=False)
+            if done.returncode != 0:
+                if previous is not None:
+                    self._write_upstream(previous)
+                raise DeployError(
+                    f"{failure}, kept forwarding to port {previous}: "
+                    f"{(done.stderr or done.stdout).strip()[-500:]}"
+                )
         log.info("proxy %s: port %s -> %d (graceful reload)", self.container, previous, slot_port)
         return round(time.monotonic() - began, 3)
 
