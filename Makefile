@@ -1,4 +1,6 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
+# Recipes run in bash: several source scripts/env.sh, which needs bash (Debian's /bin/sh is dash).
+SHELL := /bin/bash
 .PHONY: setup run test lint bench bench-scale bench-training bench-monitoring images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)

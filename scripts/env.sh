@@ -1,6 +1,10 @@
 # Source this file to point Airflow, MLflow and the steps at the project-local embedded default:
 # Airflow on SQLite, MLflow on SQLite with a local artifact folder, the data store in a folder;
 # all under .local/ (git-ignored). Values already set in the environment win.
+if [ -z "${BASH_VERSION:-}" ]; then
+  echo "scripts/env.sh must be sourced from bash (this shell is $0): run 'bash', then '. scripts/env.sh'" >&2
+  return 1 2>/dev/null || exit 1
+fi
 MLCYCLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export MLCYCLE_ROOT
 export MLCYCLE_HOME="${MLCYCLE_HOME:-$MLCYCLE_ROOT/.local}"

@@ -4,6 +4,7 @@ call make targets only, and the GitLab `install` and `lint` jobs really run (git
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -209,3 +210,24 @@ def test_gitlab_ci_local_is_pinned():
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pin an exact version"
     assert lock["packages"]["node_modules/gitlab-ci-local"]["version"] == version
     assert shutil.which("make"), "make is needed by every CI job"
+
+
+def test_make_recipes_that_source_env_sh_see_the_project_root():
+    """Recipes such as `make bench-serving` and `make deploy` source scripts/env.sh, which needs bash;
+    under Debian's /bin/sh (dash) it resolved the project root to `/` and every path went wrong."""
+    probe = subprocess.run(
+        ["make", "-s", "--eval", "probe: ; . scripts/env.sh && echo $$MLCYCLE_HOME", "probe"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE_", "MLFLOW_", "AIRFLOW"))},
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == str(ROOT / ".local")
+
+
+def test_env_sh_refuses_a_shell_that_is_not_bash():
+    proc = subprocess.run(["sh", "-c", ". scripts/env.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "must be sourced from bash" in proc.stderr
