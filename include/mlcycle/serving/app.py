@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import logging
 import math
@@ -131,6 +132,11 @@ class Server:
                 flush_seconds=self.settings.flush_seconds,
             )
         m.model_loaded(model)
+        # What is loaded now lives as long as the worker: out of the collector's sight, a full
+        # collection walks only what requests allocate (it walked the whole model and framework, a
+        # pause of several ms in the slowest requests).
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     def close(self) -> None:
@@ -306,6 +312,28 @@ class Server:
         return result
 
 
+class FastLane:
+    """Pure ASGI: ``POST /predict`` and ``POST /invocations`` go straight to their handlers.
+
+    The handlers take the request and return a complete response, so FastAPI's routing and
+    dependency solving add nothing to them; skipping both takes about a third off the server's own
+    cost of a one-row request. FastAPI still declares both routes for the OpenAPI page; every other
+    path and method goes through it as usual.
+    """
+
+    def __init__(self, app: Any, routes: dict[str, Any]):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     settings = settings or ServingSettings.from_env()
     server = Server(settings)
@@ -332,9 +360,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "`/predict` takes one row or a list of rows; `/invocations` speaks MLflow's "
         "scoring protocol.",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry asks the global providers on every request whether it is
+        # on (tens of microseconds); the server's metrics are Prometheus', on /metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.server = server
-    app.add_middleware(m.MetricsMiddleware)
+    fast_routes: dict[str, Any] = {}  # filled below, once the handlers exist
+    app.add_middleware(FastLane, routes=fast_routes)
+    app.add_middleware(m.MetricsMiddleware)  # added last: the outermost, it also counts the fast lane
 
     def not_ready() -> Response:
         return _json_response({"error_code": "NOT_READY", "message": "the model is still loading"}, 503)
@@ -449,6 +482,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         request_id = request_id_of(request)
         result = server.predict(rows, request_id, "invocations", started, event_day_of(request))
         return _json_response({"predictions": result.predictions}, headers={"x-request-id": request_id})
+
+    fast_routes.update({"/predict": predict, "/invocations": invocations})
 
     @app.get("/health", summary="alive")
     async def health() -> dict[str, str]:

@@ -70,8 +70,32 @@ def observe_predictions(model: Any, predictions: list[Any]) -> None:
         for label in predictions:
             PREDICTION_LABELS.labels(str(label)).inc()
     elif _prediction_hist is not None:
-        for value in predictions:
-            _prediction_hist.observe(value)
+        observe_many(_prediction_hist, predictions)
+
+
+def observe_many(hist: Histogram, values: list[float]) -> None:
+    """``hist.observe`` for each value, in one pass: a count per bucket and one sum.
+
+    A 1,000-row request spent several milliseconds observing its predictions one by one (a lock and
+    a shared-memory write each). prometheus_client has no public bulk observe; this uses the
+    histogram's own bucket and sum values, and falls back to one ``observe`` per value where a
+    different version keeps them otherwise.
+    """
+    buckets, total = getattr(hist, "_buckets", None), getattr(hist, "_sum", None)
+    bounds = getattr(hist, "_upper_bounds", None)
+    if len(values) < 8 or buckets is None or total is None or bounds is None:
+        for value in values:
+            hist.observe(value)
+        return
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64)
+    # observe() counts a value in the first bucket whose upper bound is >= the value.
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), arr, side="left"), minlength=len(bounds))
+    total.inc(float(arr.sum()))
+    for bucket, count in zip(buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -246,11 +246,13 @@ class ServedModel:
         Rows are validated already: numbers are numbers (None, for a nullable feature, becomes NaN in
         a float array), categories have the type the graph expects.
         """
-        feeds = {}
-        for name, dtype in self._encoders:
-            arr = np.array([r[name] for r in rows], dtype=dtype)
-            feeds[name] = arr.reshape(-1, 1)
-        return feeds
+        if len(rows) == 1:  # the common case: a (1, 1) array in one call
+            row = rows[0]
+            return {name: np.array([[row[name]]], dtype=dtype) for name, dtype in self._encoders}
+        return {
+            name: np.array([r[name] for r in rows], dtype=dtype).reshape(-1, 1)
+            for name, dtype in self._encoders
+        }
 
     def _predict_onnx(self, rows: list[dict[str, Any]]) -> Prediction:
         out = self.session.run(None, self.encode(rows))
