@@ -66,12 +66,26 @@ def server(cmd: list[str], ready_url: str, env: dict[str, str], log: Path):
             wait_ready(ready_url, proc)
             yield proc
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM the server's process group and wait until every process of it is gone: workers that
+    outlive their parent would take CPU from the next server's measurements."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def wrk(url: str, body: str, connections: int, duration: int, tmp: Path) -> dict[str, float]:
