@@ -173,10 +173,38 @@ class Proxy:
             f"{(logs.stdout + logs.stderr).strip()[-800:]}"
         )
 
+    def accepting_workers(self) -> set[int] | None:
+        """PIDs of the nginx workers that still take new connections (None: cannot be read).
+
+        A worker told to stop after a reload closes its listening socket first and then shows as
+        ``nginx: worker process is shutting down``; it only finishes the requests it holds.
+        """
+        top = docker("top", self.container, "-eo", "pid,args", check=False)
+        if top.returncode != 0:
+            return None
+        return {
+            int(pid)
+            for pid, _, args in (line.strip().partition(" ") for line in top.stdout.splitlines()[1:])
+            if pid.isdigit() and args.strip() == "nginx: worker process"
+        }
+
+    def _wait_for_old_workers(self, old: set[int], seconds: float = 10.0) -> None:
+        """Until no worker of the previous configuration accepts connections: a reload starts the new
+        workers before it tells the old ones to stop, and in between both accept."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            accepting = self.accepting_workers()
+            if accepting is None or not accepting & old:
+                return
+            time.sleep(0.05)
+        log.warning("proxy %s: workers %s of the previous configuration still accept", self.container, old)
+
     def switch(self, slot_port: int) -> float:
-        """Forward to ``slot_port`` from now on (graceful reload); the seconds the reload took."""
+        """Forward to ``slot_port`` from now on (graceful reload); the seconds the reload took, until
+        no worker of the previous configuration accepts a new connection."""
         previous = self.upstream()
         began = time.monotonic()
+        old = self.accepting_workers() or set()
         self._write_upstream(slot_port)
         for args, failure in (
             (("-t", "-q"), "nginx rejected the new configuration"),
@@ -190,6 +218,7 @@ class Proxy:
                     f"{failure}, kept forwarding to port {previous}: "
                     f"{(done.stderr or done.stdout).strip()[-500:]}"
                 )
+        self._wait_for_old_workers(old)
         log.info("proxy %s: port %s -> %d (graceful reload)", self.container, previous, slot_port)
         return round(time.monotonic() - began, 3)
 
