@@ -77,13 +77,11 @@ def observe_many(hist: Histogram, values: list[float]) -> None:
     """``hist.observe`` for each value, in one pass: a count per bucket and one sum.
 
     A 1,000-row request spent several milliseconds observing its predictions one by one (a lock and
-    a shared-memory write each). prometheus_client has no public bulk observe; this uses the
-    histogram's own bucket and sum values, and falls back to one ``observe`` per value where a
-    different version keeps them otherwise.
+    a shared-memory write each). prometheus_client has no public bulk observe; this writes the
+    histogram's own bucket and sum values (the pinned version's; tests/unit/serving/test_metrics.py
+    compares the result with ``observe``).
     """
-    buckets, total = getattr(hist, "_buckets", None), getattr(hist, "_sum", None)
-    bounds = getattr(hist, "_upper_bounds", None)
-    if len(values) < 8 or buckets is None or total is None or bounds is None:
+    if len(values) < 8:  # below this, numpy costs more than it saves
         for value in values:
             hist.observe(value)
         return
@@ -91,9 +89,9 @@ def observe_many(hist: Histogram, values: list[float]) -> None:
 
     arr = np.asarray(values, dtype=np.float64)
     # observe() counts a value in the first bucket whose upper bound is >= the value.
-    counts = np.bincount(np.searchsorted(np.asarray(bounds), arr, side="left"), minlength=len(bounds))
-    total.inc(float(arr.sum()))
-    for bucket, count in zip(buckets, counts.tolist(), strict=False):
+    counts = np.bincount(np.searchsorted(hist._upper_bounds, arr, side="left"), minlength=len(hist._buckets))
+    hist._sum.inc(float(arr.sum()))
+    for bucket, count in zip(hist._buckets, counts.tolist(), strict=False):
         if count:
             bucket.inc(count)
 
