@@ -246,7 +246,12 @@ def _step(module: str):
     return importlib.import_module(f"mlcycle.steps.{module}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> int:
+    if argv is None and sys.argv[1:2] != ["serve"]:
+        from mlcycle import warm
+
+        if warm.enabled() and (code := warm.forward(sys.argv[1:])) is not None:
+            return code
     parser = _parser()
     args = parser.parse_args(argv)
     _check_interval(parser, args)
@@ -254,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "great_expectations", "urllib3", "matplotlib", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if warm_from is not None:
+        log.info("%s: started warm as pid %d, forked from the warm step server (pid %d)",
+                 args.step, os.getpid(), warm_from)
     try:
         if args.step == "serve":
             return _serve(args)
