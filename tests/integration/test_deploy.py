@@ -98,8 +98,13 @@ def project(tmp_path_factory, docker_ready, ports):
     project.namespace = namespace
     project.runs = 0
     yield project
+    stop_deployment(project, project.spec, namespace)
+
+
+def stop_deployment(project: AirflowProject, spec: Path, namespace: str) -> None:
+    """Stop the proxy and slots, and remove the serving images of this test's namespace."""
     subprocess.run(
-        [str(STEPS_BIN / "mlcycle"), "deploy-stop", "--pipeline", str(project.spec)],
+        [str(STEPS_BIN / "mlcycle"), "deploy-stop", "--pipeline", str(spec)],
         env=project.env,
         capture_output=True,
         timeout=300,

@@ -43,7 +43,8 @@ class ReplayResult(Result):
     rejected: int
     seconds: float
     rate: float  # rows per second achieved
-    model_version: str | None
+    model_version: str | None  # the last answer's
+    model_versions: list[str]  # every version that answered, in the order they first did
 
 
 def _day_rows(spec: PipelineSpec, store: Store, day: dt.date) -> pd.DataFrame:
@@ -100,6 +101,7 @@ def replay(
     began = time.perf_counter()
     requests = rejected = 0
     version = None
+    versions: list[str] = []
     for i in range(0, len(rows), batch):
         due = began + i / rate
         if (wait := due - time.perf_counter()) > 0:
@@ -116,6 +118,8 @@ def replay(
             rejected += 1
             log.warning("request %d rejected with HTTP %d: %s", requests, status, body.get("error", body))
         version = body.get("model_version", version)
+        if version is not None and str(version) not in versions:
+            versions.append(str(version))
     seconds = time.perf_counter() - began
     if rejected == requests and requests:
         raise ReplayFailed(
@@ -140,4 +144,5 @@ def replay(
         seconds=round(seconds, 3),
         rate=round(len(rows) / seconds, 2) if seconds else 0.0,
         model_version=version,
+        model_versions=versions,
     )
