@@ -7,7 +7,8 @@ once and trains a first champion on the 28 days before 2011-01-29 with a one-can
 Then it measures:
 
 1. the ``mlcycle monitor`` command (a fresh process, as a task runs it): wall time and peak RSS for
-   one day, and for a 28-day current window;
+   one day, and for a 28-day current window; then the one-day command with warm steps
+   (``MLCYCLE_WARM=1``, ``mlcycle.warm``), against that cold start;
 2. detection: for each month of 2011, how many days the spec's ``monitoring:`` settings call drift,
    against the January champion's training data (the model nobody retrained) and against the 28 days
    before each day (a model retrained daily);
