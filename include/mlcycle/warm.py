@@ -89,11 +89,11 @@ def package_key() -> str:
     return digest.hexdigest()[:20]
 
 
-def socket_path(key: str | None = None) -> Path:
+def socket_path() -> Path:
     """Short (a UNIX socket path has at most 107 bytes) and private to this user."""
     folder = Path(tempfile.gettempdir()) / f"mlcycle-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{key or package_key()}.sock"
+    return folder / f"{package_key()}.sock"
 
 
 # -- the command's side -------------------------------------------------------------------------
@@ -139,10 +139,7 @@ def _umask() -> int:
 
 def _pass_signals_to(pid: int) -> None:
     def relay(signum, _frame):
-        try:
-            os.killpg(pid, signum)
-        except ProcessLookupError:
-            pass
+        _killpg(pid, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, relay)
@@ -170,8 +167,8 @@ def _start_server(path: Path) -> None:
 
 
 class Server:
-    def __init__(self, path: Path, idle: float) -> None:
-        self.path, self.idle = path, idle
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
         self.children: dict[int, socket.socket] = {}  # child pid -> its command's connection
         self.orphans: dict[int, float] = {}  # child pid -> when it was sent SIGTERM
         self.last = time.monotonic()
@@ -280,20 +277,23 @@ def _killpg(pid: int, signum: int) -> None:
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
-    if len(data) < 8 or len(fds) != 3:
-        for fd in fds:
+    try:
+        if len(data) < 8 or len(fds) != 3:
+            raise ValueError("not a step request")
+        size = int.from_bytes(data[:8], "big")
+        if size > _HEADER_LIMIT:
+            raise ValueError("request too large")
+        body = data[8:]
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ValueError("request cut short")
+            body += chunk
+        return json.loads(body), fds
+    except BaseException:
+        for fd in fds:  # a rejected request keeps none of the command's streams open
             os.close(fd)
-        raise ValueError("not a step request")
-    size = int.from_bytes(data[:8], "big")
-    if size > _HEADER_LIMIT:
-        raise ValueError("request too large")
-    body = data[8:]
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise ValueError("request cut short")
-        body += chunk
-    return json.loads(body), fds
+        raise
 
 
 def _become(request: dict, fds: list[int], server: int) -> None:
@@ -369,7 +369,7 @@ def main(argv: list[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another server is starting for this package
-    server = Server(path, float(os.environ.get(IDLE_ENV) or 600))
+    server = Server(float(os.environ.get(IDLE_ENV) or 600))
     server.preload()
     listener = _listen(path)
     if listener is None:
