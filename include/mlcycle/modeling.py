@@ -160,10 +160,33 @@ def build_search(spec: PipelineSpec, n_samples: int) -> BudgetedRandomSearch:
         scoring=SCORING[spec.evaluation.metric],
         random_state=spec.model.seed,
         n_jobs=1,
-        refit=True,
+        refit=False,  # train refits the best candidate on the whole slice, which the search may not have seen
         error_score="raise",
         budget_seconds=spec.model.budget_seconds,
     )
+
+
+def time_stratified_sample(strata: np.ndarray, max_rows: int, seed: int) -> np.ndarray | None:
+    """Positions of at most ``max_rows`` rows, the same share of every stratum (a day), in row order.
+
+    ``None`` when every row fits. Each stratum keeps ``max_rows / n`` of its rows (rounded so that the
+    total is exactly ``max_rows``), drawn at random but reproducibly, so a sample of a time-ordered
+    slice is still time-ordered and covers every day as the whole slice does: the time-series folds
+    of the search see the same seasons, in the same order.
+    """
+    n = len(strata)
+    if n <= max_rows:
+        return None
+    values, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    exact = counts * (max_rows / n)
+    quota = np.floor(exact).astype(np.int64)
+    short = max_rows - int(quota.sum())
+    if short:  # the largest remainders get one row more
+        quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
+    order = np.lexsort((np.random.default_rng(seed).random(n), inverse))
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(n) - first[inverse[order]]
+    return np.sort(order[rank < quota[inverse[order]]])
 
 
 def metric_set(spec: PipelineSpec, model: Any, features: pd.DataFrame, target: pd.Series) -> dict[str, float]:
