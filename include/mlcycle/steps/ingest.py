@@ -13,12 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from mlcycle import derive
-from mlcycle.errors import NothingToDo, SourceError, ValidationFailed
+from mlcycle.errors import NothingToDo, SourceError, StepError, ValidationFailed
 from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
 from mlcycle.sources import reader_for
@@ -61,6 +63,27 @@ def _quarantine_unreadable(spec: PipelineSpec, store: Store, interval: Interval,
     return str(report)
 
 
+def _timestamps_in_utc(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns typed ``timestamp`` that carry a zone, stored as UTC without it (one dtype for the suite)."""
+    aware = [c.name for c in spec.columns if c.type == "timestamp" and c.name in frame
+             and isinstance(frame[c.name].dtype, pd.DatetimeTZDtype)]
+    if aware:
+        frame = frame.assign(**{name: frame[name].dt.tz_convert("UTC").dt.tz_localize(None) for name in aware})
+    return frame
+
+
+def _split_days(frame: pd.DataFrame, timezone: str) -> Iterator[tuple[dt.date, pd.DataFrame]]:
+    """The rows of each local calendar day, in one pass: slices of the time-ordered frame."""
+    day_of_row = local_days(frame[EVENT_TIME], timezone)
+    if len(day_of_row) > 1 and (day_of_row[1:] < day_of_row[:-1]).any():  # a transform reordered them
+        order = np.argsort(day_of_row, kind="stable")
+        frame, day_of_row = frame.iloc[order], day_of_row[order]
+    cuts = [0, *(np.flatnonzero(day_of_row[1:] != day_of_row[:-1]) + 1).tolist(), len(day_of_row)]
+    for a, b in zip(cuts[:-1], cuts[1:], strict=False):
+        if b > a:
+            yield day_of_row[a].item(), frame.iloc[a:b]
+
+
 def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_days: int | None = None,
            attempt: str = "manual") -> IngestResult:
     """Write one raw partition per day of the training window that ends with ``interval``."""
@@ -81,23 +104,36 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
                                f"failed: {exc}. The batch is quarantined; report: {report}",
                                failures=[{"expectation": "source is readable", "observed": str(exc)}],
                                report=report) from exc
-    frame, filtered = derive.apply(selection.frame, spec.derivations, spec.timezone, EVENT_TIME)
-    day_of_row = local_days(frame[EVENT_TIME], spec.timezone)
-    empty: list[str] = []
-    partitions: dict[str, str] = {}
-    for i, day in enumerate(days(start, end), start=1):
-        part = frame.loc[day_of_row == np.datetime64(day, "D")]
-        if part.empty:
-            empty.append(day.isoformat())
-        partitions[day.isoformat()] = write_parquet(part, store.raw(day))
-        if i % 7 == 0 or day == end - dt.timedelta(days=1):
-            log.info("ingest progress: %d/%d partitions written (through %s)", i, (end - start).days, day)
+    window = days(start, end)
+    written: dict[dt.date, str] = {}
+    filtered: dict[str, int] = {}
+    rows = 0
+    template = None
+    for batch in selection.parts():  # time-ordered; a streaming reader gives one local day at a time
+        frame, removed = derive.apply(batch, spec.derivations, spec.timezone, EVENT_TIME)
+        frame = _timestamps_in_utc(spec, frame)
+        for rule, n in removed.items():
+            filtered[rule] = filtered.get(rule, 0) + n
+        template = frame.iloc[:0]
+        rows += len(frame)
+        for day, part in _split_days(frame, spec.timezone):
+            if day in written:
+                raise StepError(f"the source reader returned rows of {day} in two batches; the partition "
+                                f"would lose one of them")
+            written[day] = write_parquet(part, store.raw(day))
+            if len(written) % 7 == 0:
+                log.info("ingest progress: %d/%d partitions written (through %s)", len(written), len(window), day)
+    empty = [day.isoformat() for day in window if day not in written]
+    for day in window:
+        if day not in written and template is not None:
+            written[day] = write_parquet(template, store.raw(day))
+    partitions = {day.isoformat(): written[day] for day in sorted(written)}
     if empty:
         log.warning("no rows for %s: those partitions are empty and will fail validation", ", ".join(empty))
     write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
-                "source_rows_read": selection.rows_read, "rows_in_window": len(frame),
+                "source_rows_read": selection.rows_read, "rows_in_window": rows,
                 "dropped": selection.dropped, "dropped_examples": selection.examples, "filtered": filtered,
                 "partitions_sha256": partitions}, store.ingest_record(end))
     return IngestResult(pipeline=spec.name, window_start=start.isoformat(), window_end=end.isoformat(),
-                        partitions=(end - start).days, rows=len(frame), empty_days=empty,
+                        partitions=(end - start).days, rows=rows, empty_days=empty,
                         dropped=selection.dropped, filtered=filtered)
