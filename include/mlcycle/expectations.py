@@ -23,6 +23,8 @@ TYPE_LISTS = {
     "numeric": ["float64", "float32", "int64", "int32", "Float64", "Int64"],
     "integer": ["int64", "int32", "int16", "Int64", "Int32"],
     "string": ["object", "str", "string"],
+    # A native timestamp (e.g. Parquet's); ingest stores an aware one in UTC without its zone.
+    "timestamp": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
 }
 
 

@@ -21,7 +21,7 @@ import yaml
 from mlcycle.derive import CALENDAR_PARTS, Derivations, parse_derivations
 from mlcycle.errors import SpecError
 
-ColumnType = Literal["numeric", "integer", "categorical", "string"]
+ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
 Role = Literal["feature", "target", "ignore"]
 
 #: Column the ingest step adds to every raw partition: the row's timestamp (UTC).
@@ -116,6 +116,9 @@ class ModelSpec:
     budget_seconds: float | None = 600.0
     #: Gradient boosting stops adding trees when a held-out tenth of the training slice stops improving.
     early_stopping: bool = True
+    #: The search runs on at most this many rows of the training slice, the same share of every day;
+    #: the winner is then refit on all of it. ``None``: the search sees every row.
+    max_rows: int | None = 200_000
 
 
 @dataclass(frozen=True)
@@ -369,8 +372,8 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
             r.problems.append(f"{where}: expected a mapping with at least `type`")
             continue
         ctype = r.need(body, "type", where, str)
-        if ctype not in ("numeric", "integer", "categorical", "string"):
-            r.problems.append(f"{where}.type: one of numeric, integer, categorical, string (got {ctype!r})")
+        if ctype not in ("numeric", "integer", "categorical", "string", "timestamp"):
+            r.problems.append(f"{where}.type: one of numeric, integer, categorical, string, timestamp (got {ctype!r})")
         role = r.need(body, "role", where, str, default="feature")
         if role not in ("feature", "target", "ignore"):
             r.problems.append(f"{where}.role: one of feature, target, ignore (got {role!r})")
@@ -392,6 +395,11 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
             r.problems.append(f"{where}.min_distinct: at least 1 (got {min_distinct})")
         if min_std is not None and ctype not in ("numeric", "integer"):
             r.problems.append(f"{where}.min_std: only for numeric and integer columns")
+        if ctype == "timestamp" and role != "ignore":
+            r.problems.append(f"{where}: a timestamp column is not a {role}; give it `role: ignore` and derive what "
+                              f"the model needs from the row's time (`derive:` hour, day_of_week, ...)")
+        if ctype == "timestamp" and (low is not None or high is not None or values):
+            r.problems.append(f"{where}: a timestamp column takes no min, max or values")
         columns.append(Column(
             name=str(name), type=ctype, role=role, min_std=min_std, min_distinct=min_distinct,
             min=low, max=high,
@@ -519,7 +527,7 @@ VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition", 
                    "max_dropped_share")
 WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
 MODEL_KEYS = ("family", "registered_name", "categorical_encoding", "search")
-SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping")
+SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping", "max_rows")
 SPACE_KEYS = ("low", "high", "log", "integer", "values")
 EVALUATION_KEYS = ("metric", "holdout_days", "threshold", "tolerance")
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -653,6 +661,12 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     budget = r.need(search, "budget_seconds", "model.search", (int, float), default=600.0)
     if isinstance(budget, bool) or (budget is not None and budget <= 0):
         r.problems.append(f"model.search.budget_seconds: a positive number of seconds (got {budget!r})")
+    search_rows = search.get("max_rows", 200_000)
+    if search_rows is not None and (isinstance(search_rows, bool) or not isinstance(search_rows, int)
+                                    or search_rows < 1_000):
+        r.problems.append(f"model.search.max_rows: a whole number of rows, at least 1000, or null for every row "
+                          f"(got {search_rows!r})")
+        search_rows = None
     model = ModelSpec(
         family=family,
         registered_name=r.need(m, "registered_name", "model", str, default=name),
@@ -663,6 +677,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         categorical_encoding=encoding,
         budget_seconds=float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None,
         early_stopping=bool(r.need(search, "early_stopping", "model.search", bool, default=True)),
+        max_rows=search_rows,
     )
 
     e = r.need(raw, "evaluation", "spec", dict) or {}
