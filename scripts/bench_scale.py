@@ -54,7 +54,7 @@ def generate(folder: Path, rows_per_day: int, days: int, seed: int = 7) -> Path:
     fare = 3.0 + 2.5 * distance + 0.05 * zone + 1.5 * rush + 0.8 * (payment == 1) + rng.normal(0, 1.5, n)
     frame = pd.DataFrame(
         {
-            "pickup": stamps.strftime("%Y-%m-%d %H:%M:%S"),
+            "pickup": stamps,  # a native Parquet timestamp
             "zone": pd.Categorical.from_codes(zone, ZONES).astype(str),
             "payment": pd.Categorical.from_codes(payment, PAYMENTS).astype(str),
             "passengers": passengers,
@@ -72,10 +72,10 @@ def generate(folder: Path, rows_per_day: int, days: int, seed: int = 7) -> Path:
         "task": "regression",
         "target": "fare",
         "source": {"kind": "file", "path": str(data), "format": "parquet"},
-        "timestamp": {"kind": "column", "column": "pickup", "format": "%Y-%m-%d %H:%M:%S"},
+        "timestamp": {"kind": "column", "column": "pickup"},
         "key": [],
         "columns": {
-            "pickup": {"type": "string", "role": "ignore"},
+            "pickup": {"type": "timestamp", "role": "ignore"},
             "zone": {"type": "categorical", "values": ZONES},
             "payment": {"type": "categorical", "values": PAYMENTS},
             "passengers": {"type": "integer", "min": 1, "max": 6},
@@ -139,11 +139,29 @@ def run_step(name: str, args: list[str], env: dict[str, str], log: Path) -> dict
     }
 
 
-def measure(rows_per_day: int, days: int, work: Path) -> dict[str, dict]:
+def full_search(spec: Path, interval: list[str], env: dict[str, str], folder: Path) -> dict:
+    """train once more, its search on every row (``model.search.max_rows: null``): the sample's baseline."""
+    raw = yaml.safe_load(spec.read_text())
+    raw["model"]["search"]["max_rows"] = None
+    full = spec.with_name("taxi-full-search.yaml")
+    full.write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = [a if a != str(spec) else str(full) for a in interval]
+    return run_step("train", args, env, folder / "train-full-search.log")
+
+
+def measure(rows_per_day: int, days: int, work: Path, compare: bool = False) -> dict[str, dict]:
     folder = work / f"{rows_per_day}"
     folder.mkdir(parents=True)
     began = time.perf_counter()
-    spec = generate(folder, rows_per_day, days + 1)
+    # In a process of its own: a step's peak RSS would otherwise start at this one's (Linux keeps
+    # ru_maxrss across fork and exec), and the generated frame is large.
+    generated = subprocess.run(
+        [sys.executable, __file__, "--generate", str(folder), str(rows_per_day), str(days + 1)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    spec = Path(generated.stdout.strip().splitlines()[-1])
     print(
         f"\n{rows_per_day:,} rows a day: data set of {rows_per_day * (days + 1):,} rows generated in "
         f"{time.perf_counter() - began:.1f} s",
@@ -190,16 +208,43 @@ def measure(rows_per_day: int, days: int, work: Path) -> dict[str, dict]:
         print(
             f"  {name:<15} {figures[name]['seconds']:8.1f} s {figures[name]['rss_gib']:6.2f} GiB", flush=True
         )
+    if compare:
+        figures["train_full_search"] = full = full_search(spec, interval, env, folder)
+        sampled, whole = figures["train"]["result"], full["result"]
+        loss = (sampled["holdout_score"] - whole["holdout_score"]) / whole["holdout_score"]
+        print(
+            f"  train, search on every row: {full['seconds']:.1f} s {full['rss_gib']:.2f} GiB; hold-out "
+            f"{whole['metric']} {whole['holdout_score']:.4f}, sampled search {sampled['holdout_score']:.4f} "
+            f"({loss:+.2%} worse)",
+            flush=True,
+        )
+        figures["sample_vs_full"] = {
+            "seconds": 0.0,
+            "rss_gib": 0.0,
+            "loss": loss,
+            "sampled": sampled["holdout_score"],
+            "full": whole["holdout_score"],
+        }
     return figures
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--generate"]:
+        folder, rows_per_day, days = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        print(generate(Path(folder), rows_per_day, days))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000,330000", help="rows per day, comma-separated")
     parser.add_argument("--days", type=int, default=28, help="the training window")
     parser.add_argument("--keep", action="store_true", help="keep the generated data and stores")
+    parser.add_argument(
+        "--compare-at",
+        type=int,
+        default=100_000,
+        help="at this size, also train with the search on every row (the sample's baseline)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "scale.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -207,7 +252,7 @@ def main() -> None:
     results: dict[int, dict[str, dict]] = {}
     try:
         for size in sizes:
-            results[size] = measure(size, args.days, work)
+            results[size] = measure(size, args.days, work, compare=size == args.compare_at)
     finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
@@ -217,22 +262,28 @@ def main() -> None:
     print("\n" + header)
     previous = None
     for size, figures in results.items():
-        total = sum(f["seconds"] for f in figures.values())
+        total = sum(figures[name]["seconds"] for name in STEPS)
         cells = []
         for name in STEPS:
             f = figures[name]
             ratio = f" x{f['seconds'] / previous[name]['seconds']:.1f}" if previous else ""
             cells.append(f"{f['seconds']:.1f} s {f['rss_gib']:.2f} GiB{ratio}".rjust(22))
-        ratio = f" x{total / sum(f['seconds'] for f in previous.values()):.1f}" if previous else ""
+        ratio = f" x{total / sum(previous[name]['seconds'] for name in STEPS):.1f}" if previous else ""
         cells.append(f"{total:.1f} s{ratio}".rjust(22))
         print(f"{size:>9,} {size * args.days:>12,} " + " ".join(cells))
         previous = figures
+    size, figures = max(results.items())
+    rows = size * args.days / 1e6
+    print(
+        f"\npeak RSS per million window rows at {size:,} rows a day ({rows:.2f}M rows): "
+        + ", ".join(f"{name} {figures[name]['rss_gib'] / rows:.2f} GiB" for name in STEPS)
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
-                str(k): {n: {"seconds": f["seconds"], "rss_gib": f["rss_gib"]} for n, f in v.items()}
+                str(k): {n: {key: f[key] for key in f if key != "result"} for n, f in v.items()}
                 for k, v in results.items()
             },
             indent=2,

@@ -74,6 +74,7 @@ def test_the_smallest_spec_takes_every_default():
         "categorical_encoding": "auto",
         "budget_seconds": 600.0,
         "early_stopping": True,
+        "max_rows": 200_000,
     }
     assert dataclasses.asdict(spec.evaluation) == {
         "metric": "rmse",
@@ -215,7 +216,7 @@ REG, CLF = ", ".join(REGRESSION_METRICS), ", ".join(CLASSIFICATION_METRICS)
             lambda r: r["columns"].update(x={"role": "feature"}),
             [
                 "columns.x.type: required",
-                "columns.x.type: one of numeric, integer, categorical, string (got None)",
+                "columns.x.type: one of numeric, integer, categorical, string, timestamp (got None)",
             ],
         ),
         (lambda r: r["columns"]["x"].update(role=5), ["columns.x.role: expected str, got 5"]),
@@ -359,7 +360,7 @@ REG, CLF = ", ".join(REGRESSION_METRICS), ", ".join(CLASSIFICATION_METRICS)
         ),
         (
             lambda r: r["columns"]["x"].update(type="float"),
-            ["columns.x.type: one of numeric, integer, categorical, string (got 'float')"],
+            ["columns.x.type: one of numeric, integer, categorical, string, timestamp (got 'float')"],
         ),
         (
             lambda r: r["columns"]["x"].update(role="label"),
@@ -429,6 +430,15 @@ REG, CLF = ", ".join(REGRESSION_METRICS), ", ".join(CLASSIFICATION_METRICS)
             lambda r: r["evaluation"].update(metric="auc"),
             [f"evaluation.metric: for regression, one of {REG} (got 'auc')"],
         ),
+        *(
+            (
+                lambda r, bad=bad: r["model"]["search"].update(max_rows=bad),
+                [
+                    f"model.search.max_rows: a whole number of rows, at least 1000, or null for every row (got {bad!r})"
+                ],
+            )
+            for bad in (999, "all", True, 2.5e5)
+        ),
         (lambda r: r["evaluation"].pop("threshold"), ["evaluation.threshold: required"]),
         (lambda r: r["evaluation"].update(threshold=float("inf")), ["evaluation.threshold: a finite number"]),
         (
@@ -452,6 +462,8 @@ def test_each_broken_field_gives_exactly_its_problem(edit, expected):
         lambda r: r["columns"]["x"].update(max_null_share=1),
         lambda r: r["model"]["search"].update(n_iter=1),
         lambda r: r["model"]["search"].update(n_iter=200),
+        lambda r: r["model"]["search"].update(max_rows=1000),
+        lambda r: r["model"]["search"].update(max_rows=None),
         lambda r: (r["window"].update(days=8), r["evaluation"].update(holdout_days=7)),
         lambda r: r.update(
             task="classification",
