@@ -179,8 +179,7 @@ def read_parquet_window(spec: PipelineSpec, path: Path, start: dt.date, end: dt.
 
 def _examples(df: pd.DataFrame, spec: PipelineSpec, mask) -> list[str]:
     """A few dropped rows as the source had them (row number and the timestamp columns), for the report."""
-    ts = spec.timestamp
-    columns = [c for c in (ts.column, ts.day_column, ts.hour_column) if c and c in df.columns]
+    columns = [c for c in _timestamp_columns(spec) if c in df.columns]
     rows = df.loc[mask, columns].head(5)
     return [f"row {i}: " + ", ".join(f"{c}={v!r}" for c, v in row.items()) for i, row in rows.iterrows()]
 

@@ -123,10 +123,10 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
             written[day] = write_parquet(part, store.raw(day))
             if len(written) % 7 == 0:
                 log.info("ingest progress: %d/%d partitions written (through %s)", len(written), len(window), day)
-    empty = [day.isoformat() for day in window if day not in written]
-    for day in window:
-        if day not in written and template is not None:
-            written[day] = write_parquet(template, store.raw(day))
+    empty = [day for day in window if day not in written]
+    for day in empty:  # the reader always gives a batch, so there is a template
+        written[day] = write_parquet(template, store.raw(day))
+    empty = [day.isoformat() for day in empty]
     partitions = {day.isoformat(): written[day] for day in sorted(written)}
     if empty:
         log.warning("no rows for %s: those partitions are empty and will fail validation", ", ".join(empty))
