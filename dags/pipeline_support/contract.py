@@ -79,7 +79,10 @@ class StepResult:
 
 
 def result_folder(parent: str | os.PathLike[str] | None = None) -> Path:
-    """A new, empty per-try folder for one result file (under ``parent``, default the system temp)."""
+    """A new, empty per-try folder for one result file (under ``parent``, created when missing;
+    default the system temp)."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="mlcycle-result-", dir=parent))
 
 

@@ -15,6 +15,13 @@ read when the task runs (never at parse time):
   ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
 - ``MLCYCLE_RESULT_DIR`` (default: the system's temporary folder): where each try's result folder
   is created. The Docker daemon must see it at the same path, as it sees the data store.
+- ``MLCYCLE_IMAGE_PATHS`` (``/folder[:/folder]``, unset by default): folders the step image holds at the
+  same path as the worker; a spec there is not bind-mounted (the compose stack's Airflow image sets it).
+- ``MLCYCLE_DOCKER_VOLUMES`` (``volume:/folder[,...]``, unset by default): folders that live in named
+  Docker volumes, for a worker that itself runs in a container (the compose stack): a folder there
+  (the data store, the result folders) is reached by mounting the volume at the same path, since
+  the Docker daemon cannot see the worker's own paths. Set it together with ``MLCYCLE_RESULT_DIR``
+  inside such a volume.
 
 Contract, as for the local runner (``contract``): the step's JSON result is the task's XCom value,
 exit code 99 skips the task, any other failure fails it with the step's own error. The result does
@@ -23,6 +30,9 @@ per-try temporary folder is bind-mounted at ``/mlcycle/result``, the step writes
 ``MLCYCLE_RESULT_FILE=/mlcycle/result/result.json`` there, and the runner reads it after the
 container has exited, the way KubernetesPodOperator reads ``/airflow/xcom/return.json``.
 Containers are removed whether the step succeeds or fails; their output is already in the task log.
+A container is labelled with its task (``mlcycle.task``): when a worker dies in the middle of a step,
+its container runs on, and the retry removes it before starting its own, so that two tries of a
+step never write at the same time.
 """
 
 from __future__ import annotations
@@ -84,7 +94,7 @@ class StepDockerOperator(DockerOperator):
         super().__init__(**kwargs)
         self.step = step
 
-    def _prepare(self) -> None:
+    def _prepare(self, task_key: str) -> None:
         from docker.types import Mount
 
         home = os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
@@ -92,8 +102,10 @@ class StepDockerOperator(DockerOperator):
                "MLCYCLE_THREADS": task_threads()}
         env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
         self.environment = {**env, **(self.environment or {})}
-        # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps.
-        self.labels = {"mlcycle.step": self.step, "mlcycle.home": home}
+        # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps,
+        # `label=io.mlcycle.namespace=<stack>` one compose stack's, `label=mlcycle.task=...` one task's tries.
+        self.labels = {"mlcycle.step": self.step, "mlcycle.home": home, "mlcycle.task": task_key,
+                       "io.mlcycle.namespace": os.environ.get("MLCYCLE_DEPLOY_NAMESPACE") or "mlcycle"}
 
         folders = {Path(home)}
         for key in PASSED_THROUGH[:3]:
@@ -101,13 +113,23 @@ class StepDockerOperator(DockerOperator):
             if local is not None and str(local) not in ("", "."):
                 folders.add(local)
         # A spec given as a path outside the image (e.g. a new data set being onboarded) is mounted
-        # read-only with its folder, so the container reads the same file.
+        # read-only with its folder, so the container reads the same file. Not one in a named volume
+        # (mounted below), nor one under MLCYCLE_IMAGE_PATHS: folders the step image holds at the same
+        # path as the worker (the compose stack's workers run an image built on the step image).
+        in_image = [Path(p) for p in os.environ.get("MLCYCLE_IMAGE_PATHS", "").split(":") if p]
         for arg in self.command if isinstance(self.command, list) else []:
+            spec_dir = Path(arg).parent
+            if any(spec_dir.is_relative_to(root) for root in [*in_image, *named_volumes()]):
+                continue
             if arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute():
                 self.mounts.append(Mount(target=str(Path(arg).parent), source=str(Path(arg).parent),
                                          type="bind", read_only=True))
         for folder in sorted(folders):
             folder.mkdir(parents=True, exist_ok=True)
+        volumes = named_volumes()
+        in_volume = {root for root in volumes for f in folders if f.is_relative_to(root)}
+        folders = {f for f in folders if not any(f.is_relative_to(root) for root in in_volume)}
+        self.mounts.extend(Mount(target=str(root), source=volumes[root], type="volume") for root in sorted(in_volume))
         covered = [f for f in sorted(folders) if not any(p != f and f.is_relative_to(p) for p in folders)]
         self.mounts.extend(Mount(target=str(f), source=str(f), type="bind") for f in covered)
 
@@ -147,8 +169,11 @@ class StepDockerOperator(DockerOperator):
                              "`make images` (scripts/build-images.sh), or set MLCYCLE_STEP_IMAGE to an image you have.")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        self._prepare()
+        ti = context["ti"]
+        task_key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+        self._prepare(task_key)
         self._check_engine()
+        self._remove_earlier_tries(task_key)
         folder = self._mount_result_folder()
         try:
             try:
@@ -166,15 +191,30 @@ class StepDockerOperator(DockerOperator):
         self.mlflow_url = mlflow_url(payload)
         return payload
 
+    def _remove_earlier_tries(self, task_key: str) -> None:
+        """Remove the containers of this task's earlier tries: a worker that died left them running."""
+        for container in self.cli.containers(all=True, filters={"label": f"mlcycle.task={task_key}"}):
+            self.log.warning("removing container %s (%s) of an earlier try of this task, left by a worker that "
+                             "stopped in the middle of the step", container["Id"][:12], container.get("Status", ""))
+            self.cli.remove_container(container["Id"], force=True)
+
     def _mount_result_folder(self) -> Path:
-        """A fresh folder for this try's result file, bind-mounted where the step writes it."""
+        """A fresh folder for this try's result file, mounted where the step writes it."""
         from docker.types import Mount
 
         folder = result_folder(os.environ.get("MLCYCLE_RESULT_DIR") or None)
         if self.user and str(self.user) != f"{os.getuid()}:{os.getgid()}":
             folder.chmod(0o777)  # the container runs as another user: let it write its result
-        self.mounts.append(Mount(target=RESULT_MOUNT, source=str(folder), type="bind"))
-        self.environment = {**(self.environment or {}), RESULT_FILE_ENV: f"{RESULT_MOUNT}/{RESULT_FILE_NAME}"}
+        inside = RESULT_MOUNT
+        roots = [(root, volume) for root, volume in named_volumes().items() if folder.is_relative_to(root)]
+        if roots:  # in a named volume: mount it at its own path (the store may share it already)
+            inside = str(folder)
+            root, volume = roots[0]
+            if not any(m["Target"] == str(root) for m in self.mounts):
+                self.mounts.append(Mount(target=str(root), source=volume, type="volume"))
+        else:
+            self.mounts.append(Mount(target=RESULT_MOUNT, source=str(folder), type="bind"))
+        self.environment = {**(self.environment or {}), RESULT_FILE_ENV: f"{inside}/{RESULT_FILE_NAME}"}
         return folder
 
     @staticmethod
@@ -187,6 +227,12 @@ class StepDockerOperator(DockerOperator):
     def _last(logs: Any) -> str:
         lines = [str(line).strip() for line in (logs or []) if str(line).strip()]
         return lines[-1] if lines else ""
+
+
+def named_volumes() -> dict[Path, str]:
+    """``MLCYCLE_DOCKER_VOLUMES`` as {folder: volume name}."""
+    pairs = (item.strip().partition(":") for item in os.environ.get("MLCYCLE_DOCKER_VOLUMES", "").split(","))
+    return {Path(folder): volume for volume, _, folder in pairs if volume and folder}
 
 
 def docker_step(step: str, command: list[str], *, env: dict[str, str], task_id: str, **kwargs: Any) -> StepDockerOperator:

@@ -9,6 +9,7 @@ spec and its problems, while the DAGs of every other spec load as usual.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,8 @@ def default_args(owner: str = "mlops", retries: int = 1) -> dict[str, Any]:
     return {
         "owner": owner,
         "retries": retries,
-        "retry_delay": timedelta(minutes=2),
+        # MLCYCLE_RETRY_DELAY_SECONDS, read when the DAG is parsed: a shorter wait for tests and demos.
+        "retry_delay": timedelta(seconds=int(os.environ.get("MLCYCLE_RETRY_DELAY_SECONDS") or 120)),
         "on_failure_callback": [failure_notifier()],
     }
 

@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from mlcycle.deploy.slots import DeployError, docker, remove, running
+from mlcycle.deploy.slots import DeployError, docker, labels, mount, remove, running
 from mlcycle.deploy.state import write_atomically
 from mlcycle.settings import PACKAGE_DIR
 
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = PACKAGE_DIR.parent.parent
 MOUNT = "/etc/mlcycle-proxy"
-CONFIG = f"{MOUNT}/nginx.conf"
 IMAGE_ENV = "MLCYCLE_PROXY_IMAGE"
 
 NGINX_CONF = """\
@@ -127,12 +126,21 @@ class Proxy:
     def running(self) -> bool:
         return running(self.container)
 
+    def _mount(self) -> tuple[list[str], str]:
+        """The configuration folder's mount, and its path in the container (MOUNT, or its own)."""
+        return mount(self.folder, MOUNT, read_only=True)
+
+    @property
+    def config(self) -> str:
+        return f"{self._mount()[1]}/nginx.conf"
+
     def start(self, pipeline: str, slot_port: int, image: str | None = None) -> None:
         """Start the proxy forwarding to ``slot_port`` (replacing a stopped or stale container)."""
         image = ensure_image(image)
         self.folder.mkdir(parents=True, exist_ok=True)
+        volume, inside = self._mount()
         write_atomically(
-            self.folder / "nginx.conf", NGINX_CONF.format(pipeline=pipeline, port=self.port, mount=MOUNT)
+            self.folder / "nginx.conf", NGINX_CONF.format(pipeline=pipeline, port=self.port, mount=inside)
         )
         self._write_upstream(slot_port)
         remove(self.container)
@@ -145,14 +153,12 @@ class Proxy:
             "host",
             "--restart",
             "unless-stopped",
-            "--label",
-            "io.mlcycle.deploy=1",
-            "-v",
-            f"{self.folder}:{MOUNT}:ro",
+            *labels(),
+            *volume,
             image,
             "nginx",
             "-c",
-            CONFIG,
+            self.config,
             "-g",
             "daemon off;",
         )
@@ -210,7 +216,7 @@ class Proxy:
             (("-t", "-q"), "nginx rejected the new configuration"),
             (("-s", "reload"), "nginx reload failed"),
         ):
-            done = docker("exec", self.container, "nginx", *args, "-c", CONFIG, check=False)
+            done = docker("exec", self.container, "nginx", *args, "-c", self.config, check=False)
             if done.returncode != 0:
                 if previous is not None:
                     self._write_upstream(previous)

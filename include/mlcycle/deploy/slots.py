@@ -18,9 +18,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcycle.deploy.state import namespace
 from mlcycle.errors import StepError
 
 log = logging.getLogger(__name__)
+
+#: Folders that live in named Docker volumes, ``volume:/folder[,volume:/folder]``. Set where the deploy
+#: steps themselves run in a container (the compose stack's workers): the Docker daemon cannot see
+#: that container's paths, so a bind mount of one would mount an empty host folder.
+VOLUMES_ENV = "MLCYCLE_DOCKER_VOLUMES"
 
 
 class DeployError(StepError):
@@ -39,6 +45,25 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
             f"{(proc.stderr or proc.stdout).strip()[-500:]}"
         )
     return proc
+
+
+def mount(folder: Path, target: str, read_only: bool = False) -> tuple[list[str], str]:
+    """``docker run`` arguments that show ``folder`` in a new container, and its path there.
+
+    A bind mount at ``target``; a folder inside a named volume of ``MLCYCLE_DOCKER_VOLUMES`` is reached
+    by mounting that whole volume at its own path instead, so the folder keeps its path.
+    """
+    mode = ":ro" if read_only else ""
+    for item in filter(None, os.environ.get(VOLUMES_ENV, "").split(",")):
+        volume, _, root = item.strip().partition(":")
+        if folder.is_relative_to(root):
+            return ["-v", f"{volume}:{root}{mode}"], str(folder)
+    return ["-v", f"{folder}:{target}{mode}"], target
+
+
+def labels() -> list[str]:
+    """The labels of every container a deploy starts: ``docker ps --filter label=...`` finds them."""
+    return ["--label", "io.mlcycle.deploy=1", "--label", f"io.mlcycle.namespace={namespace()}"]
 
 
 def image_id(tag: str) -> str:
@@ -100,12 +125,12 @@ def start(container: str, image: str, port: int, workers: int, store: Path | Non
         f"MLCYCLE_SERVING_PORT={port}",
         "-e",
         f"MLCYCLE_SERVING_WORKERS={workers}",
-        "--label",
-        "io.mlcycle.deploy=1",
+        *labels(),
     ]
     if store is not None:
         store.mkdir(parents=True, exist_ok=True)
-        args += ["-v", f"{store}:/var/lib/mlcycle/store", "-e", "MLCYCLE_STORE=/var/lib/mlcycle/store"]
+        volume, inside = mount(store, "/var/lib/mlcycle/store")
+        args += [*volume, "-e", f"MLCYCLE_STORE={inside}"]
     else:
         args += ["-e", "MLCYCLE_SERVING_LOG=off"]
     docker(*args, image)
