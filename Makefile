@@ -90,6 +90,16 @@ bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wr
 	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
 	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion
 
+.PHONY: stack stack-down bench-stack
+stack:            ## the whole system in containers (docker/compose.yaml): build, start, wait until healthy, print URLs; WORKERS=2 for two Celery workers
+	bash scripts/stack.sh up $(or $(WORKERS),1)
+
+stack-down:       ## remove the stack's containers (steps and deploy ones too), network and volumes
+	bash scripts/stack.sh down
+
+bench-stack:      ## cold and warm `make stack` to healthy, idle memory, a 14-day backfill on 1 vs 2 workers
+	bash scripts/setup.sh && .venv/bin/python scripts/bench_stack.py
+
 .PHONY: deploy
 deploy:           ## deploy @champion (or VERSION=n) of the embedded default through deploy_<PIPELINE>, auto-approved; print the URL
 	bash scripts/setup.sh && . scripts/env.sh && \

@@ -131,3 +131,23 @@ log "building $PROXY_IMAGE on $proxy_base"
 docker build --network host ${NO_CACHE:+--no-cache} --build-arg BASE_IMAGE="$proxy_base" \
     -t "$PROXY_IMAGE" docker/proxy
 log "built $PROXY_IMAGE in $((SECONDS - start)) s"
+
+# --- the compose stack's images (STACK_IMAGES=1; scripts/stack.sh sets it) ------------------------
+# The Airflow image is the step image plus the Airflow environment and the DAGs. PostgreSQL, Redis,
+# Prometheus and the StatsD exporter come from Debian's packages (docker/infra) unless
+# MLCYCLE_IMAGES=official, where the stack pulls the official images instead.
+[ -n "${STACK_IMAGES:-}" ] || exit 0
+start=$SECONDS
+log "building mlcycle-airflow:$VERSION on $IMAGE_NAME:$VERSION"
+docker build --network host ${NO_CACHE:+--no-cache} \
+    --build-arg STEPS_IMAGE="$IMAGE_NAME:$VERSION" --build-arg VERSION="$VERSION" \
+    -f docker/airflow/Dockerfile -t "mlcycle-airflow:$VERSION" .
+log "built mlcycle-airflow:$VERSION in $((SECONDS - start)) s"
+if [ "${MLCYCLE_IMAGES:-local}" != official ]; then
+    start=$SECONDS
+    for target in postgres:15 redis:7 prometheus:2.42 statsd-exporter:0.1; do
+        docker build --network host -q ${NO_CACHE:+--no-cache} --build-arg BASE_IMAGE="$proxy_base" \
+            --target "${target%%:*}" -t "mlcycle-$target" -f docker/infra/Dockerfile docker/infra >/dev/null
+    done
+    log "built mlcycle-postgres:15, mlcycle-redis:7, mlcycle-prometheus:2.42, mlcycle-statsd-exporter:0.1 in $((SECONDS - start)) s"
+fi
