@@ -96,6 +96,18 @@ class Stack:
         args = ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in variables.items())]
         return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
 
+    def compose(self, *args: str) -> subprocess.CompletedProcess:
+        """`docker compose ARGS` on this stack (scripts/stack.sh compose)."""
+        env = {**os.environ, "STACK_ENV_FILE": str(self.env_file)}
+        return subprocess.run(
+            ["bash", "scripts/stack.sh", "compose", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
     def setting(self, key: str) -> str:
         for line in self.env_file.read_text().splitlines():
             if line.startswith(f"{key}="):
@@ -167,8 +179,10 @@ class Stack:
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, tail: int = 40) -> str:
         """The last lines of a task try's log, as the UI shows it (for failure messages)."""
-        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-                f"/logs/{try_number}?full_content=true")
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/logs/{try_number}?full_content=true"
+        )
         try:
             content = self.api().request("GET", path).get("content", [])
         except trigger_dag.TriggerError as exc:

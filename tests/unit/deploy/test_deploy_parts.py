@@ -140,6 +140,39 @@ def test_the_proxy_config_forwards_to_the_upstream_file(tmp_path):
     assert "listen 127.0.0.1:9000;" in conf and "include /etc/mlcycle-proxy/upstream.conf;" in conf
 
 
+def test_a_folder_in_a_named_volume_is_reached_through_the_volume_at_its_own_path(tmp_path, monkeypatch):
+    from mlcycle.deploy.slots import mount
+
+    # Outside the compose stack: a bind mount at the container's own path.
+    monkeypatch.delenv("MLCYCLE_DOCKER_VOLUMES", raising=False)
+    assert mount(tmp_path / "proxy", "/etc/mlcycle-proxy", read_only=True) == (
+        ["-v", f"{tmp_path / 'proxy'}:/etc/mlcycle-proxy:ro"],
+        "/etc/mlcycle-proxy",
+    )
+    # In a worker of the stack, /data is the volume stack_data: the daemon cannot see the worker's /data.
+    monkeypatch.setenv("MLCYCLE_DOCKER_VOLUMES", "other_cache:/cache, stack_data:/data")
+    assert mount(Path("/data/store/p/deploy/proxy"), "/etc/mlcycle-proxy", read_only=True) == (
+        ["-v", "stack_data:/data:ro"],
+        "/data/store/p/deploy/proxy",
+    )
+    assert mount(Path("/data"), "/var/lib/mlcycle/store") == (["-v", "stack_data:/data"], "/data")
+    assert mount(Path("/database"), "/x") == (["-v", "/database:/x"], "/x")  # a prefix, not a parent
+    # The proxy's nginx is started with, and reloaded through, the config at that same path.
+    assert (
+        Proxy("unused", Path("/data/store/p/deploy/proxy"), 9000).config
+        == "/data/store/p/deploy/proxy/nginx.conf"
+    )
+    monkeypatch.delenv("MLCYCLE_DOCKER_VOLUMES")
+    assert Proxy("unused", Path("/data/store/p/deploy/proxy"), 9000).config == "/etc/mlcycle-proxy/nginx.conf"
+
+
+def test_deploy_containers_carry_the_namespace_label(monkeypatch):
+    from mlcycle.deploy.slots import labels
+
+    monkeypatch.setenv("MLCYCLE_DEPLOY_NAMESPACE", "mystack")
+    assert labels() == ["--label", "io.mlcycle.deploy=1", "--label", "io.mlcycle.namespace=mystack"]
+
+
 def test_the_load_sends_at_the_rate_and_keeps_every_answer(tmp_path):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
