@@ -61,6 +61,13 @@ use_official_images() {
     export PROXY_IMAGE=${PROXY_IMAGE:-nginx:1.28.0}
 }
 
+# MLCYCLE_IMAGES from the environment, else from docker/.env; `official` sets the official images.
+select_images() {
+    MLCYCLE_IMAGES=${MLCYCLE_IMAGES:-$(setting MLCYCLE_IMAGES)}
+    export MLCYCLE_IMAGES
+    if [ "$MLCYCLE_IMAGES" = official ]; then use_official_images; fi
+}
+
 compose() {
     local project
     project=$(setting COMPOSE_PROJECT_NAME)
@@ -140,7 +147,7 @@ case $cmd in
         workers=${2:-1}
         docker info >/dev/null 2>&1 || bash scripts/docker-engine.sh
         ensure_env
-        [ "${MLCYCLE_IMAGES:-$(setting MLCYCLE_IMAGES)}" = official ] && use_official_images
+        select_images
         if [ -z "${SKIP_BUILD:-}" ]; then
             STACK_IMAGES=1 bash scripts/build-images.sh
         fi
@@ -153,13 +160,14 @@ case $cmd in
         ;;
     down)
         [ -f "$ENV_FILE" ] || die "no $ENV_FILE: nothing was started from this folder"
+        select_images
         # Containers the workers started (steps, serving slots, proxy) are not compose's: remove them first.
         ids=$(docker ps -aq --filter "label=io.mlcycle.namespace=$(project)")
         [ -z "$ids" ] || { log "removing $(wc -w <<<"$ids") step and deploy container(s)"; docker rm -f $ids >/dev/null; }
         compose down --volumes --remove-orphans >&2
         log "removed the containers, network and volumes of $(project)"
         ;;
-    compose) shift; ensure_env; compose "$@" ;;
+    compose) shift; ensure_env; select_images; compose "$@" ;;
     env) ensure_env; sed -E 's/^((.*PASSWORD|.*SECRET.*|.*KEY)=).+/\1********/' "$ENV_FILE" ;;
     *) die "unknown command '$cmd' (up, down, compose, env)" ;;
 esac

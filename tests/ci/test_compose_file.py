@@ -1,0 +1,89 @@
+"""docker/compose.yaml as a file: it parses, and keeps the rules the README states for the stack."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = ROOT / "docker" / "compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    env = (ROOT / "docker" / ".env.example").read_text()
+    env = re.sub(
+        r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID)=$", r"\1=x", env, flags=re.M
+    )
+    (tmp_path / ".env").write_text(env)
+    done = subprocess.run(
+        [binary, "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_secrets_the_stack_refuses_to_start_and_says_how(tmp_path):
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    (tmp_path / ".env").write_text((ROOT / "docker" / ".env.example").read_text())
+    done = subprocess.run(
+        [binary, "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "run make stack" in done.stderr, done.stderr
+
+
+def test_every_service_is_on_the_host_network_with_a_health_check_and_a_restart_policy(compose):
+    for name, service in compose["services"].items():
+        assert service.get("network_mode") == "host", name
+        assert "restart" in service, name
+        if name != "airflow-init":
+            assert "healthcheck" in service, name
+
+
+def test_only_the_workers_mount_the_docker_socket(compose):
+    holders = [
+        n
+        for n, s in compose["services"].items()
+        if any("docker.sock" in str(v) for v in s.get("volumes", []))
+    ]
+    assert holders == ["worker"]
+
+
+def test_dependencies_wait_for_health_not_for_start(compose):
+    for name, service in compose["services"].items():
+        for dep, rule in (service.get("depends_on") or {}).items():
+            expected = "service_completed_successfully" if dep == "airflow-init" else "service_healthy"
+            assert rule == {"condition": expected}, (name, dep)
+
+
+def test_images_are_pinned_and_no_secret_is_in_the_file(compose):
+    text = COMPOSE.read_text()
+    for name, service in compose["services"].items():
+        image = service["image"].split(":-", 1)[-1].rstrip("}")
+        assert ":" in image and not image.endswith(":latest"), (name, image)
+    # Secrets are required variables of docker/.env, never values in the file.
+    for key in ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET"):
+        assert re.search(rf"\${{{key}(:\?[^}}]*)?}}", text), key
+    assert not re.search(r"(?i)password:\s*['\"]?\w{6,}", text)
+    example = (ROOT / "docker" / ".env.example").read_text()
+    assert re.search(r"^POSTGRES_PASSWORD=$", example, flags=re.M)
+    assert "docker/.env" in (ROOT / ".gitignore").read_text().splitlines()
