@@ -57,47 +57,29 @@ def test_without_volumes_the_store_and_result_folder_are_bind_mounted(tmp_path, 
     assert isinstance(op.mounts[0], Mount)
 
 
+def _sleeper(image: str, label: str) -> str:
+    """A container that sleeps, labelled like a step container of some task try."""
+    args = [
+        "docker",
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--label",
+        label,
+        "--entrypoint",
+        "sleep",
+        image,
+        "300",
+    ]
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
 @pytest.mark.docker
 def test_a_retry_removes_the_container_an_earlier_try_left_running(docker_engine):
     key = f"training_x/manual__{uuid.uuid4().hex}/train/-1"
-    started = subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--network",
-            "host",
-            "--label",
-            f"mlcycle.task={key}",
-            "--entrypoint",
-            "sleep",
-            docker_engine,
-            "300",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
-    other = subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--network",
-            "host",
-            "--label",
-            f"mlcycle.task={key}x",
-            "--entrypoint",
-            "sleep",
-            docker_engine,
-            "300",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+    started = _sleeper(docker_engine, f"mlcycle.task={key}")
+    other = _sleeper(docker_engine, f"mlcycle.task={key}x")
     try:
         op = docker_step("train", ["train"], env={}, task_id="train")
         op._remove_earlier_tries(key)
