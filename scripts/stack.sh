@@ -160,6 +160,7 @@ case $cmd in
         ;;
     down)
         [ -f "$ENV_FILE" ] || die "no $ENV_FILE: nothing was started from this folder"
+        ensure_env  # compose interpolates the whole file, secrets included, even to take it down
         select_images
         # Containers the workers started (steps, serving slots, proxy) are not compose's: remove them first.
         ids=$(docker ps -aq --filter "label=io.mlcycle.namespace=$(project)")
