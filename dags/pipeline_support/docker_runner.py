@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,10 @@ class StepDockerOperator(DockerOperator):
                              "`make images` (scripts/build-images.sh), or set MLCYCLE_STEP_IMAGE to an image you have.")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        ti = context["ti"]
-        task_key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+        ti = context.get("ti")
+        # Outside a task instance (the operator run by hand) there are no earlier tries to find.
+        task_key = (f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}" if ti is not None
+                    else f"{self.task_id}/{uuid.uuid4().hex}")
         self._prepare(task_key)
         self._check_engine()
         self._remove_earlier_tries(task_key)
