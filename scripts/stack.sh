@@ -69,12 +69,10 @@ select_images() {
 }
 
 compose() {
-    local project
-    project=$(setting COMPOSE_PROJECT_NAME)
     if docker compose version >/dev/null 2>&1; then
-        docker compose --project-name "${project:-mlcycle}" --env-file "$ENV_FILE" -f "$COMPOSE_FILE" "$@"
+        docker compose --project-name "$(project)" --env-file "$ENV_FILE" -f "$COMPOSE_FILE" "$@"
     elif command -v docker-compose >/dev/null 2>&1; then
-        docker-compose --project-name "${project:-mlcycle}" --env-file "$ENV_FILE" -f "$COMPOSE_FILE" "$@"
+        docker-compose --project-name "$(project)" --env-file "$ENV_FILE" -f "$COMPOSE_FILE" "$@"
     else
         die "neither \`docker compose\` (v2) nor \`docker-compose\` is installed (Debian: apt-get install docker-compose)"
     fi

@@ -119,18 +119,15 @@ class StepDockerOperator(DockerOperator):
         # path as the worker (the compose stack's workers run an image built on the step image).
         in_image = [Path(p) for p in os.environ.get("MLCYCLE_IMAGE_PATHS", "").split(":") if p]
         for arg in self.command if isinstance(self.command, list) else []:
-            spec_dir = Path(arg).parent
-            if any(spec_dir.is_relative_to(root) for root in [*in_image, *named_volumes()]):
+            if not (arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute()):
                 continue
-            if arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute():
-                self.mounts.append(Mount(target=str(Path(arg).parent), source=str(Path(arg).parent),
-                                         type="bind", read_only=True))
+            spec_dir = Path(arg).parent
+            if any(spec_dir.is_relative_to(root) for root in in_image) or self._mount_volume_of(spec_dir):
+                continue
+            self.mounts.append(Mount(target=str(spec_dir), source=str(spec_dir), type="bind", read_only=True))
         for folder in sorted(folders):
             folder.mkdir(parents=True, exist_ok=True)
-        volumes = named_volumes()
-        in_volume = {root for root in volumes for f in folders if f.is_relative_to(root)}
-        folders = {f for f in folders if not any(f.is_relative_to(root) for root in in_volume)}
-        self.mounts.extend(Mount(target=str(root), source=volumes[root], type="volume") for root in sorted(in_volume))
+        folders = {f for f in folders if not self._mount_volume_of(f)}
         covered = [f for f in sorted(folders) if not any(p != f and f.is_relative_to(p) for p in folders)]
         self.mounts.extend(Mount(target=str(f), source=str(f), type="bind") for f in covered)
 
@@ -194,6 +191,17 @@ class StepDockerOperator(DockerOperator):
         self.mlflow_url = mlflow_url(payload)
         return payload
 
+    def _mount_volume_of(self, folder: Path) -> bool:
+        """Mount the named volume that holds ``folder`` at its own path (once); False when none holds it."""
+        from docker.types import Mount
+
+        for root, volume in named_volumes().items():
+            if folder.is_relative_to(root):
+                if not any(m["Target"] == str(root) for m in self.mounts):
+                    self.mounts.append(Mount(target=str(root), source=volume, type="volume"))
+                return True
+        return False
+
     def _remove_earlier_tries(self, task_key: str) -> None:
         """Remove the containers of this task's earlier tries: a worker that died left them running."""
         for container in self.cli.containers(all=True, filters={"label": f"mlcycle.task={task_key}"}):
@@ -209,12 +217,8 @@ class StepDockerOperator(DockerOperator):
         if self.user and str(self.user) != f"{os.getuid()}:{os.getgid()}":
             folder.chmod(0o777)  # the container runs as another user: let it write its result
         inside = RESULT_MOUNT
-        roots = [(root, volume) for root, volume in named_volumes().items() if folder.is_relative_to(root)]
-        if roots:  # in a named volume: mount it at its own path (the store may share it already)
+        if self._mount_volume_of(folder):  # the step sees the folder at its own path
             inside = str(folder)
-            root, volume = roots[0]
-            if not any(m["Target"] == str(root) for m in self.mounts):
-                self.mounts.append(Mount(target=str(root), source=volume, type="volume"))
         else:
             self.mounts.append(Mount(target=RESULT_MOUNT, source=str(folder), type="bind"))
         self.environment = {**(self.environment or {}), RESULT_FILE_ENV: f"{inside}/{RESULT_FILE_NAME}"}
