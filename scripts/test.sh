@@ -2,7 +2,8 @@
 # The whole test suite: lint, the step package's unit tests (in the step environment), then the
 # DAG, repository-check and integration tests (in the Airflow environment: real Airflow runs, real
 # MLflow store), and the combined coverage of both.
-# Extra arguments go to both pytest runs (e.g. -k name, -x).
+# Extra arguments go to both pytest runs (e.g. -k name, -x). Each run ends with its ten slowest
+# tests, so a scenario that grows the suite's budget shows up in every CI log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,12 +17,12 @@ parallel() {
 }
 read -ra unit_workers <<<"$(parallel)"
 COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q \
-  "${unit_workers[@]}" --cov --cov-report= "$@"
+  "${unit_workers[@]}" --cov --cov-report= --durations=10 "$@"
 echo "==> DAG and integration tests (.venv, ${MLCYCLE_TEST_WORKERS:-2} workers)"
 # Most of their time is spent waiting on Airflow, MLflow and Docker subprocesses; each module runs
 # whole on one worker, longest first (tests/integration/conftest.py says how).
 read -ra workers <<<"$(parallel --dist loadfile --no-loadscope-reorder)"
 COVERAGE_FILE="$PWD/.coverage.airflow" .venv/bin/python -m pytest tests/dags tests/ci tests/integration -q \
-  "${workers[@]}" --cov --cov-report= "$@"
+  "${workers[@]}" --cov --cov-report= --durations=10 "$@"
 echo "==> coverage of include/ and dags/ (coverage.xml)"
 COVERAGE_FLOORS=$([ $# -eq 0 ] && echo 1 || echo 0) bash scripts/coverage.sh  # floors apply to the whole suite
