@@ -190,7 +190,7 @@ def _text_like(value: Any) -> bool:
     if isinstance(value, (str, bytes, list, tuple)):
         return True
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and (dtype == object or pd.api.types.is_string_dtype(dtype))
+    return dtype is not None and (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype))
 
 
 def _check_size(value: Any) -> Any:
@@ -269,7 +269,7 @@ def _number(value: Any) -> Any:
     """A condition used as a number is 0/1, like a derived flag."""
     if isinstance(value, (bool, np.bool_)):
         return int(value)
-    if getattr(value, "dtype", None) == bool:
+    if pd.api.types.is_bool_dtype(getattr(value, "dtype", None) or object):
         return value.astype("int64") if np.ndim(value) else int(value)
     return value
 

@@ -38,16 +38,19 @@ def events_spec(tmp_path_factory):
     return make_events_dataset(tmp_path_factory.mktemp("events"), days=2)
 
 
-@pytest.mark.parametrize(("source", "says"), [
-    ("10 ** 10 ** 10", "raises to the power 10000000000 (an exponent is at most 64"),
-    ("'a' * 10 ** 10", "repeats text or a list to 10000000000 characters or items (at most 10000)"),
-    ("[1] * 10 ** 9", "repeats text or a list to 1000000000 characters or items (at most 10000)"),
-    ("arr_delay + " * 100_000 + "1", "is longer than 4000 characters (the limit of an expression)"),
-    ("-" * 150 + "arr_delay", "nests deeper than 100 levels"),
-    ("arr_delay ** 1000", "raises to the power 1000"),
-    ("'late' * arr_delay", "repeats text or a list by a column"),
-    ("((2 ** 64) ** 64) ** 64", "makes a whole number of about 4160 bits (at most 4096)"),
-])
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("10 ** 10 ** 10", "raises to the power 10000000000 (an exponent is at most 64"),
+        ("'a' * 10 ** 10", "repeats text or a list to 10000000000 characters or items (at most 10000)"),
+        ("[1] * 10 ** 9", "repeats text or a list to 1000000000 characters or items (at most 10000)"),
+        ("arr_delay + " * 100_000 + "1", "is longer than 4000 characters (the limit of an expression)"),
+        ("-" * 150 + "arr_delay", "nests deeper than 100 levels"),
+        ("arr_delay ** 1000", "raises to the power 1000"),
+        ("'late' * arr_delay", "repeats text or a list by a column"),
+        ("((2 ** 64) ** 64) ** 64", "makes a whole number of about 4160 bits (at most 4096)"),
+    ],
+)
 def test_past_the_limits_a_spec_does_not_load_and_names_the_key(events_spec, tmp_path, source, says):
     bad = write_spec_variant(events_spec, tmp_path / "bad.yaml", derive={"late": source})
     with pytest.raises(SpecError) as err:
@@ -58,17 +61,23 @@ def test_past_the_limits_a_spec_does_not_load_and_names_the_key(events_spec, tmp
 
 
 def test_a_filter_past_the_limits_names_its_position(events_spec, tmp_path):
-    bad = write_spec_variant(events_spec, tmp_path / "bad.yaml", filter=["cancelled == 0", "[0] * 10 ** 9 == []"])
+    bad = write_spec_variant(
+        events_spec, tmp_path / "bad.yaml", filter=["cancelled == 0", "[0] * 10 ** 9 == []"]
+    )
     with pytest.raises(SpecError, match=r"filter\[1\]: .*repeats text or a list to 1000000000"):
         load_spec(bad)
 
 
 def test_the_limits_are_checked_again_at_each_evaluation():
     """An Expression that never went through parse (or whose limits changed) is still bounded."""
-    for source, says in (("a ** 100", "raises to the power 100"), ("'x' * 20000", "repeats text"),
-                         ("'x' * a", "by a column")):
-        unchecked = Expression(source=source, tree=ast.parse(source, mode="eval"), names=frozenset({"a"}),
-                               where="derive.y")
+    for source, says in (
+        ("a ** 100", "raises to the power 100"),
+        ("'x' * 20000", "repeats text"),
+        ("'x' * a", "by a column"),
+    ):
+        unchecked = Expression(
+            source=source, tree=ast.parse(source, mode="eval"), names=frozenset({"a"}), where="derive.y"
+        )
         with pytest.raises(ExpressionLimit, match=rf"derive\.y: .*{says}"):
             unchecked.evaluate({"a": pd.Series([1.0, 2.0])})
 
@@ -95,18 +104,27 @@ def test_text_and_lists_repeat_within_the_limit():
 
 # --- the grammar, generated ------------------------------------------------------------------
 
-_leaf = st.one_of(st.sampled_from(["a", "b", "c"]), st.integers(-1000, 1000).map(str),
-                  st.floats(-1e3, 1e3, allow_nan=False).map(lambda f: repr(round(f, 3))))
+_leaf = st.one_of(
+    st.sampled_from(["a", "b", "c"]),
+    st.integers(-1000, 1000).map(str),
+    st.floats(-1e3, 1e3, allow_nan=False).map(lambda f: repr(round(f, 3))),
+)
 
 
 def _grow(kids):
     return st.one_of(
-        st.tuples(kids, st.sampled_from(["+", "-", "*", "/", "//", "%"]), kids).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
-        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(-derive.MAX_EXPONENT, derive.MAX_EXPONENT))
-        .map(lambda t: f"({t[0]} ** {t[1]})"),
-        st.tuples(kids, st.sampled_from(["<", "<=", ">", "==", "!="]), kids).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
-        st.tuples(st.sampled_from(["abs", "sqrt", "log1p", "exp", "round", "isnull"]), kids)
-        .map(lambda t: f"{t[0]}({t[1]})"),
+        st.tuples(kids, st.sampled_from(["+", "-", "*", "/", "//", "%"]), kids).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]), st.integers(-derive.MAX_EXPONENT, derive.MAX_EXPONENT)
+        ).map(lambda t: f"({t[0]} ** {t[1]})"),
+        st.tuples(kids, st.sampled_from(["<", "<=", ">", "==", "!="]), kids).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(st.sampled_from(["abs", "sqrt", "log1p", "exp", "round", "isnull"]), kids).map(
+            lambda t: f"{t[0]}({t[1]})"
+        ),
         st.tuples(kids, kids, kids).map(lambda t: f"where({t[0]} > 0, {t[1]}, {t[2]})"),
         st.tuples(kids, kids).map(lambda t: f"clip({t[0]}, -5, {t[1]})"),
         kids.map(lambda k: f"-({k})"),

@@ -14,26 +14,45 @@ from tests.datasets import make_classification_dataset, write_spec_variant
 from tests.unit.conftest import step_env
 
 #: A transform that asks for 6 GiB of address space (never touched: without a limit it succeeds at once).
-RUNAWAY = '''
+RUNAWAY = """
 import numpy as np
 
 
 def grow(frame):
     frame.attrs["ballast"] = np.empty(6 << 30, dtype=np.uint8)
     return frame
-'''
+"""
 
 
 def _ingest(tmp_path, limit: str) -> subprocess.CompletedProcess:
     spec = make_classification_dataset(tmp_path / "data", days=3)
     (tmp_path / "data" / "runaway.py").write_text(RUNAWAY)
-    variant = write_spec_variant(spec, tmp_path / "data" / "runaway.yaml",
-                                 transform=str(tmp_path / "data" / "runaway.py") + ":grow")
+    variant = write_spec_variant(
+        spec, tmp_path / "data" / "runaway.yaml", transform=str(tmp_path / "data" / "runaway.py") + ":grow"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE", "MLFLOW", "AIRFLOW"))}
     env.update(step_env(tmp_path), MLCYCLE_STEP_MEMORY_LIMIT=limit)
-    return subprocess.run([sys.executable, "-m", "mlcycle", "ingest", "--pipeline", str(variant), "--start",
-                           "2011-03-02", "--end", "2011-03-03", "--window-days", "1"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlcycle",
+            "ingest",
+            "--pipeline",
+            str(variant),
+            "--start",
+            "2011-03-02",
+            "--end",
+            "2011-03-03",
+            "--window-days",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_a_runaway_step_fails_under_its_memory_limit_with_a_message(tmp_path):
@@ -45,8 +64,18 @@ def test_a_runaway_step_fails_under_its_memory_limit_with_a_message(tmp_path):
     assert "MLCYCLE_STEP_MEMORY_LIMIT" in result["error"]
 
 
-@pytest.mark.parametrize(("text", "size"), [("6G", 6 << 30), ("512M", 512 << 20), ("1.5g", 3 << 29),
-                                            ("123456", 123456), ("2GiB", 2 << 30), ("off", None), ("0", None)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("6G", 6 << 30),
+        ("512M", 512 << 20),
+        ("1.5g", 3 << 29),
+        ("123456", 123456),
+        ("2GiB", 2 << 30),
+        ("off", None),
+        ("0", None),
+    ],
+)
 def test_the_setting_reads_sizes(text, size):
     assert memory.parse_size(text) == size
 
