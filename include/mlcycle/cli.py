@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError, storage_problem
+from mlcycle.memory import memory_limited
 
 log = logging.getLogger("mlcycle")
 
@@ -190,6 +191,7 @@ def _serving_image(args: argparse.Namespace, settings, spec) -> dict[str, Any]:
     return build_serving_image(spec.name, folder, settings, args.tag, args.base_image, args.force).to_dict()
 
 
+@memory_limited  # every step runs under its own memory limit (MLCYCLE_STEP_MEMORY_LIMIT)
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from mlcycle.threads import limit_threads
 

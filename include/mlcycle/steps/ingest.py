@@ -72,6 +72,35 @@ def _timestamps_in_utc(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _typed_by_day(spec: PipelineSpec, part: pd.DataFrame) -> pd.DataFrame:
+    """A day's numeric columns typed by its own rows, so that each day is judged on them alone.
+
+    A CSV column has one type: a text value (or a null in a whole-number column) on one day makes
+    the column text (or floats) on every day. A day whose own values of such a column are all numbers
+    (whole numbers, without nulls) gets the column back as numbers; the day that holds the text or
+    the null keeps it, and validation names its rows.
+    """
+    changes = {}
+    for col in spec.columns:
+        if col.name not in part:
+            continue
+        values = part[col.name]
+        whole = col.type == "integer" or (col.type == "categorical" and bool(col.values) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in col.values))
+        if col.type != "numeric" and not whole:
+            continue
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            parsed = pd.to_numeric(values, errors="coerce")
+            if (parsed.isna() != values.isna()).any():
+                continue  # text on this very day
+            values = parsed
+        if whole and values.dtype.kind == "f" and len(values) and values.notna().all() and (values % 1 == 0).all():
+            values = values.astype("int64")
+        if values is not part[col.name]:
+            changes[col.name] = values
+    return part.assign(**changes) if changes else part
+
+
 def _split_days(frame: pd.DataFrame, timezone: str) -> Iterator[tuple[dt.date, pd.DataFrame]]:
     """The rows of each local calendar day, in one pass: slices of the time-ordered frame."""
     day_of_row = local_days(frame[EVENT_TIME], timezone)
@@ -120,7 +149,7 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
             if day in written:
                 raise StepError(f"the source reader returned rows of {day} in two batches; the partition "
                                 f"would lose one of them")
-            written[day] = write_parquet(part, store.raw(day))
+            written[day] = write_parquet(_typed_by_day(spec, part), store.raw(day))
             if len(written) % 7 == 0:
                 log.info("ingest progress: %d/%d partitions written (through %s)", len(written), len(window), day)
     empty = [day for day in window if day not in written]

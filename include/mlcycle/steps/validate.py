@@ -5,7 +5,9 @@ bytes, and exactly those bytes are published as a new version of the day (named 
 whose pointer replaces the current one, so a re-ingest racing with validation can never publish
 what was not judged. A day already validated with the same bytes is skipped. A partition that
 fails is quarantined (the bytes judged, its failures as JSON and an HTML report), and the step
-fails naming every failing expectation, so nothing downstream ever sees it.
+fails naming every failing expectation, so nothing downstream ever sees it. The message first says in
+plain words which rows, columns and values of which day are bad (``mlcycle.findings``); a problem of
+every day (a renamed column) is said once, and each failed expectation is listed once with its days.
 
 Two more checks decide on the window: the rows ingest dropped (no timestamp, outside the source's
 bounds) against ``validation.max_dropped_share``, and restatements, a new version of a day that
@@ -30,6 +32,7 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
+from mlcycle import findings
 from mlcycle.errors import StepError, ValidationFailed
 from mlcycle.expectations import describe, load_suite
 from mlcycle.reports import validation_report
@@ -199,6 +202,29 @@ def _summarise(item: Any) -> dict[str, Any]:
     return {"success": bool(item.success), "expectation": describe(config), "observed": observed}
 
 
+#: Longest observed value quoted in a step's message (failures.json keeps it whole).
+_OBSERVED_CHARS = 300
+
+
+def _expectation_lines(failed: list[dict[str, Any]], window: list[dt.date]) -> list[str]:
+    """Each failed expectation once, with the days it failed on: a window-wide failure is one line, not 28."""
+    days: dict[str, list[tuple[dt.date, str]]] = {}
+    for entry in failed:
+        for r in entry["results"]:
+            if not r["success"]:
+                days.setdefault(r["expectation"], []).append((dt.date.fromisoformat(entry["partition"]), r["observed"]))
+    lines = []
+    for expectation, seen in days.items():
+        first_day, observed = seen[0]
+        if len(observed) > _OBSERVED_CHARS:
+            observed = observed[:_OBSERVED_CHARS] + "... (whole in failures.json)"
+        if len({o for _, o in seen}) > 1:
+            observed += f" (on {first_day}; the other days' in failures.json)"
+        where = first_day.isoformat() if len(seen) == 1 else findings.days_named([d for d, _ in seen], window)
+        lines.append(f"  {where}: {expectation}: {observed}")
+    return lines
+
+
 def _dropped_rows(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """What ingest dropped for this window (from its record), and a failure per reason over its share."""
@@ -351,6 +377,10 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
                      "data_docs": [*pages.get(day.isoformat(), []), *pages.get(window_run_name(frames), [])]}
             checked.append(entry)
             if not ok:
+                # The suite judged; this says in plain words what is wrong with the day's own rows.
+                entry["problems"] = findings.read_day(spec, day, pending[day].frame)
+                entry["note"] = "In plain words: " + "; ".join(f.text for f in entry["problems"]) \
+                    if entry["problems"] else None
                 failed.append(entry)
 
     summary.update({"partitions checked": len(checked), "already validated": skipped, "failed": len(failed),
@@ -360,21 +390,24 @@ def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_
                                  failed + [c for c in checked if c["success"]], report_path.parent), report_path)
 
     if failed:
-        lines = []
         for entry in failed:
             day = dt.date.fromisoformat(entry["partition"])
             folder = store.quarantine(day, attempt, pending[day].data)
             bad = [r for r in entry["results"] if not r["success"]]
             write_json({"pipeline": spec.name, "partition": entry["partition"], "rows": entry["rows"],
-                        "sha256": pending[day].sha256, "failures": bad,
-                        "data_docs": [str(page) for page in entry["data_docs"]]}, folder / "failures.json")
+                        "sha256": pending[day].sha256, "problems": [f.to_dict() for f in entry["problems"]],
+                        "failures": bad, "data_docs": [str(page) for page in entry["data_docs"]]},
+                       folder / "failures.json")
             write_text(validation_report(f"{spec.name}: partition {entry['partition']} rejected",
                                          {"quarantined to": str(folder)}, [entry], folder), folder / "report.html")
-            lines.extend(f"  {entry['partition']}: {r['expectation']}: {r['observed']}" for r in bad)
+        plain = findings.summarise({dt.date.fromisoformat(e["partition"]): e["problems"] for e in failed}, window)
+        lines = _expectation_lines(failed, window)
         log.error("validation failed; report: %s", report_path)
         raise ValidationFailed(
             f"{len(failed)} partition(s) of {spec.name} failed the suite `{suite['name']}` and were "
-            f"quarantined under {store.base / 'quarantine'}:\n" + "\n".join(lines) + f"\nReport: {report_path}",
+            f"quarantined under {store.base / 'quarantine'}:\n"
+            + ("".join(f"  {line}\n" for line in plain) + "The suite's failed expectations:\n" if plain else "")
+            + "\n".join(lines) + f"\nReport: {report_path}",
             failures=[{"partition": e["partition"], **r} for e in failed for r in e["results"] if not r["success"]],
             report=str(report_path), data_docs=next((str(p) for e in failed for p in e["data_docs"]), None),
         )
