@@ -42,7 +42,6 @@ from pipeline_support.specs import PipelineEntry
 
 
 def scoring_dag(entry: PipelineEntry) -> DAG:
-    postgres = (entry.scoring or {}).get("postgres") or {}
     with DAG(
         dag_id=f"scoring_{entry.name}",
         schedule=timetable(entry.schedule),
@@ -73,9 +72,8 @@ def scoring_dag(entry: PipelineEntry) -> DAG:
         model = step_task("score", task_id="model", args=["--resolve"])  # once, first: the version is fixed
         extract = extract_task(plan)
         ingest = step_task("ingest")
-        validate = step_task(
-            "validate", retries=0, pool="validation"
-        )  # a rejected batch does not improve on retry
+        # A rejected batch does not improve on retry; it stops the run before `score`.
+        validate = step_task("validate", retries=0, pool="validation")
         score = step_task(
             "score",
             args=[
@@ -87,11 +85,8 @@ def scoring_dag(entry: PipelineEntry) -> DAG:
         )
 
         plan >> model >> extract >> ingest >> validate >> score
-        if postgres.get("conn_id") and postgres.get("table"):
-            load = load_postgres_task(str(postgres["conn_id"]), str(postgres["table"]), score.output)
-            load >> announce_scores_task(entry.name, score.output)
-        else:
-            announce_scores_task(entry.name, score.output)
+        load = load_postgres_task(plan, score.output)  # skipped when the spec names no table
+        load >> announce_scores_task(entry.name, score.output)
     return dag
 
 

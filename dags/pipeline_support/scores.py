@@ -85,21 +85,42 @@ def load_scores(conn_id: str, table: str, scored: dict[str, Any]) -> dict[str, A
     return {"table": table, "conn_id": conn_id, "deleted": deleted, "loaded": loaded}
 
 
-def load_postgres_task(conn_id: str, table: str, scored: Any) -> Any:
-    @task(task_id="load_postgres")
-    def load_postgres(result: dict[str, Any]) -> dict[str, Any]:
-        """The interval's predictions into the spec's PostgreSQL table (a re-run replaces them)."""
-        return load_scores(conn_id, table, result)
+def postgres_target(spec_arg: str) -> tuple[str, str] | None:
+    """``scoring.postgres`` of the run's spec (its YAML only): (conn_id, table), or None."""
+    from pipeline_support.specs import read_spec, resolve_spec
 
-    return load_postgres(scored)
+    section = (read_spec(resolve_spec(spec_arg)).get("scoring") or {}).get("postgres") or {}
+    if not section.get("conn_id") or not section.get("table"):
+        return None
+    return str(section["conn_id"]), str(section["table"])
+
+
+def load_postgres_task(plan: Any, scored: Any) -> Any:
+    @task(task_id="load_postgres")
+    def load_postgres(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """The interval's predictions into the spec's PostgreSQL table (a re-run replaces them)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        target = postgres_target(str(plan["spec"]))
+        if target is None:
+            raise AirflowSkipException(
+                "the spec names no scoring.postgres table: the store's partitions only"
+            )
+        return load_scores(target[0], target[1], result)
+
+    return load_postgres(plan, scored)
 
 
 def announce_scores_task(name: str, scored: Any) -> Any:
     """One ``mlcycle://<name>/scores`` event per scored interval, its lineage in ``extra``."""
     asset = scores_asset(name)
 
-    @task(task_id="announce", outlets=[asset])
-    def announce(result: dict[str, Any], *, outlet_events: Any = None) -> dict[str, Any]:
+    @task(task_id="announce", outlets=[asset], trigger_rule="none_failed")  # also when no table is loaded
+    def announce(result: dict[str, Any] | None, *, outlet_events: Any = None) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not result or "partitions" not in result:
+            raise AirflowSkipException("nothing was scored: no scores event")
         extra = {
             key: result.get(key)
             for key in (

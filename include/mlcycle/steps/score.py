@@ -22,6 +22,7 @@ version give the same bytes, and a killed run leaves nothing half-written.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -260,6 +261,40 @@ def _pg_columns(schema: pa.Schema) -> list[list[str]]:
     return [["date", "date"], *([f.name, pg(f.type)] for f in schema)]
 
 
+def _scoring_key(resolved: ResolvedModel, settings: Settings) -> dict[str, str]:
+    """What a day's scores are a function of, besides its validated rows."""
+    return {
+        "model_version": resolved.version,
+        "model_run_id": resolved.model_run_id,
+        "code_version": settings.code_version,
+        "path_requested": os.environ.get(PATH_ENV, "").strip() or "auto",
+    }
+
+
+def _already_scored(
+    store: Store, day: dt.date, version: ValidatedVersion, resolved: ResolvedModel, settings: Settings
+) -> dict[str, Any] | None:
+    """The day's lineage record when its scores came from these very rows, model and code (and are intact).
+
+    A re-run of an interval then changes nothing, not even the run id in the rows: the partition, its
+    load file and its lineage stay as the first run wrote them (validate skips a day validated with
+    the same bytes in the same way).
+    """
+    folder = scores_dir(store, day)
+    try:
+        record = json.loads((folder / LINEAGE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    same = (
+        record.get("data", {}).get("validated_sha256") == version.sha256
+        and record.get("key") == _scoring_key(resolved, settings)
+        and (folder / LOAD_FILE).is_file()
+        and (folder / SCORES_FILE).is_file()
+        and file_sha256(folder / SCORES_FILE) == record.get("sha256")
+    )
+    return record if same else None
+
+
 def _score_day(
     spec: PipelineSpec,
     settings: Settings,
@@ -327,6 +362,7 @@ def _score_day(
             "validated_file": str(version.path.relative_to(store.base)),
         },
         "code_version": settings.code_version,
+        "key": _scoring_key(resolved, settings),
         "dag_id": settings.dag_id,
         "run_id": settings.run_id,
         "file": str(target.relative_to(store.base)),
@@ -378,13 +414,28 @@ def score(
         )
     else:
         resolved = resolve_version(spec, settings)
-    model = _model(resolved.model_uri, settings)
-    partitions, schema = [], None
+    kept = {
+        d: _already_scored(store, d, v, resolved, settings) for d, v in zip(wanted, versions, strict=True)
+    }
+    model = _model(resolved.model_uri, settings) if not all(kept.values()) else None
+    partitions, schema, paths = [], None, set()
     for day, validated in zip(wanted, versions, strict=True):
-        record, day_schema = _score_day(
-            spec, settings, store, model, resolved, day, validated, config.batch_rows
-        )
+        if kept[day] is not None:
+            record, day_schema = kept[day], pq.read_schema(scores_dir(store, day) / SCORES_FILE)
+            log.info(
+                "%s was scored before from the same validated rows with %s version %s and the same code "
+                "(run %s): kept as it is",
+                day,
+                resolved.model_name,
+                resolved.version,
+                record["run_id"],
+            )
+        else:
+            record, day_schema = _score_day(
+                spec, settings, store, model, resolved, day, validated, config.batch_rows
+            )
         schema = day_schema
+        paths.add(record["model"]["path"])
         partitions.append(
             {
                 "date": day.isoformat(),
@@ -405,7 +456,7 @@ def score(
         interval.end,
         resolved.model_name,
         resolved.version,
-        model.path,
+        model.path if model is not None else "kept",
         seconds,
         fingerprint,
     )
@@ -416,8 +467,8 @@ def score(
         model_name=resolved.model_name,
         version=resolved.version,
         model_uri=resolved.model_uri,
-        path=model.path,
-        path_reason=model.path_reason,
+        path=model.path if model is not None else "/".join(sorted(paths)),
+        path_reason=model.path_reason if model is not None else "every day was scored before: kept",
         rows=rows,
         fingerprint=fingerprint,
         code_version=settings.code_version,
