@@ -54,7 +54,7 @@ def project(tmp_path_factory, database) -> AirflowProject:
         MLCYCLE_DATA_DOCS="off",
         AIRFLOW_CONN_SCORES_PG=database,
     )
-    proc = project.dags_test("training_bikeshare", "2011-06-30", {"window_days": 8})
+    proc = project.dags_test("training_bikeshare", "2011-06-30", {"window_days": 14})
     states = project.task_states("training_bikeshare", "2011-06-30")
     assert states.get("register") == "success", (states, proc.stdout[-4000:])
     return project
