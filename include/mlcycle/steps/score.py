@@ -21,6 +21,7 @@ version give the same bytes, and a killed run leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -224,20 +225,33 @@ def _key_columns(spec: PipelineSpec) -> list[str]:
     return [*(k for k in spec.key if k != EVENT_TIME), EVENT_TIME]
 
 
+def _constant(value: str, n: int) -> pa.Array:
+    """``n`` copies of one string, built from buffers (no Python list of ``n`` objects)."""
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(data)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
+
+
 def _batch_table(
-    spec: PipelineSpec, model, frame: pd.DataFrame, settings: Settings, version: str
+    spec: PipelineSpec, model, batch: pa.RecordBatch, settings: Settings, version: str
 ) -> pa.Table:
-    predictions, probabilities = _predict(model, frame)
-    out = {name: frame[name].to_numpy() for name in _key_columns(spec)}
+    """One batch's predictions; the key columns are taken from the batch as they are (Arrow, no pandas)."""
+    names = [n for n in model.names if n in batch.schema.names]
+    predictions, probabilities = _predict(model, batch.select(names).to_pandas())
+    out: dict[str, Any] = {name: batch.column(name) for name in _key_columns(spec)}
     out["prediction"] = predictions
     if probabilities is not None:
         for i, label in enumerate(model.classes or []):
             out[f"proba_{label}"] = probabilities[:, i]
-    n = len(frame)
-    out["model_name"] = pa.array([spec.model.registered_name] * n, pa.string())
-    out["model_version"] = pa.array([version] * n, pa.string())
-    out["run_id"] = pa.array([settings.run_id] * n, pa.string())
+    n = batch.num_rows
+    out["model_name"] = _constant(spec.model.registered_name, n)
+    out["model_version"] = _constant(version, n)
+    out["run_id"] = _constant(settings.run_id, n)
     return pa.table(out)
+
+
+def _dates(day: dt.date, n: int) -> pa.Array:
+    return pa.array(np.full(n, (day - dt.date(1970, 1, 1)).days, dtype=np.int32)).cast(pa.date32())
 
 
 _PG_TYPES = {
@@ -261,6 +275,10 @@ def _pg_columns(schema: pa.Schema) -> list[list[str]]:
     return [["date", "date"], *([f.name, pg(f.type)] for f in schema)]
 
 
+def _loads_postgres(spec: PipelineSpec) -> bool:
+    return spec.scoring is not None and spec.scoring.postgres is not None
+
+
 def _scoring_key(resolved: ResolvedModel, settings: Settings) -> dict[str, str]:
     """What a day's scores are a function of, besides its validated rows."""
     return {
@@ -272,7 +290,12 @@ def _scoring_key(resolved: ResolvedModel, settings: Settings) -> dict[str, str]:
 
 
 def _already_scored(
-    store: Store, day: dt.date, version: ValidatedVersion, resolved: ResolvedModel, settings: Settings
+    spec: PipelineSpec,
+    store: Store,
+    day: dt.date,
+    version: ValidatedVersion,
+    resolved: ResolvedModel,
+    settings: Settings,
 ) -> dict[str, Any] | None:
     """The day's lineage record when its scores came from these very rows, model and code (and are intact).
 
@@ -288,7 +311,7 @@ def _already_scored(
     same = (
         record.get("data", {}).get("validated_sha256") == version.sha256
         and record.get("key") == _scoring_key(resolved, settings)
-        and (folder / LOAD_FILE).is_file()
+        and ((folder / LOAD_FILE).is_file() or not _loads_postgres(spec))
         and (folder / SCORES_FILE).is_file()
         and file_sha256(folder / SCORES_FILE) == record.get("sha256")
     )
@@ -311,37 +334,39 @@ def _score_day(
     total, done, began = source.metadata.num_rows, 0, time.perf_counter()
     schema = None
     batches = (
-        source.iter_batches(batch_size=batch_rows) if total else iter([source.schema_arrow.empty_table()])
+        source.iter_batches(batch_size=batch_rows)
+        if total
+        else iter([pa.RecordBatch.from_pylist([], schema=source.schema_arrow)])
     )
-    with atomic_path(target) as tmp, atomic_path(load) as tmp_csv:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(target))
+        # The load file only when the spec names a table: the DAG's load_postgres copies it in.
+        tmp_csv = stack.enter_context(atomic_path(load)) if _loads_postgres(spec) else None
         writer = csv_writer = None
-        try:
-            for batch in batches:
-                table = _batch_table(spec, model, batch.to_pandas(), settings, resolved.version)
-                if writer is None:
-                    schema = table.schema
-                    writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True)
-                    csv_writer = pacsv.CSVWriter(
-                        str(tmp_csv), pa.schema([pa.field("date", pa.date32()), *schema])
-                    )
-                writer.write_table(table, row_group_size=batch_rows)
-                csv_writer.write_table(
-                    table.add_column(0, "date", pa.array([day] * table.num_rows, pa.date32()))
+        for batch in batches:
+            table = _batch_table(spec, model, batch, settings, resolved.version)
+            if writer is None:
+                schema = table.schema
+                writer = stack.enter_context(
+                    pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True)
                 )
-                done += table.num_rows
-                elapsed = time.perf_counter() - began
-                log.info(
-                    "scoring progress %s: %d/%d rows (%.0f rows/s, %s path)",
-                    day,
-                    done,
-                    total,
-                    done / elapsed if elapsed else 0.0,
-                    model.path,
-                )
-        finally:
-            if writer is not None:
-                writer.close()
-                csv_writer.close()
+                if tmp_csv is not None:
+                    csv_schema = pa.schema([pa.field("date", pa.date32()), *schema])
+                    csv_writer = stack.enter_context(pacsv.CSVWriter(str(tmp_csv), csv_schema))
+            writer.write_table(table, row_group_size=batch_rows)
+            if csv_writer is not None:
+                csv_writer.write_table(table.add_column(0, "date", _dates(day, table.num_rows)))
+            done += table.num_rows
+            elapsed = time.perf_counter() - began
+            log.info(
+                "scoring progress %s: %d/%d rows (%.0f rows/s, %s path)",
+                day,
+                done,
+                total,
+                done / elapsed if elapsed else 0.0,
+                model.path,
+            )
+    # (the stack closes the writers before it renames their files into place, or removes them on error)
     fingerprint = fingerprint_of([version])
     record = {
         "pipeline": spec.name,
@@ -415,7 +440,8 @@ def score(
     else:
         resolved = resolve_version(spec, settings)
     kept = {
-        d: _already_scored(store, d, v, resolved, settings) for d, v in zip(wanted, versions, strict=True)
+        d: _already_scored(spec, store, d, v, resolved, settings)
+        for d, v in zip(wanted, versions, strict=True)
     }
     model = _model(resolved.model_uri, settings) if not all(kept.values()) else None
     partitions, schema, paths = [], None, set()

@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
                 base,
                 tmp / "data" / "synthclass.yaml",
                 window={"min_training_rows": 100},
-                scoring={"batch_rows": 7},
+                scoring={"batch_rows": 7, "postgres": {"conn_id": "unused", "table": "scores"}},
             )
         )
         interval = day_interval(dt.date(2011, 3, 20))
