@@ -2,7 +2,8 @@
 
 One Airflow home for the module: one lean training run makes a champion, then `scoring_bikeshare`
 scores a day into the store and into a table of a database of its own on the machine's PostgreSQL;
-a re-run of the day changes nothing; a rejected batch is not scored.
+a re-run of the day changes nothing; a rejected batch is not scored; `monitoring_bikeshare` watches
+the batch predictions and measures their performance.
 """
 
 from __future__ import annotations
@@ -139,3 +140,26 @@ def test_a_rejected_batch_is_not_scored_and_the_run_fails_with_the_validation_me
     assert not (project.store / "bikeshare" / "scores" / "date=2011-07-03").exists()
     assert (project.store / "bikeshare" / "quarantine" / "date=2011-07-03").is_dir()
     assert len(_events(project)) == 2
+
+
+def test_monitoring_watches_the_batch_predictions_and_their_performance(project, tmp_path):
+    watch = write_spec_variant(
+        BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", model=LEAN_MODEL, monitoring={"source": "scoring"}
+    )
+    proc = project.dags_test("monitoring_bikeshare", "2011-07-02", {"pipeline": str(watch)})
+    states = project.task_states("monitoring_bikeshare", "2011-07-02")
+    assert states.get("monitor") == "success", (states, proc.stdout[-4000:])
+    figures = json.loads(
+        (project.store / "bikeshare" / "reports" / "drift" / f"date={DAY}" / "metrics.json").read_text()
+    )
+    expected = project.steps_python(f"""
+        import json, numpy as np, pandas as pd
+        from pathlib import Path
+        base = Path({str(project.store / "bikeshare")!r})
+        lineage = json.loads((base / "scores" / "date={DAY}" / "lineage.json").read_text())
+        scores = pd.read_parquet(base / "scores" / "date={DAY}" / "data.parquet")
+        rows = pd.read_parquet(base / lineage["data"]["validated_file"])
+        print(json.dumps({{"rmse": float(np.sqrt(((scores["prediction"] - rows["bikers"]) ** 2).mean()))}}))
+    """)
+    assert figures["source"] == "scoring" and figures["rows"] == 24
+    assert figures["performance"]["current"] == pytest.approx(expected["rmse"], rel=1e-9)
