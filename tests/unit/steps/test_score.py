@@ -146,6 +146,22 @@ def test_a_rerun_gives_the_same_bytes_and_both_paths_agree(trained, monkeypatch)
     )
 
 
+def test_a_batch_shared_among_sessions_scores_as_one(trained, monkeypatch):
+    from mlcycle.steps import score as step
+
+    day = dt.date(2011, 3, 22)
+    interval = day_interval(day)
+    whole = score(trained.spec, trained.settings, interval, "1", "champion")
+    before = pd.read_parquet(scores_dir(trained.store, day) / "data.parquet")
+    monkeypatch.setenv("MLCYCLE_THREADS", "3")
+    monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", 2)  # every 7-row batch split among three sessions
+    (scores_dir(trained.store, day) / "lineage.json").unlink()
+    shared = score(trained.spec, trained.settings, interval, "1", "champion")
+    after = pd.read_parquet(scores_dir(trained.store, day) / "data.parquet")
+    assert whole.path == shared.path == "onnx"
+    pd.testing.assert_frame_equal(before, after)
+
+
 def test_a_rejected_batch_is_not_scored(trained):
     day = dt.date(2011, 3, 23)
     interval = _validated(trained, day)
