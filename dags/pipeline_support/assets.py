@@ -2,6 +2,8 @@
 
 ``champion_asset(name)`` is emitted by ``training_<name>.announce`` only when ``@champion`` moved
 (extra: ``pipeline``, ``model_name``, ``version``); ``deploy_<name>`` is scheduled on it.
+``scores_asset(name)`` is emitted by ``scoring_<name>.announce`` once per scored interval (extra:
+``pipeline``, ``start``, ``end``, ``model_name``, ``version``, ``fingerprint``, ``code_version``, ``rows``).
 ``drift_asset(name)`` is emitted by ``monitoring_<name>.retrain_trigger`` when a drift episode calls
 for a retrain (``pipeline_support.drift``); ``training_<name>`` runs on it or on its timetable.
 """
@@ -55,3 +57,8 @@ def announce_task(name: str, registered: Any) -> Any:
         return extra
 
     return announce(registered)
+
+
+def scores_asset(name: str) -> Asset:
+    """The Asset ``scoring_<name>`` emits once per scored interval (extra: version, fingerprint, days)."""
+    return Asset(f"mlcycle://{name}/scores")

@@ -111,11 +111,14 @@ def broken_specs_dag(kind: str, broken: dict[Path, str]) -> DAG | None:
     return placeholder
 
 
-def publish(namespace: dict[str, Any], kind: str, build: Callable[[PipelineEntry], DAG]) -> None:
+def publish(namespace: dict[str, Any], kind: str, build: Callable[[PipelineEntry], DAG],
+            when: Callable[[PipelineEntry], bool] | None = None) -> None:
     """One ``<kind>_<name>`` DAG per spec in a DAG file's ``namespace`` (its ``globals()``, where the
-    DAG processor looks), and the placeholder that reports the specs that do not load."""
+    DAG processor looks), and the placeholder that reports the specs that do not load. ``when``
+    chooses the specs that get one (default: all)."""
     entries, broken = discover()
     for entry in entries:
-        namespace[f"{kind}_{entry.name}"] = build(entry)
+        if when is None or when(entry):
+            namespace[f"{kind}_{entry.name}"] = build(entry)
     if (placeholder := broken_specs_dag(kind, broken)) is not None:
         namespace[placeholder.dag_id] = placeholder

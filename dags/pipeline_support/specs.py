@@ -149,6 +149,8 @@ class PipelineEntry:
     window_days: int
     #: The first day the source holds data (``window.data_start``; the schedule's start without it).
     data_start: dt.date
+    #: The ``scoring:`` section as written (None: the spec has none, so no ``scoring_<name>`` DAG).
+    scoring: dict[str, Any] | None = None
 
 
 def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, list[str]]:
@@ -221,8 +223,12 @@ def load_entry(path: Path) -> PipelineEntry:
     assert schedule is not None
     window = raw.get("window") or {}
     data_start = _date(window.get("data_start"), "window.data_start", []) or schedule.start
+    scoring = raw.get("scoring")
+    if scoring is not None and not isinstance(scoring, dict):
+        raise SpecProblem(f"pipeline spec {path} has 1 problem(s):\n  - scoring: a mapping (or {{}} for the defaults)")
     return PipelineEntry(name=name, path=path.resolve(), description=str(raw.get("description") or "").strip(),
-                         schedule=schedule, window_days=int(window.get("days", 28)), data_start=data_start)
+                         schedule=schedule, window_days=int(window.get("days", 28)), data_start=data_start,
+                         scoring=scoring)
 
 
 def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path, str]]:

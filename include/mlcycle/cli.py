@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p = step("register", "register the candidate (@challenger); move @champion when blessed", interval=False)
     p.add_argument("--run-id", required=True)
     p.add_argument("--model-uri", required=True)
+    p = step("score", "predict every validated row of the interval with one model version (batch scoring)")
+    p.add_argument("--version", default="", help="model version (empty: the alias of scoring.alias, now)")
+    p.add_argument("--alias", default="", help="the alias --version was resolved from (recorded)")
+    p.add_argument("--resolve", action="store_true", help="only name the version the alias points at")
     step("monitor", "drift and performance of the interval against the production model's training data")
     p = step("replay", "send a day's real rows to a serving endpoint at a set rate", interval=False)
     p.add_argument("--date", type=_date, required=True, help="the day whose rows are replayed, YYYY-MM-DD")
@@ -232,6 +236,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "train": lambda: _step("train").train(spec, settings, interval, window),
         "evaluate": lambda: _step("evaluate").evaluate(spec, settings, interval, args.run_id, args.model_uri, window),
         "monitor": lambda: _monitor(spec, settings, interval),
+        "score": lambda: _step("score").resolve_version(spec, settings) if args.resolve
+        else _step("score").score(spec, settings, interval, args.version or None, args.alias),
     }
     return steps[args.step]().to_dict()
 

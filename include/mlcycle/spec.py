@@ -183,6 +183,31 @@ class MonitoringSpec:
     performance_tolerance: float = 0.5  # relative decay of the gate metric against the hold-out score
     min_rows: int = 12  # fewer current rows than this: nothing to monitor
     cooldown_days: int = 7  # a drift day within this many days of the last triggered retrain joins its episode
+    #: What the monitor compares: ``auto`` (the serving log, else the validated batch) or ``scoring``
+    #: (the batch predictions of ``scoring_<name>``, see ``ScoringSpec``).
+    source: Literal["auto", "scoring"] = "auto"
+
+
+@dataclass(frozen=True)
+class ScoringPostgres:
+    """``scoring.postgres``: the table the predictions are also written to, through an Airflow connection."""
+
+    conn_id: str
+    table: str
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """``scoring:`` (optional): the batch scoring DAG ``scoring_<name>`` (``mlcycle.steps.score``).
+
+    ``alias``: the registry alias whose version scores (empty: ``@production``, else ``@champion``).
+    ``batch_rows``: rows scored per batch (one Parquet row group each), which bounds the memory.
+    ``postgres``: also write the predictions to this table (a re-run replaces the interval's rows).
+    """
+
+    alias: str | None = None
+    batch_rows: int = 200_000
+    postgres: ScoringPostgres | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +259,8 @@ class PipelineSpec:
     deploy: DeploySpec = DeploySpec()
     integrity: Integrity = field(default_factory=lambda: Integrity())
     monitoring: MonitoringSpec = field(default_factory=lambda: MonitoringSpec())
+    #: ``scoring:``; None when the spec has no such section (no ``scoring_<name>`` DAG).
+    scoring: ScoringSpec | None = None
 
     @property
     def timezone(self) -> str:
@@ -518,7 +545,7 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
 #: otherwise be ignored without a word, and is reported with the closest known key.
 TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
             "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
-            "transform", "serving", "monitoring", "deploy")
+            "transform", "serving", "monitoring", "deploy", "scoring")
 SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
                "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
@@ -722,6 +749,9 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     serving = _parse_serving(r, raw.get("serving"))
     monitoring = _parse_monitoring(r, raw.get("monitoring"), columns, target, derivations)
     deploy = _parse_deploy(r, raw.get("deploy"))
+    scoring = _parse_scoring(r, raw.get("scoring"))
+    if monitoring.source == "scoring" and scoring is None:
+        r.problems.append("monitoring.source: scoring needs a `scoring:` section (the batch predictions it watches)")
     r.fail_if_any()
     return PipelineSpec(
         name=name, description=str(raw.get("description", "")).strip(), path=path,
@@ -731,7 +761,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
         key=key, derivations=derivations, serving=serving, integrity=integrity, monitoring=monitoring,
-        deploy=deploy,
+        deploy=deploy, scoring=scoring,
     )
 
 
@@ -755,7 +785,7 @@ def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
 
 
 MONITORING_KEYS = ("columns", "exclude", "method", "threshold", "drift_share", "performance_tolerance",
-                   "min_rows", "cooldown_days")
+                   "min_rows", "cooldown_days", "source")
 #: Evidently's column drift tests (``evidently.legacy.calculations.stattests``) a spec may name.
 DRIFT_METHODS = ("ks", "chisquare", "z", "wasserstein", "psi", "kl_div", "jensenshannon", "anderson",
                  "cramer_von_mises", "energy_distance", "epps_singleton", "fisher_exact", "g_test",
@@ -821,7 +851,51 @@ def _parse_monitoring(r: _Reader, raw: Any, columns: list[Column], target: Any,
                           threshold=float(threshold) if threshold is not None else None,
                           drift_share=float(share if share is not None else 0.5),
                           performance_tolerance=float(tolerance if tolerance is not None else 0.5),
-                          min_rows=min_rows or 12, cooldown_days=cooldown if cooldown is not None else 7)
+                          min_rows=min_rows or 12, cooldown_days=cooldown if cooldown is not None else 7,
+                          source=_monitoring_source(r, raw))
+
+
+def _monitoring_source(r: _Reader, raw: dict) -> Any:
+    source = r.need(raw, "source", "monitoring", str, default="auto")
+    if source not in ("auto", "scoring"):
+        r.problems.append(f"monitoring.source: auto or scoring (got {source!r})")
+        return "auto"
+    return source
+
+
+SCORING_KEYS = ("alias", "batch_rows", "postgres")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+
+def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
+    """``scoring:``: absent means no scoring DAG; ``scoring: {}`` one with every default."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        r.problems.append(f"scoring: a mapping with {', '.join(SCORING_KEYS)} (or {{}} for the defaults)")
+        return None
+    r.known_keys(raw, "scoring", SCORING_KEYS)
+    alias = r.need(raw, "alias", "scoring", str, default=None)
+    if alias is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", alias):
+        r.problems.append(f"scoring.alias: a registry alias such as champion or production (got {alias!r})")
+    batch_rows = r.need(raw, "batch_rows", "scoring", int, default=200_000)
+    if batch_rows is not None and batch_rows < 1:
+        r.problems.append(f"scoring.batch_rows: at least 1 (got {batch_rows})")
+    postgres = None
+    pg = raw.get("postgres")
+    if pg is not None:
+        if not isinstance(pg, dict):
+            r.problems.append("scoring.postgres: a mapping with conn_id and table")
+        else:
+            r.known_keys(pg, "scoring.postgres", ("conn_id", "table"))
+            conn_id = r.need(pg, "conn_id", "scoring.postgres", str)
+            table = r.need(pg, "table", "scoring.postgres", str)
+            if table is not None and not _IDENTIFIER.match(table):
+                r.problems.append(f"scoring.postgres.table: a table name, optionally schema-qualified "
+                                  f"(letters, digits, underscores; got {table!r})")
+            if conn_id and table:
+                postgres = ScoringPostgres(conn_id=conn_id, table=table)
+    return ScoringSpec(alias=alias, batch_rows=batch_rows or 200_000, postgres=postgres)
 
 
 def _calendar_columns(derivations: Derivations) -> set[str]:

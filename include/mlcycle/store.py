@@ -11,6 +11,7 @@ Layout under ``$MLCYCLE_STORE/<pipeline>/``::
     features/end=YYYY-MM-DD/<version>/          one feature table: train.parquet, eval.parquet, manifest.json
     features/end=YYYY-MM-DD/CURRENT.json        which feature folder is current
     lineage/<fingerprint>.json                  the exact validated versions behind a data fingerprint
+    scores/date=YYYY-MM-DD/                     batch predictions of the day (``mlcycle.steps.score``)
     reports/ingest/end=YYYY-MM-DD.json          the rows ingest read and the rows it dropped, by reason
     reports/validation/end=YYYY-MM-DD/report.html
     reports/validation/data_docs/               Great Expectations Data Docs: a page per validation
@@ -51,7 +52,7 @@ POINTER_FILE = "CURRENT.json"
 #: Suffix of every temporary name the store writes; nothing else in the store ends with it.
 TEMP_SUFFIX = ".mlcycle-tmp"
 #: Folders the steps write; the landing folder belongs to the DAG's extract task.
-_STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports")
+_STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports", "scores")
 
 
 def days(start: dt.date, end: dt.date) -> list[dt.date]:

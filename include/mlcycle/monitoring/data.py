@@ -43,7 +43,8 @@ class MonitoringInputError(StepError):
 @dataclass(frozen=True)
 class CurrentData:
     frame: pd.DataFrame
-    #: ``predictions`` (the serving API's log) or ``validated`` (the interval's validated batch).
+    #: ``predictions`` (the serving API's log), ``validated`` (the interval's validated batch) or
+    #: ``scoring`` (the batch predictions, with a ``prediction`` column).
     source: str
     #: The interval's validated rows with the target, when they exist (for performance); else None.
     labelled: pd.DataFrame | None
@@ -70,9 +71,67 @@ def _read_all(files: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def scored_data(
+    spec: PipelineSpec, store: Store, wanted: list[dt.date]
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``monitoring.source: scoring``: the rows ``scoring_<name>`` scored, with their batch predictions.
+
+    Each day's features are the exact validated version the scores were computed from (its lineage
+    names it; the scores keep its row order). Labels come from the day's *current* validated version,
+    matched on the spec's key, so a day restated later with its labels gets its performance measured
+    against the predictions that were made. Returns (scored rows, the labelled ones) or (None, None).
+    """
+    import json
+
+    frames, labelled = [], []
+    for day in wanted:
+        folder = store.base / "scores" / f"date={day.isoformat()}"
+        try:
+            lineage = json.loads((folder / "lineage.json").read_text())
+        except FileNotFoundError:
+            continue
+        scores = pd.read_parquet(folder / "data.parquet")
+        rows = pd.read_parquet(store.base / lineage["data"]["validated_file"])
+        predicted = [c for c in scores.columns if c == "prediction" or c.startswith("proba_")]
+        frame = pd.concat([rows.reset_index(drop=True), scores[predicted].reset_index(drop=True)], axis=1)
+        frames.append(frame)
+        current = store.current_validated(day)
+        key = [k for k in spec.key if k in frame.columns]
+        if current is None or spec.target not in rows.columns:
+            continue
+        if current.sha256 == lineage["data"]["validated_sha256"] or not key:
+            with_labels = frame
+        else:  # restated since scoring: the new version's labels, by key, for the rows that were scored
+            labels = pd.read_parquet(current.path)[[*key, spec.target]]
+            with_labels = frame.drop(columns=[spec.target]).merge(labels, on=key, how="inner")
+        labelled.append(with_labels[with_labels[spec.target].notna()])
+    if not frames:
+        return None, None
+    joined = pd.concat(labelled, ignore_index=True) if labelled else None
+    return pd.concat(frames, ignore_index=True), joined if joined is not None and len(joined) else None
+
+
 def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date) -> CurrentData:
-    """The rows of ``[start, end)``: logged predictions when there are any, else the validated batch."""
+    """The rows of ``[start, end)``: logged predictions when there are any, else the validated batch.
+
+    With ``monitoring.source: scoring``: the batch predictions of ``scoring_<name>`` (``scored_data``).
+    """
     wanted = days(start, end)
+    if spec.monitoring.source == "scoring":
+        frame, labelled = scored_data(spec, store, wanted)
+        if frame is None:
+            raise NothingToDo(
+                f"nothing to monitor: no batch predictions for [{start}, {end}) under "
+                f"{store.base / 'scores'}; run scoring_{spec.name} for those days first"
+            )
+        return _checked(
+            spec,
+            CurrentData(
+                frame=frame, source="scoring", labelled=labelled, days=tuple(d.isoformat() for d in wanted)
+            ),
+            start,
+            end,
+        )
     prediction_files = sorted(
         f
         for d in wanted
@@ -89,6 +148,16 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
             f"nothing to monitor: no logged predictions and no validated batch for "
             f"[{start}, {end}) under {store.base}"
         )
+    return _checked(
+        spec,
+        CurrentData(frame=frame, source=source, labelled=labelled, days=tuple(d.isoformat() for d in wanted)),
+        start,
+        end,
+    )
+
+
+def _checked(spec: PipelineSpec, current: CurrentData, start: dt.date, end: dt.date) -> CurrentData:
+    frame, source, labelled = current.frame, current.source, current.labelled
     if len(frame) < spec.monitoring.min_rows:
         raise NothingToDo(
             f"nothing to monitor: [{start}, {end}) has {len(frame)} {source} row(s), fewer than "
@@ -108,9 +177,7 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
         end,
         "" if labelled is None else f"; {len(labelled)} labelled row(s) for performance",
     )
-    return CurrentData(
-        frame=frame, source=source, labelled=labelled, days=tuple(d.isoformat() for d in wanted)
-    )
+    return current
 
 
 def watched_version(client, name: str):

@@ -43,7 +43,7 @@ class MonitorResult(Result):
     line: str
     reasons: list[str]
     replayed: bool
-    source: str  # predictions | validated
+    source: str  # predictions | validated | scoring
     rows: int
     reference_rows: int
     model_name: str
@@ -70,6 +70,22 @@ def _load_model(reference: Reference):
     return mlflow.sklearn.load_model(reference.model_uri)
 
 
+class _Recorded:
+    """The batch predictions of ``frame`` in the shape of a fitted model, for ``modeling.score``."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        proba = [c for c in frame.columns if c.startswith("proba_")]
+        self.classes_ = [c.removeprefix("proba_") for c in proba]
+        self._proba = proba
+
+    def predict(self, features: pd.DataFrame):
+        return self.frame.loc[features.index, "prediction"].to_numpy()
+
+    def predict_proba(self, features: pd.DataFrame):
+        return self.frame.loc[features.index, self._proba].to_numpy()
+
+
 def _predicted(spec: PipelineSpec, model, frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["prediction"] = model.predict(frame[spec.feature_names])
@@ -82,10 +98,15 @@ def monitor(spec: PipelineSpec, settings: Settings, interval: Interval) -> Monit
     current: CurrentData = current_data(spec, store, interval.start, interval.end)
     reference = reference_data(spec, settings, store)
     labelled = current.labelled if current.labelled is not None and spec.target in current.labelled else None
-    with_performance = labelled is not None and current.source == "validated"
+    with_performance = labelled is not None and current.source in ("validated", "scoring")
     ref_frame, cur_frame = reference.frame, current.frame
     current_score = None
-    if labelled is not None:
+    if labelled is not None and current.source == "scoring":  # the predictions that were made, not new ones
+        from mlcycle.modeling import score
+
+        current_score = score(spec, _Recorded(labelled), labelled[spec.feature_names], labelled[spec.target])
+        ref_frame, cur_frame = _predicted(spec, _load_model(reference), reference.frame), labelled
+    elif labelled is not None:
         from mlcycle.modeling import score
 
         model = _load_model(reference)
