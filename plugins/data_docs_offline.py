@@ -47,7 +47,8 @@ _ATTRIBUTE = re.compile(r"""(?P<attr>\b(?:src|href)=)(?P<q>["'])(?P<url>https?:/
 _LOGO = re.compile(
     r"https://great-expectations-web-assets\.s3\.[\w-]+\.amazonaws\.com/(?P<name>[\w.-]+\.png)(?:\?[^\"']*)?"
 )
-_STATIC = re.compile(r"""["'](?P<up>(?:\.\./)*)static/images/favicon\.ico["']""")
+#: The page's link to the Data Docs home (``../../index.html``) says how deep below the site root it is.
+_HOME = re.compile(r"""href=["'](?P<up>(?:\.\./)*)index\.html["']""")
 
 
 def local_path(url: str) -> str | None:
@@ -61,7 +62,7 @@ def local_path(url: str) -> str | None:
 
 def rewrite(page: str, assets_url: str) -> str:
     """``page`` with each known CDN ``src``/``href`` pointed at ``assets_url``/<file>; logos made local."""
-    up = _STATIC.search(page)
+    up = _HOME.search(page)
     static = f"{up['up'] if up else ''}static/images/"
 
     def attribute(match: re.Match) -> str:
