@@ -347,3 +347,10 @@ def test_the_api_server_signs_tokens_with_a_long_secret_and_warns_about_none(ui)
     assert "HMAC key" not in log and "InsecureKeyLengthWarning" not in log  # PyJWT's warning per request
     secret = Path(ui["env"]["AIRFLOW_HOME"]) / "jwt_secret"
     assert len(secret.read_bytes().strip()) >= 64 and oct(os.stat(secret).st_mode & 0o777) == "0o600"
+    import jwt  # the server signs the UI's tokens with that secret (env.sh's), not Airflow's 24-byte default
+
+    token = _admin(ui)
+    claims = jwt.decode(
+        token, secret.read_text().strip(), algorithms=["HS512"], options={"verify_aud": False}
+    )
+    assert claims["sub"] == "admin"
