@@ -23,3 +23,13 @@ export MLFLOW_ENABLE_TELEMETRY="${MLFLOW_ENABLE_TELEMETRY:-false}"
 export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"
 export PATH="$MLCYCLE_ROOT/.venv/bin:$PATH"
 mkdir -p "$AIRFLOW_HOME" "$MLCYCLE_HOME/mlflow"
+# The API server's JWT signing key (tokens of the UI's login, and of the tasks' Execution API):
+# 64 random bytes, made once per Airflow home in a file only its owner reads. Airflow's generated
+# default is 16 bytes (24 characters), and PyJWT then warns on every request (HS512 wants >= 64).
+if [ -z "${AIRFLOW__API_AUTH__JWT_SECRET:-}" ]; then
+  if [ ! -s "$AIRFLOW_HOME/jwt_secret" ]; then
+    (umask 077 && head -c 64 /dev/urandom | base64 -w0 >"$AIRFLOW_HOME/jwt_secret")
+  fi
+  AIRFLOW__API_AUTH__JWT_SECRET="$(cat "$AIRFLOW_HOME/jwt_secret")"
+  export AIRFLOW__API_AUTH__JWT_SECRET
+fi

@@ -16,7 +16,7 @@ DAG_ID=${plan%% *}
 CONF=${plan#* }
 NAME=${DAG_ID#training_}
 echo "==> airflow dags test $DAG_ID $DATE (pipeline: $PIPELINE; a manual run covers the day before $DATE)"
-airflow dags test "$DAG_ID" "$DATE" --conf "$CONF"
+.venv/bin/python scripts/run_dag.py "$DAG_ID" "$DATE" --conf "$CONF"  # dags test, with task logs and start time for the UI
 cat <<MSG
 
 ==> Done. Where to look:

@@ -117,7 +117,7 @@ class Alert:
             logical_date=logical.isoformat() if hasattr(logical, "isoformat") else str(logical or "none"),
             task_id=task_id, try_number=getattr(ti, "try_number", None),
             max_tries=getattr(ti, "max_tries", None), error=error, log_url=_log_url(ti),
-            report=payload.get("report"), data_docs=report_url(payload.get("data_docs")) or None, failures=tuple(f for f in failures if isinstance(f, dict)),
+            report=payload.get("report"), data_docs=report_url(payload.get("data_docs"), absolute=True) or None, failures=tuple(f for f in failures if isinstance(f, dict)),
             environment=environment,
         )
 

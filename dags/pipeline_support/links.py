@@ -6,7 +6,10 @@ as XCom, so a link is built from the step's own JSON result: a training run for 
 a model version for register, the Data Docs page of a validation (the failing one when it fails).
 The MLflow UI address comes from MLCYCLE_MLFLOW_UI_URL; reports are served by the Airflow API
 server itself (plugins/mlcycle_ui.py), at MLCYCLE_REPORTS_URL (default: ``/mlcycle/reports`` under
-the API server's ``[api] base_url``, ``AIRFLOW__API__BASE_URL``, else http://127.0.0.1:8080).
+the API server's ``[api] base_url``, ``AIRFLOW__API__BASE_URL``). With neither set, the "Report"
+button holds a path without a host (``/mlcycle/reports/...``): the browser opens it on the API
+server that shows the button, whatever its port. A mail has no such page to resolve against, so an
+alert's link falls back to http://127.0.0.1:8080, where ``make airflow-ui`` listens by default.
 """
 
 from __future__ import annotations
@@ -48,8 +51,16 @@ def store_root() -> Path:
     return (Path(os.environ.get("MLCYCLE_HOME", PROJECT_ROOT / ".local")) / "store").resolve()
 
 
-def report_url(path: str | None) -> str:
-    """The address of a report file: served by Airflow when it is in the store's reports, else a file URI."""
+#: Where ``make airflow-ui`` serves by default: the host of an alert's links when nothing else says.
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def report_url(path: str | None, absolute: bool = False) -> str:
+    """The address of a report file: served by Airflow when it is in the store's reports, else a file URI.
+
+    Without MLCYCLE_REPORTS_URL or AIRFLOW__API__BASE_URL, the address is a path on the API server
+    (``/mlcycle/reports/...``), or with ``absolute`` (a mail), one on DEFAULT_API_URL.
+    """
     if not path:
         return ""
     target = Path(path).resolve()
@@ -59,7 +70,7 @@ def report_url(path: str | None) -> str:
         return target.as_uri()
     if len(relative.parts) < 3 or relative.parts[1] != "reports":
         return target.as_uri()
-    api = os.environ.get("AIRFLOW__API__BASE_URL") or "http://127.0.0.1:8080"
+    api = os.environ.get("AIRFLOW__API__BASE_URL") or (DEFAULT_API_URL if absolute else "")
     base = (os.environ.get("MLCYCLE_REPORTS_URL") or f"{api.rstrip('/')}{REPORTS_ROUTE}").rstrip("/")
     return f"{base}/{relative.as_posix()}"
 

@@ -1,5 +1,7 @@
 """Reports a person opens from Airflow: the "Report" button, the alert's Data Docs row, and the API
-server route that serves them (only a pipeline's reports, never its data)."""
+server route that serves them (only a pipeline's reports, never its data, and only to Airflow users
+with read access to the pipeline's DAG). tests/integration/test_ui.py checks the same route on a
+real API server, logged in through the real login page."""
 
 from __future__ import annotations
 
@@ -36,7 +38,35 @@ def store(tmp_path, monkeypatch):
     raw.write_bytes(b"PAR1 secret rows")
     monkeypatch.setenv("MLCYCLE_STORE", str(root))
     monkeypatch.setenv("MLCYCLE_REPORTS_URL", "http://airflow.example:8080/mlcycle/reports")
-    return SimpleNamespace(root=root, page=page, raw=raw)
+    outside = root / "reports" / "secret.json"  # a `reports/` folder beside the store's pipelines
+    outside.parent.mkdir(parents=True)
+    outside.write_text('{"rows": "LEAKED"}')
+    return SimpleNamespace(root=root, page=page, raw=raw, outside=outside)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    """JWTs of the API server's own auth manager: an admin, and a user with no role (no DAG access)."""
+    import os
+
+    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "t" * 86)
+    from airflow import settings
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.models.revoked_token import RevokedToken
+
+    # Token checks consult the metadata database's list of revoked tokens (logouts): that one table.
+    RevokedToken.__table__.create(settings.engine, checkfirst=True)
+    manager = create_auth_manager()
+    return {
+        "admin": manager.generate_jwt(SimpleAuthManagerUser(username="admin", role="admin")),
+        "nobody": manager.generate_jwt(SimpleAuthManagerUser(username="nobody", role="")),
+    }
+
+
+@pytest.fixture
+def client(tokens):
+    return TestClient(mlcycle_ui.reports_app(), headers={"Authorization": f"Bearer {tokens['admin']}"})
 
 
 def test_a_report_in_the_store_is_linked_through_the_api_server(store):
@@ -67,8 +97,19 @@ def test_the_alert_of_a_rejected_batch_links_its_data_docs_page(store):
     assert f'href="{report_url(str(store.page))}"' in alert.html()
 
 
-def test_the_reports_route_serves_reports_and_nothing_else(store):
-    client = TestClient(mlcycle_ui.reports_app())
+def test_without_a_base_url_the_report_button_opens_on_the_api_server_that_shows_it(store, monkeypatch):
+    """No fixed port: a path the browser resolves against the API server the user is on."""
+    monkeypatch.delenv("MLCYCLE_REPORTS_URL")
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    url = report_url(str(store.page))
+    assert url.startswith("/mlcycle/reports/bikeshare/reports/validation/") and "8080" not in url
+    # A mail has no page to resolve a path against: the alert's link keeps a host.
+    assert report_url(str(store.page), absolute=True) == f"http://127.0.0.1:8080{url}"
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:9123/")
+    assert report_url(str(store.page)) == f"http://airflow.example:9123{url}"
+
+
+def test_the_reports_route_serves_reports_and_nothing_else(store, client):
     page = client.get("/bikeshare/reports/validation/data_docs/validations/s/2011-06-29/p.html")
     assert page.status_code == 200 and "GX page" in page.text
     for path in (
@@ -79,9 +120,60 @@ def test_the_reports_route_serves_reports_and_nothing_else(store):
         "/..%2F/bikeshare/raw/date=2011-06-29/data.parquet",
     ):
         response = client.get(path)
-        assert response.status_code == 404 and "secret" not in response.text, path
+        assert response.status_code in (400, 404) and "PAR1" not in response.text, path
 
 
 def test_the_plugin_mounts_the_reports_route_where_the_links_point():
     plugin = mlcycle_ui.MlcycleUiPlugin
-    assert [app["url_prefix"] for app in plugin.fastapi_apps] == [REPORTS_ROUTE]
+    assert [app["url_prefix"] for app in plugin.fastapi_apps] == [REPORTS_ROUTE, "/mlcycle/lifecycle"]
+
+
+ESCAPES = (
+    "/%2e%2e/reports/secret.json",
+    "/../reports/secret.json",
+    "/%2E%2E/reports/secret.json",
+    "/%252e%252e/reports/secret.json",
+    "/..%2freports/secret.json",
+    "/bikeshare/reports/%2e%2e/%2e%2e/reports/secret.json",
+    "/bikeshare/reports/..%2f..%2freports%2fsecret.json",
+    "/bikeshare/reports/....//....//reports/secret.json",
+    "/bikeshare/reports/..%5c..%5creports%5csecret.json",
+    "/bikeshare/reports/..\\..\\reports\\secret.json",
+    "/%5c..%5creports/secret.json",
+    "/bikeshare/reports//etc/passwd",
+    "/reports/reports/secret.json",  # a folder that is no pipeline
+    "/nosuchpipeline/reports/secret.json",
+)
+
+
+@pytest.mark.parametrize("path", ESCAPES)
+def test_no_escape_from_a_pipelines_reports_folder(store, client, path):
+    response = client.get(path)
+    assert 400 <= response.status_code < 500 and "LEAKED" not in response.text, (path, response.status_code)
+
+
+def test_a_symlink_planted_in_a_reports_folder_is_not_followed(store, client):
+    folder = store.root / "bikeshare" / "reports"
+    (folder / "leak.parquet").symlink_to(store.raw)
+    (folder / "linked").symlink_to(store.raw.parent, target_is_directory=True)
+    for path in ("/bikeshare/reports/leak.parquet", "/bikeshare/reports/linked/data.parquet"):
+        response = client.get(path)
+        assert response.status_code in (400, 404) and "PAR1" not in response.text, path
+
+
+@pytest.mark.parametrize("name", ["a%00b.html", "%00", "a" * 5000, "/".join(["d"] * 40)])
+def test_a_nul_byte_or_an_overlong_name_is_a_client_error(store, client, name):
+    assert client.get(f"/bikeshare/reports/{name}").status_code == 400
+
+
+def test_the_reports_route_needs_an_airflow_login_and_read_access_to_the_dag(store, tokens):
+    app = mlcycle_ui.reports_app()
+    path = "/bikeshare/reports/validation/data_docs/validations/s/2011-06-29/p.html"
+    anonymous = TestClient(app).get(path)
+    assert anonymous.status_code == 401 and "GX page" not in anonymous.text
+    forged = TestClient(app, headers={"Authorization": "Bearer not-a-token"}).get(path)
+    assert forged.status_code in (401, 403) and "GX page" not in forged.text
+    roleless = TestClient(app, headers={"Authorization": f"Bearer {tokens['nobody']}"}).get(path)
+    assert roleless.status_code == 403 and "GX page" not in roleless.text
+    cookie = TestClient(app, cookies={"_token": tokens["admin"]}).get(path)  # the UI's session cookie
+    assert cookie.status_code == 200 and "GX page" in cookie.text
