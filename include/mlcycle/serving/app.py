@@ -247,6 +247,39 @@ class Server:
                     400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type"
                 )
             columns = data.get("columns") or self.schema.feature_names
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise BadRequest(400, "dataframe_split.columns must be a list of names", reason="wrong_type")
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:
+                raise BadRequest(
+                    400,
+                    f"dataframe_split.columns names {', '.join(map(repr, twice))} more than once",
+                    [
+                        {
+                            "loc": [key, "columns"],
+                            "field": c,
+                            "type": "duplicate_column",
+                            "msg": "named twice",
+                        }
+                        for c in twice
+                    ],
+                    reason="duplicate_column",
+                )
+            index = data.get("index")
+            if index is not None and (not isinstance(index, list) or len(index) != len(data["data"])):
+                raise BadRequest(
+                    400,
+                    f"dataframe_split.index must be a list of one label per row of data "
+                    f"({len(data['data'])} rows, got {len(index) if isinstance(index, list) else type(index).__name__})",
+                    reason="wrong_shape",
+                )
+            unknown_keys = sorted(set(data) - {"columns", "data", "index"})
+            if unknown_keys:
+                raise BadRequest(
+                    400,
+                    f"dataframe_split takes columns, data and index (got {', '.join(unknown_keys)})",
+                    reason="wrong_type",
+                )
             rows = []
             for i, values in enumerate(data["data"]):
                 if not isinstance(values, list) or len(values) != len(columns):
