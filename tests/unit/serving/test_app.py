@@ -237,3 +237,20 @@ def test_health_ready_metadata_metrics(client):
     assert 'mlcycle_rejected_requests_total{reason="missing_field"}' in text
     assert "mlcycle_request_latency_seconds_bucket" in text and "mlcycle_model_info{" in text
     assert "mlcycle_prediction_bucket" in text
+
+
+def test_openapi_lists_the_codes_and_content_types_really_returned(client):
+    doc = client.get("/openapi.json").json()
+    for path in ("/predict", "/invocations"):
+        codes = set(doc["paths"][path]["post"]["responses"])
+        assert {"200", "400", "413", "415", "422", "503"} <= codes, (path, codes)
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+    body = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    keys = [next(iter(branch["required"])) for branch in body["oneOf"]]
+    assert keys == ["dataframe_split", "dataframe_records", "instances", "inputs"]
+    assert all(branch["additionalProperties"] is False for branch in body["oneOf"])
+    # what the server answers is what the document says: a 415 with the documented body
+    answer = client.post("/invocations", content=b"{}", headers={"content-type": "text/csv"})
+    assert answer.status_code == 415 and {"error_code", "message"} <= set(answer.json())
