@@ -93,6 +93,10 @@ bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wr
 	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
 	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion
 
+.PHONY: audit
+audit:            ## pip-audit of every pinned environment (needs PyPI's JSON API or OSV; not part of make test)
+	bash scripts/audit.sh
+
 .PHONY: stack stack-down bench-stack
 stack:            ## the whole system in containers (docker/compose.yaml): build, start, wait until healthy, print URLs; WORKERS=2 for two Celery workers
 	bash scripts/stack.sh up $(or $(WORKERS),1)

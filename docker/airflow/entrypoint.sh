@@ -15,7 +15,10 @@ export MLCYCLE_HOSTNAME
 if [ -n "${AIRFLOW_ADMIN_PASSWORD:-}" ]; then
     pwfile=${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$AIRFLOW_HOME/simple_auth_manager_passwords.json}
     umask 077
-    printf '{"%s": "%s"}\n' "${AIRFLOW_ADMIN_USER:-admin}" "$AIRFLOW_ADMIN_PASSWORD" >"$pwfile"
+    # json.dumps, not printf: a quote, a backslash or a control character in the password is encoded.
+    AIRFLOW_ADMIN_USER=${AIRFLOW_ADMIN_USER:-admin} python -c \
+        'import json, os, sys; json.dump({os.environ["AIRFLOW_ADMIN_USER"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}, sys.stdout)' \
+        >"$pwfile"
 fi
 
 if [ "${1:-}" = "init" ]; then

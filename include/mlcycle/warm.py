@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,11 @@ def socket_path() -> Path:
     """Short (a UNIX socket path has at most 107 bytes) and private to this user."""
     folder = Path(tempfile.gettempdir()) / f"mlcycle-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    # The command sends its whole environment (secrets included) to whatever listens there: a
+    # folder another user made (or could write to), or a symlink, must not be trusted.
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{folder} is not a private folder of this user (mode {info.st_mode:o}): not used")
     return folder / f"{package_key()}.sock"
 
 
@@ -101,7 +107,11 @@ def socket_path() -> Path:
 
 def forward(argv: list[str]) -> int | None:
     """Run ``mlcycle argv`` in a warm child and return its exit code; None: run it here, cold."""
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError as exc:
+        log.warning("warm steps off: %s", exc)
+        return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))

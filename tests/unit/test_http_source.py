@@ -104,3 +104,10 @@ def test_the_timeout_defaults_to_sixty_seconds(tmp_path):
     )
     reader = HttpReader(spec)
     assert reader.timeout == 60.0
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x.csv", "/etc/passwd"])
+def test_only_http_urls_are_opened(tmp_path, url):
+    _, spec = _http_spec(tmp_path, url)
+    with pytest.raises(SourceError, match="must be an http:// or https:// URL"):
+        HttpReader(spec).read(dt.date(2011, 3, 1), dt.date(2011, 3, 2))

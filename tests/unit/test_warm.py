@@ -242,3 +242,31 @@ def test_no_server_means_a_cold_start_that_starts_one(tmp_path, monkeypatch):
         assert started == [path]
     finally:
         shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("planted", ["open_mode", "symlink", "other_owner"])
+def test_a_socket_folder_others_control_is_never_used(tmp_path, monkeypatch, planted):
+    """The command sends its environment (secrets too) to the socket: another user's folder is refused."""
+    root = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    folder = root / f"mlcycle-warm-{os.getuid()}"
+    if planted == "open_mode":
+        folder.mkdir()
+        folder.chmod(0o777)
+    elif planted == "symlink":
+        (root / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(root / "elsewhere")
+    else:
+        if os.getuid() != 0:
+            pytest.skip("only root can make a folder owned by another user")
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 65534, 65534)
+    started: list[Path] = []
+    monkeypatch.setattr(warm, "_start_server", started.append)
+    try:
+        with pytest.raises(OSError, match="not a private folder"):
+            warm.socket_path()
+        assert warm.forward(["ingest"]) is None  # a cold start, and no server in that folder
+        assert started == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

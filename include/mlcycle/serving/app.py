@@ -58,6 +58,38 @@ def row_typeddict(schema: ServingSchema) -> type:
     return with_config(ConfigDict(extra="forbid", title=f"{_camel(schema.pipeline)}Row"))(row)
 
 
+ERROR_DESCRIPTIONS = {
+    400: "malformed JSON, or a body that is not one of the accepted shapes",
+    413: "body or row count over the limit",
+    415: f"a content type other than {JSON}",
+    422: "invalid rows: each bad field",
+    503: "the model is still loading",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of each error ``codes`` a route really returns: JSON ``Error`` bodies."""
+    return {
+        code: {
+            "description": ERROR_DESCRIPTIONS[code],
+            "content": {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["error_code", "message"],
+                        "properties": {
+                            "error_code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "errors": {"type": "array", "items": {"type": "object"}},
+                        },
+                    }
+                }
+            },
+        }
+        for code in codes
+    }
+
+
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     return Response(body, status_code=status, media_type=JSON, headers=headers)
@@ -247,6 +279,39 @@ class Server:
                     400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type"
                 )
             columns = data.get("columns") or self.schema.feature_names
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise BadRequest(400, "dataframe_split.columns must be a list of names", reason="wrong_type")
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:
+                raise BadRequest(
+                    400,
+                    f"dataframe_split.columns names {', '.join(map(repr, twice))} more than once",
+                    [
+                        {
+                            "loc": [key, "columns"],
+                            "field": c,
+                            "type": "duplicate_column",
+                            "msg": "named twice",
+                        }
+                        for c in twice
+                    ],
+                    reason="duplicate_column",
+                )
+            index = data.get("index")
+            if index is not None and (not isinstance(index, list) or len(index) != len(data["data"])):
+                raise BadRequest(
+                    400,
+                    f"dataframe_split.index must be a list of one label per row of data "
+                    f"({len(data['data'])} rows, got {len(index) if isinstance(index, list) else type(index).__name__})",
+                    reason="wrong_shape",
+                )
+            unknown_keys = sorted(set(data) - {"columns", "data", "index"})
+            if unknown_keys:
+                raise BadRequest(
+                    400,
+                    f"dataframe_split takes columns, data and index (got {', '.join(unknown_keys)})",
+                    reason="wrong_type",
+                )
             rows = []
             for i, values in enumerate(data["data"]):
                 if not isinstance(values, list) or len(values) != len(columns):
@@ -398,11 +463,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/predict",
         response_model=predict_response,
         summary="Predict one row or a list of rows",
-        responses={
-            413: {"description": "body or row count over the limit"},
-            415: {"description": "not JSON"},
-            422: {"description": "invalid rows: each bad field"},
-        },
+        responses=error_responses(400, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -449,22 +510,41 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/invocations",
         response_model=invocations_response,
         summary="MLflow scoring protocol (same request and response as `mlflow models serve`)",
+        responses=error_responses(400, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {
                     JSON: {
                         "schema": {
-                            "type": "object",
-                            "description": "exactly one of dataframe_split {columns, data}, "
+                            "description": "exactly one of dataframe_split {columns, data, index}, "
                             "dataframe_records [rows], instances [rows], inputs [rows] or {column: [values]}",
-                            "properties": {
-                                "dataframe_split": {"type": "object"},
-                                "dataframe_records": {"type": "array"},
-                                "instances": {},
-                                "inputs": {},
-                                "params": {"type": "object"},
-                            },
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": [key],
+                                    "properties": {key: body, "params": {"type": "object"}},
+                                    "additionalProperties": False,
+                                }
+                                for key, body in (
+                                    (
+                                        "dataframe_split",
+                                        {
+                                            "type": "object",
+                                            "required": ["data"],
+                                            "properties": {
+                                                "columns": {"type": "array", "items": {"type": "string"}},
+                                                "data": {"type": "array", "items": {"type": "array"}},
+                                                "index": {"type": "array"},
+                                            },
+                                            "additionalProperties": False,
+                                        },
+                                    ),
+                                    ("dataframe_records", {"type": "array"}),
+                                    ("instances", {"type": ["array", "object"]}),
+                                    ("inputs", {"type": ["array", "object"]}),
+                                )
+                            ],
                         }
                     }
                 },
@@ -489,9 +569,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/ready", summary="model loaded and warmed up", responses={503: {"description": "still loading"}}
-    )
+    @app.get("/ready", summary="model loaded and warmed up", responses=error_responses(503))
     async def ready() -> Response:
         if not server.ready:
             return not_ready()
@@ -503,7 +581,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/metadata", summary="which model this is, where it came from, how it is served")
+    @app.get(
+        "/metadata",
+        summary="which model this is, where it came from, how it is served",
+        responses=error_responses(503),
+    )
     async def metadata() -> Response:
         model = server.model
         if model is None:
@@ -537,7 +619,17 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus' text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         body, ctype = m.exposition()
         return Response(body, media_type=ctype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -31,8 +32,14 @@ class HttpReader:
             log.info("downloading %s", self.url)
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / f"source.{self.format}"
+                scheme = urllib.parse.urlsplit(self.url).scheme.lower()
+                if scheme not in ("http", "https"):  # urlopen also opens file: and ftp: URLs
+                    raise SourceError(
+                        f"source.url must be an http:// or https:// URL (got {scheme or 'no'} scheme in "
+                        f"{self.url}); a local file is a `file` source"
+                    )
                 try:
-                    with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
+                    with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:  # noqa: S310 - scheme checked above
                         target.write_bytes(resp.read())
                 except OSError as exc:
                     raise SourceError(f"cannot download {self.url}: {exc}") from exc

@@ -160,6 +160,33 @@ def test_bad_invocations_get_400_like_mlflow(client, payload):
     assert answer.status_code in (400, 422) and answer.json()["error_code"] == "BAD_REQUEST"
 
 
+def _split(client, rows=2, **changes):
+    cols = list(client.rows[0])
+    split = {"columns": cols, "data": [[r[c] for c in cols] for r in client.rows[:rows]]}
+    return {"dataframe_split": split | changes}
+
+
+def test_a_column_named_twice_is_refused(client):
+    body = _split(client)
+    cols = body["dataframe_split"]["columns"]
+    body["dataframe_split"]["columns"] = [*cols, cols[0]]
+    body["dataframe_split"]["data"] = [[*row, row[0]] for row in body["dataframe_split"]["data"]]
+    answer = post(client, "/invocations", body)
+    assert answer.status_code == 400, answer.text
+    assert repr(cols[0]) in answer.json()["message"]
+    assert answer.json()["errors"][0]["type"] == "duplicate_column"
+
+
+@pytest.mark.parametrize("index", [[0, 1, 2], [0], "0,1"])
+def test_an_index_that_does_not_match_the_rows_is_refused(client, index):
+    answer = post(client, "/invocations", _split(client, index=index))
+    assert answer.status_code == 400 and "index" in answer.json()["message"], answer.text
+
+
+def test_a_matching_index_is_accepted(client):
+    assert post(client, "/invocations", _split(client, index=[7, 8])).status_code == 200
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -210,3 +237,20 @@ def test_health_ready_metadata_metrics(client):
     assert 'mlcycle_rejected_requests_total{reason="missing_field"}' in text
     assert "mlcycle_request_latency_seconds_bucket" in text and "mlcycle_model_info{" in text
     assert "mlcycle_prediction_bucket" in text
+
+
+def test_openapi_lists_the_codes_and_content_types_really_returned(client):
+    doc = client.get("/openapi.json").json()
+    for path in ("/predict", "/invocations"):
+        codes = set(doc["paths"][path]["post"]["responses"])
+        assert {"200", "400", "413", "415", "422", "503"} <= codes, (path, codes)
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+    body = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    keys = [next(iter(branch["required"])) for branch in body["oneOf"]]
+    assert keys == ["dataframe_split", "dataframe_records", "instances", "inputs"]
+    assert all(branch["additionalProperties"] is False for branch in body["oneOf"])
+    # what the server answers is what the document says: a 415 with the documented body
+    answer = client.post("/invocations", content=b"{}", headers={"content-type": "text/csv"})
+    assert answer.status_code == 415 and {"error_code", "message"} <= set(answer.json())

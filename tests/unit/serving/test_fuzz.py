@@ -1,0 +1,102 @@
+"""schemathesis against a real server (uvicorn on a free port) and its own OpenAPI document.
+
+Every check (``--checks all``: no 5xx, status codes, content types, headers and bodies conform to
+the document, ...) on a bounded budget of examples per operation.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+EXAMPLES = int(os.environ.get("MLCYCLE_FUZZ_EXAMPLES", "40"))
+
+
+@pytest.fixture(scope="module")
+def server_url(bike_model, tmp_path_factory):
+    _, folder, _ = bike_model
+    port = free_port()
+    env = os.environ | {
+        "MLCYCLE_SERVING_MODEL": str(folder),
+        "MLCYCLE_STORE": str(tmp_path_factory.mktemp("fuzzstore")),
+        "MLCYCLE_SERVING_MAX_BODY_BYTES": str(256 * 1024),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "mlcycle.serving.app:app_from_env",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open findings (docs/security.md): ST202, a whole-valued float such as 5.0 in an integer "
+    "feature is valid JSON Schema `integer` but the row model refuses it (422); ST201, one "
+    "schema-violating request accepted",
+)
+def test_schemathesis_finds_nothing(server_url, tmp_path):
+    cli = Path(sys.executable).with_name("schemathesis")
+    proc = subprocess.run(
+        [
+            str(cli),
+            "run",
+            f"{server_url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(EXAMPLES),
+            "--seed",
+            "1",
+            "--no-color",
+            "--suppress-health-check",
+            "all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=os.environ | {"SCHEMATHESIS_HOOKS": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-30000:] + proc.stderr[-2000:]
+    assert "No issues found" in proc.stdout or "passed" in proc.stdout.lower(), proc.stdout[-3000:]
