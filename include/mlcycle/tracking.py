@@ -7,7 +7,7 @@ import os
 import re
 import time
 
-from mlcycle.errors import StepError
+from mlcycle.errors import ServiceUnavailable
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-class TrackingUnavailable(StepError):
+class TrackingUnavailable(ServiceUnavailable):
     """The MLflow tracking server did not answer in time."""
 
 
