@@ -220,9 +220,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         return register(spec, settings, args.run_id, args.model_uri).to_dict()
 
-    from mlcycle.steps._common import Interval
+    from mlcycle.steps._common import Interval, require_data
 
     interval = Interval(args.start, args.end)
+    require_data(spec, interval)  # one rule for every step: outside the data's bounds is nothing to do
     window = args.window_days
     attempt = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{settings.run_id}".replace(":", "_").replace("/", "_")
     steps: dict[str, Callable[[], Any]] = {
