@@ -86,6 +86,7 @@ class Alert:
     data_docs: str | None = None
     failures: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     environment: str | None = None
+    failure_class: str | None = None  # a step's "permanent" (not retried) or "transient" (retried)
 
     @classmethod
     def from_context(cls, context: dict[str, Any], environment: str | None = None) -> Alert:
@@ -112,13 +113,14 @@ class Alert:
         else:
             error = one_line(str(exc))
         failures = payload.get("failures") if isinstance(payload.get("failures"), list) else []
+        kind = payload.get("failure_class") or getattr(exc, "failure_class", None)
         return cls(
             scope=scope, dag_id=str(dag_id), run_id=str(run_id),
             logical_date=logical.isoformat() if hasattr(logical, "isoformat") else str(logical or "none"),
             task_id=task_id, try_number=getattr(ti, "try_number", None),
             max_tries=getattr(ti, "max_tries", None), error=error, log_url=_log_url(ti),
             report=payload.get("report"), data_docs=report_url(payload.get("data_docs"), absolute=True) or None, failures=tuple(f for f in failures if isinstance(f, dict)),
-            environment=environment,
+            environment=environment, failure_class=kind if isinstance(kind, str) else None,
         )
 
     @property
@@ -141,6 +143,8 @@ class Alert:
             total = f" of {self.max_tries + 1}" if isinstance(self.max_tries, int) and self.max_tries >= 0 else ""
             rows.append(("try", f"{self.try_number}{total}"))
         rows.append(("error", self.error))
+        if self.failure_class:
+            rows.append(("failure class", FAILURE_CLASS_TEXT.get(self.failure_class, self.failure_class)))
         if self.log_url:
             rows.append(("log", self.log_url))
         if self.report:
@@ -177,6 +181,14 @@ class Alert:
             parts.append(f"<p>Failed expectations ({len(self.failures)}):</p><ul>"
                          + "".join(f"<li>{html.escape(x)}</li>" for x in self.failure_lines()) + "</ul>")
         return "\n".join(parts)
+
+
+#: What the alert says for each failure class (``pipeline_support.contract``).
+FAILURE_CLASS_TEXT = {
+    "permanent": "permanent: not retried, a retry cannot fix it (fix the cause, then clear the task)",
+    "transient": "transient: retried (a lost connection, a silent server, a full disk or a killed process); "
+                 "it failed on its last try",
+}
 
 
 def _log_url(ti: Any) -> str | None:
@@ -230,7 +242,8 @@ class PipelineFailureNotifier(BaseNotifier):
     def notify(self, context: dict[str, Any]) -> None:
         channels = self._channels()
         alert = Alert.from_context(context, environment=self._environment() if channels else None)
-        log.info("failure alert: %s (%s)", alert.subject, alert.error)
+        log.info("failure alert: %s (%s)%s", alert.subject, alert.error,
+                 f"; {alert.failure_class} failure" if alert.failure_class else "")
         if not channels:
             self._warn_unconfigured(alert)
             return

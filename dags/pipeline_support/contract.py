@@ -26,12 +26,24 @@ What a runner makes of a finished step (``interpret``):
   ``StepFailed`` that is not retried;
 - any other exit code: ``StepFailed`` whose message is the step's own error and whose ``payload``
   is the result file's content (``error``, and for a rejected batch ``report`` and ``failures``).
+
+**Failure classes.** Every ``StepFailed`` carries ``failure_class``, and the payload the same key:
+
+- ``permanent``: a retry cannot fix it. The step said so in its result (a rejected batch, a spec or
+  configuration error, a model that cannot be fitted, an unexpected error in the step's own code),
+  or it was called with bad arguments (exit 2). Raised as ``StepFailedPermanently``, an
+  ``AirflowFailException``: Airflow fails the task at once, whatever its ``retries``.
+- ``transient``: a retry may succeed. The step said so (a lost connection, a server that does not
+  answer, a full disk), or the process was killed by a signal (a negative exit code from a local
+  process, 128 + N from a container's shell, 137 for SIGKILL or the OOM killer), or it died without
+  a result. Raised as plain ``StepFailed``: Airflow retries it as ``retries`` allows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +55,10 @@ EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_BAD_ARGUMENTS = 2
 EXIT_NOTHING_TO_DO = 99
+
+#: The failure classes (``failure_class`` of a failure result and of ``StepFailed``).
+PERMANENT = "permanent"
+TRANSIENT = "transient"
 
 #: Environment variable that names the file a step writes its JSON result to.
 RESULT_FILE_ENV = "MLCYCLE_RESULT_FILE"
@@ -57,12 +73,20 @@ class StepFailed(AirflowException):
     ``report`` (path of the HTML report) and ``failures`` (the failing expectations).
     """
 
+    failure_class = TRANSIENT
+
     def __init__(self, message: str, payload: dict[str, Any] | None = None):
         super().__init__(message)
         self.payload = payload or {}
 
 
-class StepCannotStart(StepFailed, AirflowFailException):
+class StepFailedPermanently(StepFailed, AirflowFailException):
+    """A step failed for a reason a retry cannot fix: the task fails at once, with no retry."""
+
+    failure_class = PERMANENT
+
+
+class StepCannotStart(StepFailedPermanently):
     """The step cannot start here (no step environment, no step image): the task fails at once.
 
     A retry cannot help (nothing builds the image or the environment in between), so the failure
@@ -116,17 +140,49 @@ def interpret(step: str, exit_code: int, result: StepResult, output_tail: str = 
             f"{step}: nothing to do: {payload.get('reason') or output_tail.strip() or 'see the log'}"
         )
     if exit_code == EXIT_BAD_ARGUMENTS:
-        raise StepFailed(
+        raise StepFailedPermanently(
             f"step `{step}` was called with bad arguments (exit code 2): "
             f"{output_tail.strip() or 'see the usage message in the log'}",
             payload,
         )
     if exit_code != EXIT_DONE:
-        detail = payload.get("error") or output_tail.strip() or result.problem or "no output"
-        raise StepFailed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)
+        killed = killed_by(exit_code)
+        if killed and not payload.get("error"):
+            detail = f"the step's process was killed by {killed} (a retry may succeed)"
+        else:
+            detail = payload.get("error") or output_tail.strip() or result.problem or "no output"
+        failed = StepFailedPermanently if failure_class_of(exit_code, payload) == PERMANENT else StepFailed
+        raise failed(f"step `{step}` failed (exit code {exit_code}): {detail}", payload)
     if result.payload is None:
         raise StepFailed(f"step `{step}` exited 0 but left no result: {result.problem}")
     return result.payload
+
+
+def killed_by(exit_code: int) -> str | None:
+    """The signal's name when ``exit_code`` says a signal ended the process, else None.
+
+    A local process killed by signal N exits -N (``subprocess``); a container whose main process was
+    killed exits 128 + N (the shell's convention, and Docker's 137 for SIGKILL or the OOM killer).
+    """
+    number = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code < 128 + 65 else 0
+    if not number:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def failure_class_of(exit_code: int, payload: dict[str, Any]) -> str:
+    """``permanent`` or ``transient`` for a failed step (see the module's docstring)."""
+    if exit_code == EXIT_BAD_ARGUMENTS:
+        return PERMANENT
+    if killed_by(exit_code):
+        return TRANSIENT
+    declared = payload.get("failure_class")
+    if declared in (PERMANENT, TRANSIENT):
+        return declared
+    return TRANSIENT  # no word from the step (it died before writing its result): give it its retries
 
 
 def task_threads() -> str:

@@ -3,7 +3,9 @@
 Each step logs its progress to stderr; its result (the value Airflow pushes to XCom) is one JSON
 document, written to the file named by ``MLCYCLE_RESULT_FILE`` when that is set, and printed as the
 last line of stdout. Exit codes: 0 done, 1 failed (the message says what to
-do), 2 bad arguments, 99 nothing to do (Airflow marks the task skipped).
+do), 2 bad arguments, 99 nothing to do (Airflow marks the task skipped). A failure's result names
+its ``failure_class``: ``permanent`` (the task fails with no retry) or ``transient`` (Airflow retries
+it); see ``mlcycle.errors``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError, storage_problem
+from mlcycle.errors import EXIT_FAILED, NothingToDo, StepError, failure_class, storage_problem
 from mlcycle.memory import memory_limited
 
 log = logging.getLogger("mlcycle")
@@ -224,9 +226,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         return register(spec, settings, args.run_id, args.model_uri).to_dict()
 
-    from mlcycle.steps._common import Interval
+    from mlcycle.steps._common import Interval, require_data
 
     interval = Interval(args.start, args.end)
+    require_data(spec, interval)  # one rule for every step: outside the data's bounds is nothing to do
     window = args.window_days
     attempt = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{settings.run_id}".replace(":", "_").replace("/", "_")
     steps: dict[str, Callable[[], Any]] = {
@@ -280,7 +283,7 @@ def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> 
         return exc.exit_code
     except StepError as exc:
         log.error("%s failed: %s", args.step, exc)
-        _emit({"status": "failed", "step": args.step, "error": str(exc),
+        _emit({"status": "failed", "step": args.step, "error": str(exc), "failure_class": failure_class(exc),
                "report": getattr(exc, "report", None), "data_docs": getattr(exc, "data_docs", None),
                "failures": getattr(exc, "failures", [])[:50]})
         return exc.exit_code
@@ -292,7 +295,8 @@ def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> 
         else:
             log.debug("%s failed writing", args.step, exc_info=True)
             log.error("%s failed: %s", args.step, message)
-        _emit({"status": "failed", "step": args.step, "error": message, "report": None, "failures": []})
+        _emit({"status": "failed", "step": args.step, "error": message, "failure_class": failure_class(exc),
+               "report": None, "failures": []})
         return EXIT_FAILED
     _emit(result)
     return 0

@@ -7,7 +7,7 @@ import os
 import re
 import time
 
-from mlcycle.errors import StepError
+from mlcycle.errors import ServiceUnavailable
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-class TrackingUnavailable(StepError):
+class TrackingUnavailable(ServiceUnavailable):
     """The MLflow tracking server did not answer in time."""
 
 
@@ -56,15 +56,62 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
         raise TrackingUnavailable(
             f"the MLflow tracking server {settings.tracking_uri} did not answer ({causes[-1] if causes else exc}; "
             f"gave up after {time.monotonic() - began:.0f} s, MLCYCLE_MLFLOW_TIMEOUT={settings.mlflow_timeout:g}). "
-            f"Start the server or fix MLFLOW_TRACKING_URI, then re-run the task") from exc
+            f"Start the server or fix MLFLOW_TRACKING_URI, then re-run the task"
+        ) from exc
     if experiment is None:
-        location = f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
-        experiment_id = mlflow.create_experiment(spec.experiment, artifact_location=location,
-                                                 tags={"mlcycle.pipeline": spec.name})
-        log.info("created MLflow experiment %s (artifacts in %s)", spec.experiment,
-                 location or "the tracking server's artifact store")
+        location = (
+            f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
+        )
+        experiment_id = mlflow.create_experiment(
+            spec.experiment, artifact_location=location, tags={"mlcycle.pipeline": spec.name}
+        )
+        log.info(
+            "created MLflow experiment %s (artifacts in %s)",
+            spec.experiment,
+            location or "the tracking server's artifact store",
+        )
         return experiment_id
     return experiment.experiment_id
+
+
+#: Airflow run ids that name no Airflow run: steps started by hand share them, so they are never cleaned.
+_NOT_AIRFLOW = ("", "manual")
+
+
+def fail_stale_runs(client, experiment_id: str, dag_id: str, run_id: str) -> list[str]:
+    """Mark FAILED the runs an earlier try of this Airflow task left RUNNING; return their ids.
+
+    A try killed with SIGKILL (the OOM killer, a lost worker) never ends its MLflow run, which then
+    shows RUNNING forever. The next try of the same task finds those runs by the Airflow tags the
+    step sets (``airflow.dag_id``, ``airflow.run_id``), before it starts its own. Airflow runs one try
+    of a task at a time, so a RUNNING run of the same DAG run is a dead one. Steps run by hand
+    (``manual``) are left alone: two of them may run at once.
+    """
+    if dag_id in _NOT_AIRFLOW or run_id in _NOT_AIRFLOW:
+        return []
+    quoted = run_id.replace("'", "\\'")
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`airflow.dag_id` = '{dag_id}' and tags.`airflow.run_id` = '{quoted}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+        max_results=100,
+    )
+    for run in stale:
+        client.set_tag(
+            run.info.run_id,
+            "mlcycle.ended_by",
+            "a later try of the same Airflow task: this try was killed before it could end its run",
+        )
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning(
+            "marked MLflow run %s FAILED: an earlier try of %s / %s left it RUNNING (it was killed)",
+            run.info.run_id,
+            dag_id,
+            run_id,
+        )
+    return [run.info.run_id for run in stale]
 
 
 def champion_version(client, name: str):
@@ -74,7 +121,10 @@ def champion_version(client, name: str):
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") \
-                or "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+        if (
+            getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+            or "not found" in str(exc).lower()
+            or "does not exist" in str(exc).lower()
+        ):
             return None
         raise

@@ -67,6 +67,18 @@ def test_a_task_alert_says_what_failed_where_and_why():
                           "failed the suite `bikeshare` and were quarantined under /store/bikeshare/quarantine")
 
 
+def test_a_task_alert_says_whether_the_failure_was_retried():
+    from pipeline_support.contract import StepFailedPermanently
+
+    permanent = Alert.from_context(task_context(StepFailedPermanently("step `validate` failed", {"error": "x"})))
+    assert "failure class: permanent: not retried, a retry cannot fix it" in permanent.text()
+    assert "failure class</th><td>permanent: not retried" in permanent.html()
+    transient = Alert.from_context(task_context(StepFailed("step `train` failed (exit code -9): killed"),
+                                                try_number=3, max_tries=2))
+    assert "failure class: transient: retried" in transient.text() and "try: 3 of 3" in transient.text()
+    assert "failure class" not in Alert.from_context(task_context(RuntimeError("not a step"))).text()
+
+
 def test_a_run_alert_names_the_reason_and_the_failed_task():
     context = task_context(None)
     del context["exception"]

@@ -144,7 +144,7 @@ OUTCOMES = [
         StepResult(None, "the step wrote no result file (/r)"),
         "",
         StepFailed,
-        "step `ingest` failed (exit code 137): the step wrote no result file (/r)",
+        "step `ingest` failed (exit code 137): the step's process was killed by SIGKILL (a retry may succeed)",
     ),
     (3, StepResult(None), "", StepFailed, "step `ingest` failed (exit code 3): no output"),
     (
@@ -173,6 +173,36 @@ def test_every_exit_path(exit_code, result, tail, raised, message):
         assert not isinstance(info.value, StepFailed)
     else:
         assert info.value.payload == (result.payload or {})
+
+
+#: exit code, what the result file held -> failure class (permanent: AirflowFailException, no retry)
+CLASSES = [
+    (1, {**REJECTED, "failure_class": "permanent"}, "permanent"),
+    (1, {"status": "failed", "error": "unexpected KeyError: 'x'", "failure_class": "permanent"}, "permanent"),
+    (1, {"status": "failed", "error": "MLflow does not answer", "failure_class": "transient"}, "transient"),
+    (2, None, "permanent"),  # bad arguments never improve on retry
+    (-9, None, "transient"),  # a local process killed by SIGKILL
+    (137, None, "transient"),  # a container killed by SIGKILL (or the OOM killer)
+    (143, {"status": "failed", "error": "x", "failure_class": "permanent"}, "transient"),  # SIGTERM wins
+    (1, None, "transient"),  # died before writing its result: no word from the step, give it its retries
+]
+
+
+@pytest.mark.parametrize(("exit_code", "payload", "kind"), CLASSES)
+def test_the_failure_class_decides_whether_airflow_retries(exit_code, payload, kind):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(StepFailed) as info:
+        interpret("train", exit_code, StepResult(payload, "" if payload else "no file"), "")
+    assert info.value.failure_class == kind
+    assert isinstance(info.value, AirflowFailException) == (kind == "permanent"), "retry decision is wrong"
+    assert isinstance(info.value, contract.StepFailedPermanently) == (kind == "permanent")
+
+
+def test_a_killed_local_step_is_named_by_its_signal():
+    with pytest.raises(StepFailed) as info:
+        interpret("train", -9, StepResult(None, "the step wrote no result file (/r)"), "")
+    assert "killed by SIGKILL" in str(info.value) and info.value.failure_class == "transient"
 
 
 def test_the_output_tail_is_optional():
@@ -297,6 +327,32 @@ def test_local_runner_fails_with_the_payload_of_a_rejected_batch(step_home):
     assert payload["status"] == "failed" and payload["step"] == "validate"
     assert payload["failures"] and payload["report"].endswith(".html")
     assert str(info.value).startswith("step `validate` failed (exit code 1): ")
+    # A rejected batch does not improve on retry: Airflow fails the task at once.
+    assert payload["failure_class"] == "permanent" and isinstance(info.value, contract.StepFailedPermanently)
+
+
+@needs_steps
+def test_local_runner_retries_a_step_killed_by_sigkill(step_home, monkeypatch):
+    """The real step process, SIGKILLed while it runs: a transient failure, named by its signal."""
+    from tests.datasets import make_classification_dataset
+
+    spec = make_classification_dataset(step_home / "data", days=10)
+    bin_dir = step_home / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "mlcycle"  # becomes the step (exec), which a background shell SIGKILLs after 1 s
+    wrapper.write_text(f'#!/bin/sh\n(sleep 1; kill -KILL $$) &\nexec {STEPS_BIN / "mlcycle"} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("MLCYCLE_STEPS_BIN", str(bin_dir))
+    monkeypatch.setenv("MLCYCLE_WARM", "0")
+    op = local_operator("train", "--pipeline", str(spec), "--start", "2011-03-05", "--end", "2011-03-06")
+    with pytest.raises(StepFailed) as info:
+        op.execute({})
+    assert (
+        str(info.value) == "step `train` failed (exit code -9): the step's process was killed by SIGKILL "
+        "(a retry may succeed)"
+    )
+    assert info.value.failure_class == "transient"
+    assert not isinstance(info.value, contract.StepFailedPermanently), "a killed step would not be retried"
 
 
 @needs_steps

@@ -187,7 +187,7 @@ def test_a_rejected_batch_alerts_by_email_and_webhook(tmp_path, smtp_sink, webho
     report = str(reports[0])
     log_url = f"http://localhost:8080/dags/training_bikeshare/runs/{quote(run_id)}/tasks/validate?try_number=1"
     for expected in ("training_bikeshare", "validate", run_id, "2011-06-30T00:00:00+00:00", "1 of 1", log_url,
-                     "StepFailed: step `validate` failed (exit code 1)", f"{BAD_DAY}: {FAILED_EXPECTATION}",
+                     "StepFailedPermanently: step `validate` failed (exit code 1)", f"{BAD_DAY}: {FAILED_EXPECTATION}",
                      "'hurricane'", report):
         assert expected in task_mail.body, f"{expected!r} not in the e-mail:\n{task_mail.body}"
     assert "last failed task: validate" in run_mail.body and run_id in run_mail.body
@@ -222,7 +222,7 @@ def test_without_alert_connections_the_run_fails_only_on_validation(tmp_path):
     states = project.task_states("training_bikeshare", RUN_DATE)
     assert [t for t, s in states.items() if s == "failed"] == ["validate"], states
     assert states["ingest"] == "success"
-    assert "StepFailed: step `validate` failed" in output
+    assert "StepFailedPermanently: step `validate` failed" in output
     warnings = re.findall(r"\[warning\s*\] no alert channel configured", output)
     assert len(warnings) == 1, f"expected one warning for two failure callbacks, got {len(warnings)}"
     assert output.count("failure alert: ") == 2  # the task's and the run's callback both ran

@@ -17,7 +17,7 @@ import os
 import subprocess
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipeline_support.contract import StepFailed
 from tests.datasets import SYNTHCLASS_INGEST_RESULT, make_classification_dataset
@@ -104,6 +104,7 @@ def test_a_rejected_batch_keeps_its_payload_when_logs_follow_it(runner_env):
     assert payload["report"].endswith(".html") and os.path.isfile(payload["report"])
     assert str(info.value) == f"step `validate` failed (exit code 1): {payload['error']}"
     assert TRAILING_LOG not in str(info.value)
+    assert isinstance(info.value, AirflowFailException) and info.value.failure_class == "permanent"
     assert list((runner_env / "results").iterdir()) == []
 
 
@@ -119,3 +120,45 @@ def test_bad_arguments_in_a_container_are_a_usage_error(runner_env):
     with pytest.raises(StepFailed) as info:
         run_step("ingest", "--pipeline", "bikeshare", "--start", "March", "--end", "2011-03-06")
     assert "was called with bad arguments (exit code 2)" in str(info.value)
+
+
+def test_a_step_killed_in_its_container_is_retried(runner_env, docker_engine, monkeypatch):
+    """The real step in a container, SIGKILLed while it runs: exit 137, a transient failure."""
+    tag = f"{docker_engine.split(':')[0]}-killed-step:test"
+    entrypoint = 'mlcycle "$@" & pid=$!; sleep 2; kill -KILL $pid; wait $pid'
+    dockerfile = f"FROM {docker_engine}\nENTRYPOINT {json.dumps(['/bin/sh', '-c', entrypoint, 'mlcycle'])}\n"
+    subprocess.run(
+        ["docker", "build", "--network", "host", "-q", "-t", tag, "-"],
+        input=dockerfile,
+        text=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    try:
+        monkeypatch.setenv("MLCYCLE_STEP_IMAGE", tag)
+        spec = make_classification_dataset(runner_env / "data", days=10)
+        with pytest.raises(StepFailed) as info:
+            run_step("train", *window(spec, "2011-03-05", "2011-03-06", 2))
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False, timeout=60)
+    assert (
+        str(info.value) == "step `train` failed (exit code 137): the step's process was killed by SIGKILL "
+        "(a retry may succeed)"
+    )
+    assert info.value.failure_class == "transient" and not isinstance(info.value, AirflowFailException)
+
+
+def test_an_unanswered_mlflow_server_is_retried_from_a_container(runner_env, monkeypatch):
+    from tests.integration.airflow_env import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLCYCLE_MLFLOW_TIMEOUT", "5")
+    with pytest.raises(StepFailed) as info:
+        from pipeline_support.docker_runner import docker_step
+
+        command = ["register", "--pipeline", "bikeshare", "--run-id", "abc", "--model-uri", "runs:/abc/m"]
+        docker_step("register", command, env={"MLCYCLE_MLFLOW_TIMEOUT": "5"}, task_id="register").execute({})
+    assert "did not answer" in str(info.value), str(info.value)
+    assert info.value.failure_class == "transient" and not isinstance(info.value, AirflowFailException)

@@ -119,3 +119,30 @@ def test_dates_and_windows_are_strict(start, end, window, message, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+#: Extra arguments a step needs besides the interval (never read: the interval is refused first).
+_STEP_ARGS = {"evaluate": ["--run-id", "0" * 32, "--model-uri", "runs:/0/model"]}
+
+
+@pytest.mark.parametrize("when", ["after-data-end", "before-data-start"])
+@pytest.mark.parametrize("step", ["ingest", "validate", "build_features", "train", "evaluate", "monitor"])
+def test_a_date_outside_the_data_is_nothing_to_do_for_every_step(tmp_path, spec_path, step, when):
+    """The one rule of the README's exit-code table: no day of the interval inside the bounds: 99."""
+    start, end = ("2011-03-20", "2011-03-21") if when == "after-data-end" else ("2011-02-01", "2011-02-02")
+    proc = run_cli(
+        tmp_path,
+        step,
+        "--pipeline",
+        str(spec_path),
+        "--start",
+        start,
+        "--end",
+        end,
+        *_STEP_ARGS.get(step, []),
+    )
+    assert proc.returncode == 99, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    reason = last_json(proc.stdout)["reason"]
+    assert f"the interval [{start}, {end})" in reason
+    assert "window.data_start 2011-03-01" in reason and "window.data_end 2011-03-10" in reason

@@ -100,7 +100,7 @@ def test_exit_codes_and_messages_reach_the_command(server, tmp_path):
     nothing = _mlcycle(
         env, tmp_path, "monitor", "--pipeline", str(spec), "--start", "2013-06-01", "--end", "2013-06-02"
     )
-    assert nothing.returncode == 99 and "nothing to monitor" in nothing.stderr, nothing.stderr
+    assert nothing.returncode == 99 and "starts after the data ends" in nothing.stderr, nothing.stderr
     assert STARTED.search(nothing.stderr), "the skip did not run warm"
     missing = _mlcycle(
         env,

@@ -2,7 +2,10 @@
 
 The candidate is *blessed* when it passes the spec's absolute threshold and is not worse than the
 champion by more than the spec's tolerance. With no champion yet (the first run) only the threshold
-applies, and the decision says so. The decision and its reasons are written to the candidate's
+applies, and the decision says so. A champion that cannot be loaded (its artifacts are gone, its
+model file is unreadable) is judged like no champion: the threshold alone decides, and the reasons
+name the version, what is missing and the command that re-points or clears ``@champion``; a registry
+that does not answer still fails the step (a retry may succeed). The decision and its reasons are written to the candidate's
 MLflow run (tags ``gate.*``, metrics ``gate_*``, artifact ``gate/decision.json``): the register step
 reads them from there, so nothing can promote a model that this step did not bless.
 """
@@ -44,8 +47,10 @@ def decide(spec: PipelineSpec, candidate: float, champion: float | None) -> tupl
     reasons = []
     passes_floor = better(candidate, ev.threshold)
     bound = "at least" if ev.greater_is_better else "at most"
-    reasons.append(f"{ev.metric} {candidate:.4f} {'meets' if passes_floor else 'misses'} the threshold "
-                   f"({bound} {ev.threshold:g})")
+    reasons.append(
+        f"{ev.metric} {candidate:.4f} {'meets' if passes_floor else 'misses'} the threshold "
+        f"({bound} {ev.threshold:g})"
+    )
     if champion is None:
         reasons.append("no champion yet: first run, the threshold alone decides")
         return passes_floor, reasons
@@ -53,8 +58,10 @@ def decide(spec: PipelineSpec, candidate: float, champion: float | None) -> tupl
     slack = abs(champion) * ev.tolerance
     allowed = champion - slack if ev.greater_is_better else champion + slack
     keeps_up = better(candidate, allowed)
-    reasons.append(f"champion {ev.metric} {champion:.4f} on the same slice; with tolerance {ev.tolerance:g} "
-                   f"the candidate must be {bound} {allowed:.4f}: {'yes' if keeps_up else 'no'}")
+    reasons.append(
+        f"champion {ev.metric} {champion:.4f} on the same slice; with tolerance {ev.tolerance:g} "
+        f"the candidate must be {bound} {allowed:.4f}: {'yes' if keeps_up else 'no'}"
+    )
     return passes_floor and keeps_up, reasons
 
 
@@ -66,8 +73,29 @@ def _signature_columns(model_uri: str) -> list[str]:
     return list(signature.inputs.input_names()) if signature is not None else []
 
 
-def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id: str, model_uri: str,
-             window_days: int | None = None) -> EvaluateResult:
+def unloadable_champion(spec: PipelineSpec, settings: Settings, champ, exc: BaseException) -> str:
+    """One reason for the gate: which champion version cannot be loaded, what is missing, what to run."""
+    name = spec.model.registered_name
+    what = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    client = f"from mlflow import MlflowClient; MlflowClient({settings.tracking_uri!r})"
+    return (
+        f"champion version {champ.version} of {name} cannot be loaded ({type(exc).__name__}: {what}; its "
+        f"artifacts at {champ.source} are missing or unreadable), so the threshold alone decides, as on a "
+        f"first run. To repair the registry, re-point @champion at a version that loads: "
+        f"python -c \"{client}.set_registered_model_alias('{name}', 'champion', '<version>')\", or clear it: "
+        f"python -c \"{client}.delete_registered_model_alias('{name}', 'champion')\"; a blessed candidate "
+        f"registered by this run becomes the champion either way"
+    )
+
+
+def evaluate(
+    spec: PipelineSpec,
+    settings: Settings,
+    interval: Interval,
+    run_id: str,
+    model_uri: str,
+    window_days: int | None = None,
+) -> EvaluateResult:
     import mlflow
     from mlflow import MlflowClient
 
@@ -86,17 +114,29 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
     unscorable = None
     if champ is not None:
         champion_uri = f"models:/{spec.model.registered_name}@champion"
-        # Each model is scored on the columns of its own signature: a spec change that adds or drops
-        # a feature must not make the champion unscorable forever (or score it on the wrong columns).
-        wanted = _signature_columns(champion_uri) or spec.feature_names
-        missing = [c for c in wanted if c not in eval_df.columns]
-        if missing:
-            unscorable = (f"champion version {champ.version} needs column(s) {', '.join(missing)}, which this "
-                          f"evaluation slice no longer has (the spec changed): it cannot be scored on the same "
-                          f"data, so the threshold alone decides")
+        try:
+            # Each model is scored on the columns of its own signature: a spec change that adds or drops
+            # a feature must not make the champion unscorable forever (or score it on the wrong columns).
+            wanted = _signature_columns(champion_uri) or spec.feature_names
+            missing = [c for c in wanted if c not in eval_df.columns]
+            champion_model = None if missing else mlflow.sklearn.load_model(champion_uri)
+        except Exception as exc:  # noqa: BLE001 - classified below: only a lost registry is re-raised
+            from mlcycle.errors import TRANSIENT, failure_class
+
+            if failure_class(exc) == TRANSIENT:
+                raise
+            missing, champion_model = [], None
+            unscorable = unloadable_champion(spec, settings, champ, exc)
             log.warning("gate: %s", unscorable)
-        else:
-            champion_score = score(spec, mlflow.sklearn.load_model(champion_uri), eval_df[wanted], y_eval)
+        if missing:
+            unscorable = (
+                f"champion version {champ.version} needs column(s) {', '.join(missing)}, which this "
+                f"evaluation slice no longer has (the spec changed): it cannot be scored on the same "
+                f"data, so the threshold alone decides"
+            )
+            log.warning("gate: %s", unscorable)
+        elif champion_model is not None:
+            champion_score = score(spec, champion_model, eval_df[wanted], y_eval)
     blessed, reasons = decide(spec, candidate_score, champion_score)
     if unscorable:
         reasons = [reasons[0], unscorable]
@@ -104,18 +144,31 @@ def evaluate(spec: PipelineSpec, settings: Settings, interval: Interval, run_id:
     verdict = "BLESSED" if blessed else "NOT blessed"
     log.info("gate: candidate %s. %s", verdict, "; ".join(reasons))
 
-    result = EvaluateResult(pipeline=spec.name, run_id=run_id, experiment_id=experiment_id, model_uri=model_uri,
-                            metric=spec.evaluation.metric,
-                            blessed=blessed, first_run=first_run, candidate_score=candidate_score,
-                            champion_score=champion_score, champion_version=str(champ.version) if champ else None,
-                            reasons=reasons)
+    result = EvaluateResult(
+        pipeline=spec.name,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=model_uri,
+        metric=spec.evaluation.metric,
+        blessed=blessed,
+        first_run=first_run,
+        candidate_score=candidate_score,
+        champion_score=champion_score,
+        champion_version=str(champ.version) if champ else None,
+        reasons=reasons,
+    )
     with mlflow.start_run(run_id=run_id):
         metrics = {f"gate_candidate_{spec.evaluation.metric}": candidate_score}
         if champion_score is not None:
             metrics[f"gate_champion_{spec.evaluation.metric}"] = champion_score
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"gate.blessed": str(blessed).lower(), "gate.first_run": str(first_run).lower(),
-                         "gate.reason": "; ".join(reasons)[:4900],
-                         "gate.champion_version": result.champion_version or "none"})
+        mlflow.set_tags(
+            {
+                "gate.blessed": str(blessed).lower(),
+                "gate.first_run": str(first_run).lower(),
+                "gate.reason": "; ".join(reasons)[:4900],
+                "gate.champion_version": result.champion_version or "none",
+            }
+        )
         mlflow.log_dict(result.to_dict(), "gate/decision.json")
     return result

@@ -178,7 +178,7 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
 
     from mlcycle.modeling import build_search, metric_set, score, time_stratified_sample, trusted_types
     from mlcycle.serving.export import serving_metadata
-    from mlcycle.tracking import connect
+    from mlcycle.tracking import connect, fail_stale_runs
 
     start, end = training_window(spec, interval, window_days)
     folder = Store(settings.store, spec.name).features_dir(end)
@@ -190,6 +190,7 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
     x_eval, y_eval = eval_df[features], eval_df[spec.target]
 
     experiment_id = connect(settings, spec)
+    fail_stale_runs(mlflow.MlflowClient(), experiment_id, settings.dag_id, settings.run_id)
     _quiet_mlflow_warnings()
     sample = time_stratified_sample(local_days(train_df[EVENT_TIME], spec.timezone), spec.model.max_rows,
                                     spec.model.seed) if spec.model.max_rows else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -176,3 +177,36 @@ def test_the_decision_is_saved_with_the_run(gate, tmp_path):
     result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
     saved = MlflowClient().download_artifacts(run_id, "gate/decision.json", str(tmp_path / "dl"))
     assert json.loads(open(saved).read()) == result.to_dict()
+
+
+def test_a_champion_whose_artifacts_are_gone_is_reported_and_the_threshold_decides(gate, caplog):
+    """The champion's files deleted from the real store: no crash, a reason naming the version and the fix."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from mlflow import MlflowClient
+
+    champion_run, champion_uri = gate.logged("perfect")
+    version = gate.crown(champion_run, champion_uri)
+    artifacts = MlflowClient().get_model_version(gate.spec.model.registered_name, version).source
+    import mlflow
+
+    folder = Path(urlparse(mlflow.get_logged_model(champion_uri.rsplit("/", 1)[-1]).artifact_location).path)
+    assert (folder / "MLmodel").is_file()
+    shutil.rmtree(folder)  # the champion's model files are gone; the registry still points at them
+    run_id, uri = gate.logged("perfect")
+    with caplog.at_level(logging.WARNING, logger="mlcycle.steps.evaluate"):
+        result = evaluate(gate.spec, gate.settings, gate.interval, run_id, uri)
+    assert result.blessed is True and result.champion_score is None and result.champion_version == version
+    assert result.reasons[0] == "roc_auc 1.0000 meets the threshold (at least 0.4)"
+    reason = result.reasons[1]
+    assert reason.startswith(
+        f"champion version {version} of {gate.spec.model.registered_name} cannot be loaded"
+    )
+    assert artifacts in reason and "the threshold alone decides, as on a first run" in reason
+    assert (
+        f"set_registered_model_alias('{gate.spec.model.registered_name}', 'champion', '<version>')" in reason
+    )
+    assert f"delete_registered_model_alias('{gate.spec.model.registered_name}', 'champion')" in reason
+    assert any(m == f"gate: {reason}" for m in caplog.messages) and "Traceback" not in caplog.text
+    assert _run_data(run_id).tags["gate.reason"] == "; ".join(result.reasons)[:4900]
