@@ -50,6 +50,8 @@ FORMATS = (
     "%d/%m/%Y %H:%M",
     "%m/%d/%Y %H:%M",
 )
+#: A numeric feature with this many distinct values or fewer may keep one value over a hold-out.
+FEW_VALUES = 12
 #: The natural range of a source column that is a calendar part of the timestamp.
 CALENDAR_RANGES = {
     "hour": (0, 23),
@@ -505,18 +507,27 @@ def _declare(column: str, values: pd.Series, is_target: bool, task: str) -> tupl
         if distinct <= 1:
             only = _number(present.iloc[0]) if len(present) else None
             return (
-                {"type": "integer" if integral else "numeric", "role": "ignore", **nulls},
+                {
+                    "type": "integer" if pd.api.types.is_integer_dtype(values) else "numeric",
+                    "role": "ignore",
+                    **nulls,
+                },
                 f"constant ({only}) in the data: nothing to learn from",
             )
         low, high = _margin(float(present.min()), float(present.max()), integral)
         declaration = {
-            "type": "integer" if integral and not share else "numeric",
+            # integer only when the data reads as integers (a column with nulls in the file reads as floats)
+            "type": "integer" if pd.api.types.is_integer_dtype(values) and not share else "numeric",
             "min": _number(low),
             "max": _number(high),
             **nulls,
         }
         if integral and distinct == len(present) and len(present) > 100 and not is_target:
             return {**declaration, "role": "ignore"}, "unique on every row: an identifier, not a feature"
+        if distinct <= FEW_VALUES and not is_target:
+            return {**declaration, "constant_guard": False}, (
+                f"{distinct} values (a flag, a code, a season): may keep one value for a week"
+            )
         return declaration, ""
     text = present.astype(str)
     if distinct <= MAX_CATEGORIES:
