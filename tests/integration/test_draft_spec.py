@@ -90,7 +90,11 @@ make_events_dataset(Path({str(data)!r}) / "gen", start="2023-02-27", days=21)
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, drafted) -> AirflowProject:
-    return AirflowProject.create(tmp_path_factory.mktemp("onboard"), MLCYCLE_PIPELINES_DIR=str(drafted[0]))
+    return AirflowProject.create(
+        tmp_path_factory.mktemp("onboard"),
+        MLCYCLE_PIPELINES_DIR=str(drafted[0]),
+        MLCYCLE_RETRY_DELAY_SECONDS="1",
+    )
 
 
 def test_the_drafts_profile_what_matters(drafted):
@@ -121,7 +125,9 @@ def test_a_drafted_spec_trains_and_registers_a_model_unedited(project, drafted, 
     import datetime as dt
 
     date = (dt.date.fromisoformat(draft["window"]["data_end"]) + dt.timedelta(days=1)).isoformat()
-    proc = project.dags_test(f"training_{name}", date, {"pipeline": str(variant)})
+    # noon UTC of the day after the data's last: whatever the zone, the last complete local day is
+    # the data's last (midnight UTC is still the day before in New York)
+    proc = project.dags_test(f"training_{name}", f"{date}T12:00:00+00:00", {"pipeline": str(variant)})
     states = project.task_states(f"training_{name}", date)
     if any(states.get(t) != "success" for t in STEPS):
         print(proc.stdout[-6000:], proc.stderr[-3000:])
