@@ -1,7 +1,15 @@
 """Which DAG and conf `make run PIPELINE=... DATE=...` runs; fails loudly when the date is not served.
 
-    python scripts/pipeline_run.py bikeshare 2011-06-30          ->  training_bikeshare {}
-    python scripts/pipeline_run.py .ci/bikeshare-ci.yaml 2011-06-30  ->  training_bikeshare {"pipeline": "..."}
+Prints three lines: the DAG id, its conf (JSON), and the MLCYCLE_PIPELINES_DIR the run needs.
+
+    python scripts/pipeline_run.py bikeshare 2011-06-30          ->  training_bikeshare / {} / (unchanged)
+    python scripts/pipeline_run.py .ci/bikeshare-ci.yaml 2011-06-30  ->  training_bikeshare / {"pipeline": "..."}
+    python scripts/pipeline_run.py /any/folder/new.yaml 2011-06-30   ->  training_new / {} / <dirs>:/any/folder/new.yaml
+
+A spec whose name has no DAG yet (a new data set, in any folder) is added to MLCYCLE_PIPELINES_DIR
+as a file entry: the DAG files build its DAGs from it where it is, nothing is copied, and its
+neighbours in that folder are left alone. A spec that keeps the name of a known pipeline (a variant,
+e.g. a CI-sized search) runs through that pipeline's DAG with the `pipeline` Param.
 
 `airflow dags test <dag> D` is a manual run: it covers the day before D, [D-1, D).
 """
@@ -10,12 +18,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
-from pipeline_support.specs import SpecProblem, load_entry, pipelines_dir, resolve_spec  # noqa: E402
+from pipeline_support.specs import (  # noqa: E402
+    SpecProblem,
+    discover,
+    load_entry,
+    pipelines_dir,
+    pipelines_entries,
+    resolve_spec,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +58,18 @@ def main(argv: list[str]) -> int:
               + (f" to {entry.schedule.end + dt.timedelta(days=1)}." if entry.schedule.end else " on."),
               file=sys.stderr)
         return 1
-    conf = {} if path.parent == pipelines_dir().resolve() else {"pipeline": str(path)}
-    print(f"training_{entry.name} {json.dumps(conf)}")
+    entries = pipelines_entries()
+    known = {e.name: e.path for e in discover()[0]}
+    if entry.name not in known:  # a new pipeline: its own DAGs, built from the file where it is
+        entries.append(path)
+        conf: dict[str, str] = {}
+    elif known[entry.name] == path or path.parent == pipelines_dir().resolve():
+        conf = {}
+    else:  # a variant of a known pipeline: that pipeline's DAG, with the variant as its Param
+        conf = {"pipeline": str(path)}
+    print(f"training_{entry.name}")
+    print(json.dumps(conf))
+    print(os.pathsep.join(str(e) for e in entries))
     return 0
 
 

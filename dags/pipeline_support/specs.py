@@ -37,9 +37,32 @@ class SpecProblem(ValueError):
     """A spec cannot be used to build its DAGs; the message names the file and what to fix."""
 
 
+def pipelines_entries() -> list[Path]:
+    """Where the DAG files find specs: ``MLCYCLE_PIPELINES_DIR``, or ``include/pipelines``.
+
+    Several entries are separated by ``:`` (``os.pathsep``); each is a folder (every ``*.yaml`` in it)
+    or one spec file, so a spec kept anywhere gets its DAGs without copying it or its neighbours:
+    ``MLCYCLE_PIPELINES_DIR=/srv/specs:/home/me/new.yaml``.
+    """
+    raw = os.environ.get("MLCYCLE_PIPELINES_DIR") or str(PROJECT_ROOT / "include" / "pipelines")
+    return [Path(entry) for entry in raw.split(os.pathsep) if entry.strip()]
+
+
 def pipelines_dir() -> Path:
-    """Where specs are looked up by name: ``MLCYCLE_PIPELINES_DIR`` or ``include/pipelines``."""
-    return Path(os.environ.get("MLCYCLE_PIPELINES_DIR") or PROJECT_ROOT / "include" / "pipelines")
+    """Where specs are looked up by name (and named in step commands): the first folder entry."""
+    folders = [entry for entry in pipelines_entries() if entry.suffix not in {".yaml", ".yml"}]
+    return folders[0] if folders else PROJECT_ROOT / "include" / "pipelines"
+
+
+def spec_files() -> list[Path]:
+    """Every spec file of every entry, in entry order (a folder's files sorted by name)."""
+    files: list[Path] = []
+    for entry in pipelines_entries():
+        if entry.suffix in {".yaml", ".yml"}:
+            files += [entry] if entry.is_file() else []
+        elif entry.is_dir():
+            files += sorted(entry.glob("*.yaml"))
+    return files
 
 
 def resolve_spec(pipeline: str) -> Path:
@@ -49,12 +72,14 @@ def resolve_spec(pipeline: str) -> Path:
         candidate = PROJECT_ROOT / candidate  # the steps run with the project as working directory
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         path = candidate
-    else:
-        path = pipelines_dir() / f"{pipeline}.yaml"
+    else:  # by name: the first folder, then any other entry of MLCYCLE_PIPELINES_DIR
+        named = [p for p in spec_files() if p.stem == pipeline]
+        path = named[0] if named else pipelines_dir() / f"{pipeline}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+        known = sorted({p.stem for p in spec_files()})
+        where = os.pathsep.join(str(e) for e in pipelines_entries())
         raise SpecProblem(f"no pipeline spec {pipeline!r}: looked for {path}; known specs in "
-                          f"{pipelines_dir()}: {', '.join(known) or 'none'}; or pass a path to a YAML file")
+                          f"{where}: {', '.join(known) or 'none'}; or pass a path to a YAML file")
     return path.resolve()
 
 
@@ -232,12 +257,16 @@ def load_entry(path: Path) -> PipelineEntry:
 
 
 def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path, str]]:
-    """Every spec in the folder: the loadable ones, and the problems of the others by file."""
-    folder = folder or pipelines_dir()
+    """Every spec of ``folder`` (default: every entry of ``MLCYCLE_PIPELINES_DIR``): the loadable ones,
+    and the problems of the others by file."""
+    if folder is not None:
+        paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    else:
+        paths = list(dict.fromkeys(p.resolve() for p in spec_files()))
     entries: list[PipelineEntry] = []
     broken: dict[Path, str] = {}
     seen: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+    for path in paths:
         try:
             entry = load_entry(path)
         except SpecProblem as exc:
@@ -245,7 +274,8 @@ def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path
             continue
         if entry.name in seen:
             broken[path] = (f"pipeline spec {path}: name {entry.name!r} is already used by {seen[entry.name]}; "
-                            "each spec in the folder needs its own name (a variant belongs outside it)")
+                            "each spec in the folder needs its own name (a variant belongs outside it); "
+                            "across MLCYCLE_PIPELINES_DIR entries, too")
             continue
         seen[entry.name] = path
         entries.append(entry)

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="write it to the path the spec names")
     _serving_args(sub, step)
     _deploy_args(step)
+    __import__("mlcycle.draft").draft.add_parser(sub)  # draft-spec: its own module, its own handler
     return parser
 
 
@@ -205,6 +206,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from mlcycle.settings import Settings
     from mlcycle.spec import load_spec
 
+    if getattr(args, "handler", None):  # a command that reads no spec (draft-spec)
+        return args.handler(args)
     settings = Settings.from_env()
     spec = load_spec(args.pipeline, settings.pipelines_dir)
     if args.step == "suite":

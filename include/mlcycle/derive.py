@@ -57,6 +57,24 @@ from mlcycle.errors import SourceError, SpecError
 log = logging.getLogger(__name__)
 
 CALENDAR_PARTS = ("hour", "day_of_week", "day", "month", "year", "day_of_year", "is_weekend")
+#: Unambiguous spellings: ``local_<part>`` is always the calendar part, ``source_<part>`` the source's
+#: column of that name (for a source whose own columns are named like calendar parts).
+CALENDAR_ALIASES = {f"local_{part}": part for part in CALENDAR_PARTS}
+SOURCE_ALIASES = {f"source_{part}": part for part in CALENDAR_PARTS}
+CALENDAR_NAMES = (*CALENDAR_PARTS, *CALENDAR_ALIASES)
+
+
+def ambiguous_names(rules: Derivations, source_columns: set[str]) -> list[str]:
+    """One problem per expression that reads a bare name which is both a source column and a calendar
+    part (``month`` of the source, or the month of the row's local time), with the two spellings that
+    say which one is meant."""
+    clashes = source_columns & set(CALENDAR_PARTS)
+    read = [(f"derive.{name}", e) for name, e in rules.derive] + [(f"filter[{i}]", e)
+                                                                 for i, e in enumerate(rules.filters)]
+    return [f"{where}: {expression.source!r} reads `{name}`, which is both a source column (columns.{name}) "
+            f"and a calendar part of the row's local time; write `local_{name}` for the calendar part or "
+            f"`source_{name}` for the source column"
+            for where, expression in read for name in sorted(expression.names & clashes)]
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -400,8 +418,9 @@ def calendar_parts(event_time: pd.Series, timezone: str) -> dict[str, Any]:
     """The calendar parts of UTC timestamps, read in ``timezone`` (the spec's local time)."""
     local = event_time.dt.tz_convert(timezone)
     dow = local.dt.dayofweek
-    return {"hour": local.dt.hour, "day_of_week": dow, "day": local.dt.day, "month": local.dt.month,
-            "year": local.dt.year, "day_of_year": local.dt.dayofyear, "is_weekend": (dow >= 5).astype("int64")}
+    parts = {"hour": local.dt.hour, "day_of_week": dow, "day": local.dt.day, "month": local.dt.month,
+             "year": local.dt.year, "day_of_year": local.dt.dayofyear, "is_weekend": (dow >= 5).astype("int64")}
+    return {**parts, **{alias: parts[part] for alias, part in CALENDAR_ALIASES.items()}}
 
 
 def _as_column(value: Any, index: pd.Index) -> pd.Series:
@@ -417,10 +436,11 @@ def apply(frame: pd.DataFrame, rules: Derivations, timezone: str, time_column: s
         return frame, {}
     frame = frame.copy()
     needed = {n for _, e in rules.derive for n in e.names} | {n for e in rules.filters for n in e.names}
-    calendar = calendar_parts(frame[time_column], timezone) if needed & set(CALENDAR_PARTS) else {}
+    calendar = calendar_parts(frame[time_column], timezone) if needed & set(CALENDAR_NAMES) else {}
 
     def scope() -> dict[str, Any]:
-        return {**calendar, **{c: frame[c] for c in frame.columns}}
+        own = {alias: frame[c] for alias, c in SOURCE_ALIASES.items() if c in frame.columns}
+        return {**calendar, **own, **{c: frame[c] for c in frame.columns}}
 
     for name, expression in rules.derive:
         try:

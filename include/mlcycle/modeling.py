@@ -73,6 +73,19 @@ def categorical_split(spec: PipelineSpec) -> tuple[list[str], list[str]]:
     return [c.name for c in categorical if c.name not in wide], wide
 
 
+def spec_categories(spec: PipelineSpec, names: list[str]) -> list[list[Any]] | str:
+    """The encoder's categories: the spec's allowed values of each column, in the spec's order.
+
+    ``"auto"`` (learnt from the data) only when some column lists no values: scikit-learn's encoders
+    take either a list for every column or ``"auto"`` for all, and ``categorical_split`` sends such a
+    column to its own encoder under ``auto`` (native), so it never shifts a mask.
+    """
+    values = [spec.column(name).values for name in names]
+    if any(v is None for v in values):
+        return "auto"
+    return [list(v) for v in values]
+
+
 def build_pipeline(spec: PipelineSpec) -> Pipeline:
     numeric = [c.name for c in spec.feature_columns if c.type in ("numeric", "integer")]
     onehot, native = categorical_split(spec)
@@ -84,15 +97,20 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         scaled = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         transformers.append(("numeric", scaled if linear else "passthrough", numeric))
     if onehot:
-        transformers.append(("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+        # One column per allowed value of the spec, in its order, whatever a fold or the training slice
+        # holds: the layout is the same in every fold, the refit, evaluation and serving. A value outside
+        # the spec (serving.unknown_categories: accept) or missing encodes as all zeros. Only a `string`
+        # feature without `values` takes its categories from the data it is fitted on.
+        transformers.append(("categorical", OneHotEncoder(categories=spec_categories(spec, onehot),
+                                                          handle_unknown="ignore", sparse_output=False),
                              onehot))
     if native:
         # Codes 0..k-1 in the order of the spec's allowed values; unknown or missing: NaN, which the
         # trees send down their missing-value branch. At most 255 codes (the trees' bin limit).
-        categories = [list(spec.column(name).values) if spec.column(name).values else "auto" for name in native]
+        categories = spec_categories(spec, native)
         transformers.append(("native", OrdinalEncoder(categories=categories, handle_unknown="use_encoded_value",
                                                       unknown_value=np.nan, encoded_missing_value=np.nan,
-                                                      max_categories=255 if "auto" in categories else None),
+                                                      max_categories=255 if categories == "auto" else None),
                              native))
     pre = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     estimator = ESTIMATORS[(spec.task, spec.model.family)]()

@@ -65,9 +65,16 @@ class Settings:
             store=Path(env.get("MLCYCLE_STORE", home / "store")).resolve(),
             tracking_uri=tracking_uri,
             artifact_root=env.get("MLCYCLE_ARTIFACT_ROOT") or ((mlflow_dir / "artifacts").as_uri() if local else None),
-            pipelines_dir=Path(env.get("MLCYCLE_PIPELINES_DIR", DEFAULT_PIPELINES_DIR)),
+            pipelines_dir=_first_folder(env.get("MLCYCLE_PIPELINES_DIR")),
             dag_id=env.get("MLCYCLE_DAG_ID") or env.get("AIRFLOW_CTX_DAG_ID", "manual"),
             run_id=env.get("MLCYCLE_RUN_ID") or env.get("AIRFLOW_CTX_DAG_RUN_ID", "manual"),
             code_version=_code_version(),
             mlflow_timeout=float(env.get("MLCYCLE_MLFLOW_TIMEOUT") or 60),
         )
+
+
+def _first_folder(value: str | None) -> Path:
+    """Specs named (not given by path) are looked up in the first folder of ``MLCYCLE_PIPELINES_DIR``,
+    which may list several folders and spec files separated by ``:`` (the DAG files read them all)."""
+    folders = [Path(e) for e in (value or "").split(os.pathsep) if e.strip() and Path(e).suffix not in (".yaml", ".yml")]
+    return folders[0] if folders else DEFAULT_PIPELINES_DIR

@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from mlcycle.derive import CALENDAR_PARTS, Derivations, parse_derivations
+from mlcycle.derive import (
+    CALENDAR_NAMES,
+    CALENDAR_PARTS,
+    SOURCE_ALIASES,
+    Derivations,
+    ambiguous_names,
+    parse_derivations,
+)
 from mlcycle.errors import SpecError
 
 ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
@@ -52,6 +59,9 @@ class Column:
     min_std: float | None = None
     #: A partition must hold at least this many distinct values of this column.
     min_distinct: int | None = None
+    #: Whether build_features refuses a window where this feature is constant (or below its floors):
+    #: None judges by kind (measured columns yes; calendar parts and constants by declaration no).
+    constant_guard: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -422,6 +432,7 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
             r.problems.append(f"{where}.min_distinct: at least 1 (got {min_distinct})")
         if min_std is not None and ctype not in ("numeric", "integer"):
             r.problems.append(f"{where}.min_std: only for numeric and integer columns")
+        guard = r.need(body, "constant_guard", where, bool, default=None)
         if ctype == "timestamp" and role != "ignore":
             r.problems.append(f"{where}: a timestamp column is not a {role}; give it `role: ignore` and derive what "
                               f"the model needs from the row's time (`derive:` hour, day_of_week, ...)")
@@ -429,6 +440,7 @@ def _parse_columns(r: _Reader, raw_columns: Any) -> list[Column]:
             r.problems.append(f"{where}: a timestamp column takes no min, max or values")
         columns.append(Column(
             name=str(name), type=ctype, role=role, min_std=min_std, min_distinct=min_distinct,
+            constant_guard=guard,
             min=low, max=high,
             values=tuple(values) if values else None,
             max_null_share=float(share or 0.0),
@@ -549,7 +561,8 @@ TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "par
 SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
                "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
-COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct")
+COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct",
+               "constant_guard")
 VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition", "max_restatement_shrink",
                    "max_dropped_share")
 WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
@@ -733,7 +746,10 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     key = _parse_key(r, raw, names)
     integrity = _parse_integrity(r, val, key)
     derivations = parse_derivations(raw, path.parent, r.problems)
-    known = set(names) | {EVENT_TIME, *CALENDAR_PARTS}
+    known = set(names) | {EVENT_TIME, *CALENDAR_NAMES}
+    derived = {column for column, _ in derivations.derive}
+    known |= {alias for alias, part in SOURCE_ALIASES.items() if part in set(names) - derived}
+    r.problems.extend(ambiguous_names(derivations, set(names) - derived))
     for column, expression in derivations.derive:
         if names and column not in names:
             r.problems.append(f"derive.{column}: declare the derived column under `columns` too (its type, "
@@ -901,7 +917,7 @@ def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
 def _calendar_columns(derivations: Derivations) -> set[str]:
     """Derived columns that read nothing but calendar parts (a weekday, a month)."""
     return {column for column, expression in derivations.derive
-            if expression.names and expression.names <= set(CALENDAR_PARTS)}
+            if expression.names and expression.names <= set(CALENDAR_NAMES)}
 
 
 DEPLOY_KEYS = tuple(f.name for f in fields(DeploySpec))

@@ -132,7 +132,8 @@ def test_a_feature_stuck_over_a_slice_is_named(tmp_path):
     frame["windspeed"] = [0.2, 0.3] * 24
     problems = collapsed_features(spec, frame, "evaluation slice")
     assert problems == [
-        "`temp` is constant at 0.54 over the evaluation slice (48 rows; allowed: std above 0)"
+        "`temp` is constant at 0.54 over the evaluation slice (48 rows; allowed: std above 0): judged as a "
+        "measured column (from the source, neither a calendar part nor constant by declaration)"
     ]
     assert DataQualityError.__mro__[1].__name__ == "StepError"  # a clean step failure, exit code 1
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mlcycle.derive import CALENDAR_NAMES
 from mlcycle.errors import DataQualityError, NotEnoughData, StepError
 from mlcycle.settings import Settings
-from mlcycle.spec import EVENT_TIME, PipelineSpec
+from mlcycle.spec import EVENT_TIME, Column, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
 from mlcycle.store import Store, ValidatedVersion, days, fingerprint_of, write_json, write_parquet
 from mlcycle.timestamps import day_start
@@ -42,23 +43,61 @@ class FeaturesResult(Result):
     path: str
 
 
+def column_kind(spec: PipelineSpec, column: Column) -> tuple[str, str]:
+    """Which kind of column the constant-window guard sees, and why: ``calendar``, ``constant`` or
+    ``measured``.
+
+    A calendar part (``derive: {month: month}``) or a column derived only from calendar parts is
+    constant over a short slice by construction (the month of a 7-day hold-out); a column whose
+    declaration allows one value (``min`` equal to ``max``, or one allowed value) is constant by
+    design. Every other column is measured: a constant there is a stuck source.
+    """
+    for name, expression in spec.derivations.derive:
+        if name == column.name and expression.names and expression.names <= set(CALENDAR_NAMES):
+            return "calendar", f"derived only from calendar parts ({expression.source!r})"
+    if column.min is not None and column.min == column.max:
+        return "constant", f"declared with min = max = {column.min:g}"
+    if column.values is not None and len(column.values) == 1:
+        return "constant", f"declared with one allowed value ({column.values[0]!r})"
+    return "measured", "from the source, neither a calendar part nor constant by declaration"
+
+
+def guarded(spec: PipelineSpec, column: Column) -> bool:
+    """Whether the guard judges ``column``: its ``constant_guard``, else measured columns only."""
+    if column.constant_guard is not None:
+        return column.constant_guard
+    return column_kind(spec, column)[0] == "measured"
+
+
 def collapsed_features(spec: PipelineSpec, frame: pd.DataFrame, what: str) -> list[str]:
     """Features whose spread collapsed over ``frame``: a numeric one constant (or below its ``min_std``),
     any with fewer distinct values than its ``min_distinct``. A feature that does not vary cannot be
-    learnt from, and a slice where it is stuck would judge candidate and champion on a broken input."""
+    learnt from, and a slice where it is stuck would judge candidate and champion on a broken input.
+
+    Judged by kind (``column_kind``): measured columns are; calendar parts and constants by declaration
+    are not, unless the column sets ``constant_guard: true`` (``false`` exempts a measured one)."""
     problems = []
     for column in spec.feature_columns:
         values = frame[column.name]
+        kind, why = column_kind(spec, column)
+        found = []
         if column.type in ("numeric", "integer") and values.notna().sum() > 1:
             std = float(values.std())
             floor = column.min_std or 0.0
             if std <= floor:
                 detail = f"constant at {values.dropna().iloc[0]:g}" if std == 0 else f"std {std:.3g}"
-                problems.append(f"`{column.name}` is {detail} over the {what} ({len(frame)} rows; "
-                                f"allowed: std above {floor:g})")
+                found.append(f"is {detail} over the {what} ({len(frame)} rows; allowed: std above {floor:g})")
         if column.min_distinct is not None and values.nunique() < column.min_distinct:
-            problems.append(f"`{column.name}` has {values.nunique()} distinct value(s) over the {what} "
-                            f"(min_distinct {column.min_distinct})")
+            found.append(f"has {values.nunique()} distinct value(s) over the {what} "
+                         f"(min_distinct {column.min_distinct})")
+        if not found:
+            continue
+        if not guarded(spec, column):
+            log.info("`%s` %s; not judged: a %s column (%s)%s", column.name, "; ".join(found), kind, why,
+                     "" if column.constant_guard is None else ", constant_guard: false")
+            continue
+        reason = f"{why}; constant_guard: true" if column.constant_guard and kind != "measured" else why
+        problems.extend(f"`{column.name}` {f}: judged as a {kind} column ({reason})" for f in found)
     return problems
 
 
@@ -107,7 +146,9 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
             f"the window {start} to {end} of {spec.name} passed validation day by day, but as a whole it "
             f"cannot train or judge a model: " + "; ".join(problems) + ". Nothing was written, so neither "
             "training nor the gate sees it. Look for a stuck source (a dead sensor) in those days, then "
-            "restate them or widen the window; `min_std`/`min_distinct` in the spec set the floors.")
+            "restate them or widen the window. A measured column is judged; calendar parts and columns "
+            "constant by declaration are not. Per column, `min_std`/`min_distinct` set the floors and "
+            "`constant_guard: false` exempts it (a column that may legitimately stay constant).")
     # The fingerprint names exactly which validated bytes went into this feature table.
     fingerprint = fingerprint_of(versions)
     store.record_lineage(fingerprint, versions)
