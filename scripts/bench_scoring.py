@@ -123,7 +123,8 @@ def main() -> None:
                 "score", interval, {**env, "MLCYCLE_SCORING_PATH": path}, work / f"score-{path}.log"
             )
             result = run["result"]
-            assert result["rows"] == rows and result["path"] == path, result
+            if result["rows"] != rows or result["path"] != path:
+                raise SystemExit(f"score on the {path} path did not score the window: {result}")
             figures[path] = {
                 "seconds": run["seconds"],
                 "rss_gib": run["rss_gib"],

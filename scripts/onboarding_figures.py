@@ -115,7 +115,8 @@ def main() -> int:
             env,
         )
         seconds = time.perf_counter() - began
-        assert registered["champion_version"], registered  # a first champion, with no edit to the draft
+        if not registered["champion_version"]:  # a first champion, with no edit to the draft
+            raise SystemExit(f"no first champion from the drafted spec: {registered}")
         lines = len(spec.read_text().splitlines())
         print(
             f"| {title} | {drafted['rows']:,} | {lines} lines, {len(raw['columns'])} columns, "

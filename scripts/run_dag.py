@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
         ["airflow", "dags", "test", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
-    assert proc.stdout is not None
+    if proc.stdout is None:  # stdout=PIPE always gives one
+        raise RuntimeError("airflow dags test has no output pipe")
     for line in proc.stdout:
         sys.stdout.write(line)
         lines.append(line)

@@ -169,7 +169,7 @@ class Expression:
             expression.evaluate(_Unknown.SCOPE)
         except ExpressionLimit:
             raise
-        except Exception:  # noqa: BLE001 - a type mismatch among constants is the data's to show
+        except Exception:  # noqa: BLE001, S110 - a type mismatch among constants is the data's to show
             pass
         return expression
 
