@@ -217,6 +217,7 @@ def test_monitoring_watches_the_batch_predictions_with_their_performance(trained
         trained.spec, monitoring=dataclasses.replace(trained.spec.monitoring, source="scoring")
     )
     day = dt.date(2011, 3, 22)
+    score(trained.spec, trained.settings, _validated(trained, day), "1", "champion")  # in any test order
     current = current_data(spec, trained.store, day, day + dt.timedelta(days=1))
     scores = pd.read_parquet(scores_dir(trained.store, day) / "data.parquet")
     assert current.source == "scoring" and len(current.frame) == 24
