@@ -199,7 +199,8 @@ def test_mlflow_server_restarted_during_register_makes_one_version(private_datab
             tmp_path / "home", MLFLOW_TRACKING_URI=proxy.url, MLCYCLE_ARTIFACT_ROOT=""
         )
         run = project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14})
-        output = f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{server.log.read_text()[-2000:]}"
+        (tmp_path / "dags-test.log").write_text(run.stdout + run.stderr)  # the whole run, for a post-mortem
+        output = f"{run.stderr[-3000:]}\n{server.log.read_text()[-2000:]}"
         states = project.task_states("training_bikeshare", "2011-06-30")
 
         # The fault happened where it was meant to: the version was stored, its answer lost, the server restarted.
@@ -423,7 +424,7 @@ def test_postgres_restart_and_scheduler_kill_during_a_backfill(private_cluster, 
             time.sleep(3)
         project.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL[0], "--to-date",
                         BACKFILL[1], "--max-active-runs", "1",
-                        "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": 3}))  # fmt: skip
+                        "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": 7}))  # fmt: skip
 
         # Fault 1: the metadata database restarts while the first run trains.
         _wait_tasks(project, _running("train", 0), "the first run's train task to start")
