@@ -198,7 +198,9 @@ def test_mlflow_server_restarted_during_register_makes_one_version(private_datab
         project = AirflowProject.create(
             tmp_path / "home", MLFLOW_TRACKING_URI=proxy.url, MLCYCLE_ARTIFACT_ROOT=""
         )
-        run = project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14})
+        run = project.dags_test(
+            "training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14}
+        )
         (tmp_path / "dags-test.log").write_text(run.stdout + run.stderr)  # the whole run, for a post-mortem
         output = f"{run.stderr[-3000:]}\n{server.log.read_text()[-2000:]}"
         states = project.task_states("training_bikeshare", "2011-06-30")
