@@ -426,7 +426,7 @@ def test_postgres_restart_and_scheduler_kill_during_a_backfill(private_cluster, 
             time.sleep(3)
         project.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL[0], "--to-date",
                         BACKFILL[1], "--max-active-runs", "1",
-                        "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": 7}))  # fmt: skip
+                        "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": 14}))  # fmt: skip
 
         # Fault 1: the metadata database restarts while the first run trains.
         _wait_tasks(project, _running("train", 0), "the first run's train task to start")
