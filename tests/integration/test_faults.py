@@ -432,8 +432,8 @@ def test_postgres_restart_and_scheduler_kill_during_a_backfill(private_cluster, 
         _wait_tasks(project, _running("train", 0), "the first run's train task to start")
         private_cluster.restart()
 
-        # Fault 2: the scheduler is killed (no clean shutdown) while the second run ingests; a new one starts.
-        _wait_tasks(project, _running("ingest", 1), "the second run to start after the restart")
+        # Fault 2: the scheduler is killed (no clean shutdown) while the second run trains; a new one starts.
+        _wait_tasks(project, _running("train", 1), "the second run to start after the restart")
         os.killpg(procs["scheduler"].pid, signal.SIGKILL)
         procs["scheduler"].wait(timeout=30)
         procs["scheduler"] = _start_scheduler(project)  # stopped by serve() at the end
