@@ -5,6 +5,9 @@ nothing was lost and that the system still serves.
   server's answer is lost: the step finds the version it made instead of making a second one.
 - The disk of the store fills up while `validate` publishes: no partial version, the day's
   ``CURRENT.json`` pointer unchanged, and the same command succeeds once there is room again.
+- Airflow's metadata PostgreSQL (a private cluster, never the machine's shared server) restarts
+  while a backfill's first run trains, and the scheduler is SIGKILLed while the second run trains:
+  a new scheduler carries the backfill to the end, every run succeeds, nothing is missing.
 
 Every wait fails when progress stops (a service that no longer changes), never at a fixed total.
 """
