@@ -420,6 +420,9 @@ def test_postgres_restart_and_scheduler_kill_during_a_backfill(private_cluster, 
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=private_cluster.url,
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+        # The killed scheduler takes its task processes with it: the next one finds their task
+        # instances without heartbeats after this many seconds and retries them (default 300).
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60",
         **AirflowProject.server_settings(free_port()),
     )
     with project.serve() as procs:
