@@ -21,6 +21,7 @@ LONGEST_FIRST = (
     "test_compose_stack.py",
     "test_docker_runner.py",
     "test_backfill.py",
+    "test_faults.py",
 )
 
 

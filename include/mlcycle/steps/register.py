@@ -8,7 +8,10 @@ code version, and the Airflow DAG and run. Re-running for the same MLflow run re
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlcycle.errors import RegistryError
@@ -50,17 +53,8 @@ def register(spec: PipelineSpec, settings: Settings, run_id: str, model_uri: str
     except Exception:  # noqa: BLE001 - MLflow raises its generic exception for "not found"
         client.create_registered_model(name, description=f"{spec.description}\nManaged by the mlcycle pipeline "
                                                           f"`{spec.name}`; serve `models:/{name}@{CHAMPION}`.")
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if existing:
-        version = existing[0]
-        log.info("run %s is already version %s of %s: reusing it", run_id, version.version, name)
-    else:
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith(("mlcycle.", "airflow.", "gate."))}
-        # A logged model's URI (models:/m-...) must come with its model id: a tracking server
-        # rejects it as a bare source, as mlflow.register_model knows too.
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id,
-                                              description=run.data.tags.get("gate.reason", ""))
+    version = _version_of_run(client, name, run_id, model_uri, run)
+    if version.status != "READY":
         for _ in range(60):
             version = client.get_model_version(name, version.version)
             if version.status == "READY":
@@ -85,3 +79,63 @@ def register(spec: PipelineSpec, settings: Settings, run_id: str, model_uri: str
     return RegisterResult(pipeline=spec.name, model_name=name, version=str(version.version), blessed=blessed,
                           champion_version=str(current.version) if current else None,
                           previous_champion_version=str(previous.version) if previous else None, aliases=aliases)
+
+
+#: Attempts at finding or creating the run's version when the server drops the answer.
+CREATE_ATTEMPTS = 4
+
+
+def _version_of_run(client, name: str, run_id: str, model_uri: str, run):
+    """The model version made from ``run_id``: the one already registered, or a new one made once.
+
+    MLflow's HTTP client retries every method, POST included: when the server stores a version and
+    its answer is lost (a restart, a dropped connection), the blind retry stores a second version of
+    the same run. Here the create request is sent without HTTP retries, and after a failure the
+    registry is searched by run id before anything is sent again, so a lost answer finds the version
+    it made.
+    """
+    from mlflow.exceptions import MlflowException
+
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("mlcycle.", "airflow.", "gate."))}
+    # A logged model's URI (models:/m-...) must come with its model id: a tracking server
+    # rejects it as a bare source, as mlflow.register_model knows too.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    failure: Exception | None = None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        except (MlflowException, OSError) as exc:  # the server is still away: wait, then look again
+            failure = exc
+            time.sleep(2 ** attempt)
+            continue
+        if existing:
+            version = min(existing, key=lambda v: int(v.version))
+            log.info("run %s is already version %s of %s: reusing it", run_id, version.version, name)
+            return version
+        try:
+            with _no_http_retries():
+                return client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
+                                                   model_id=model_id,
+                                                   description=run.data.tags.get("gate.reason", ""))
+        except (MlflowException, OSError) as exc:
+            failure = exc
+            log.warning("creating a version of %s for run %s failed (%s); looking it up before trying again",
+                        name, run_id, str(exc).splitlines()[0][:200])
+            time.sleep(2 ** attempt)
+    raise RegistryError(f"could not register run {run_id} as a version of {name} after {CREATE_ATTEMPTS} "
+                        f"attempts ({failure}); check the MLflow server, then re-run the task") from failure
+
+
+@contextmanager
+def _no_http_retries() -> Iterator[None]:
+    """MLflow's HTTP client without its own retries (it reads the variable on every request)."""
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved

@@ -1,0 +1,470 @@
+"""Faults under load: each test breaks a real service in the middle of real work, then checks that
+nothing was lost and that the system still serves.
+
+- The MLflow server is killed and restarted while `register` creates the model version, and the
+  server's answer is lost: the step finds the version it made instead of making a second one.
+- The disk of the store fills up while `validate` publishes: no partial version, the day's
+  ``CURRENT.json`` pointer unchanged, and the same command succeeds once there is room again.
+- Airflow's metadata PostgreSQL (a private cluster, never the machine's shared server) restarts
+  while a backfill's first run trains, and the scheduler is SIGKILLed while the second run trains:
+  a new scheduler carries the backfill to the end, every run succeeds, nothing is missing.
+
+Every wait fails when progress stops (a service that no longer changes), never at a fixed total.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from tests.conftest import STEPS_BIN
+from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
+from tests.integration.airflow_env import AirflowProject, free_port
+
+pytestmark = [pytest.mark.integration]
+
+#: Longest time a service may stay silent (not up, no new output) before a wait gives up.
+STALL = 5 * 60
+TRAINING = ["ingest", "validate", "build_features", "train", "evaluate", "register"]
+
+
+# --- a real MLflow server that a test can kill, and a proxy in front of it that can lose an answer
+
+
+class MlflowServer:
+    """`mlflow server` on a PostgreSQL database of its own; ``restart`` SIGKILLs it and starts it again."""
+
+    def __init__(self, backend: str, artifacts: Path, log: Path):
+        self.backend, self.artifacts, self.log = backend, artifacts, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(STEPS_BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
+                 "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", "1"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"},
+            )  # fmt: skip
+        _wait_for(lambda: _answers(f"{self.url}/health"), "the MLflow server to answer", self.log,
+                  alive=lambda: self.proc.poll() is None)  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its workers, no clean shutdown
+            self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.kill()
+        self.restarts += 1
+        self.start()
+
+
+class LosingProxy(socketserver.ThreadingTCPServer):
+    """An HTTP proxy (one request per connection) that loses the answer to the first request whose
+    path contains ``target``: it forwards the request, lets the server store it and answer, calls
+    ``fault`` (a restart of the server), and closes the client's connection without a reply."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, upstream_port: int, target: str, fault):
+        self.upstream_port, self.target, self.fault = upstream_port, target.encode(), fault
+        self.lost: list[str] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: LosingProxy = self.server  # type: ignore[assignment]
+        head, body = _read_request(self.request)
+        if not head:
+            return
+        request_line = head.split(b"\r\n", 1)[0]
+        lines = [line for line in head.split(b"\r\n")[1:] if not line.lower().startswith(b"connection:")]
+        head = b"\r\n".join([request_line, *lines, b"Connection: close"])
+        try:
+            upstream = socket.create_connection(("127.0.0.1", server.upstream_port), timeout=120)
+        except OSError:
+            return  # the server is down: the client sees a dropped connection, as it would without us
+        with upstream:
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            answer = _read_all(upstream)
+        with server.lock:
+            lose = server.target in request_line and not server.lost
+            if lose:
+                server.lost.append(request_line.decode())
+                server.fault()  # while the client still waits for its answer
+        if not lose:
+            self.request.sendall(answer)
+
+
+def _read_request(sock: socket.socket) -> tuple[bytes, bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"", b""
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    if b"chunked" in headers.get(b"transfer-encoding", b""):
+        while not body.endswith(b"0\r\n\r\n"):
+            body += sock.recv(65536)
+    else:
+        length = int(headers.get(b"content-length", b"0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return head, body
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for(done, what: str, log: Path, alive=lambda: True, stall: float = STALL) -> None:
+    """Poll ``done()``; fail when ``alive()`` turns false or ``log`` has not grown for ``stall`` seconds."""
+    last, changed = -1, time.monotonic()
+    while not done():
+        size = log.stat().st_size if log.exists() else 0
+        if size != last:
+            last, changed = size, time.monotonic()
+        if not alive() or time.monotonic() - changed > stall:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise AssertionError(f"waiting for {what}: {'exited' if not alive() else 'no progress'}\n{tail}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def private_database(postgres_dsn):
+    """A database of this module's own on the shared server (never restarted here); dropped afterwards."""
+    name = f"faults_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(postgres_dsn)
+    try:
+        yield urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_mlflow_server_restarted_during_register_makes_one_version(private_database, tmp_path):
+    server = MlflowServer(private_database, tmp_path / "server-artifacts", tmp_path / "mlflow-server.log")
+    server.start()
+    proxy = LosingProxy(server.port, "/model-versions/create", server.restart)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
+        project = AirflowProject.create(
+            tmp_path / "home", MLFLOW_TRACKING_URI=proxy.url, MLCYCLE_ARTIFACT_ROOT=""
+        )
+        run = project.dags_test(
+            "training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14}
+        )
+        (tmp_path / "dags-test.log").write_text(run.stdout + run.stderr)  # the whole run, for a post-mortem
+        output = f"{run.stderr[-3000:]}\n{server.log.read_text()[-2000:]}"
+        states = project.task_states("training_bikeshare", "2011-06-30")
+
+        # The fault happened where it was meant to: the version was stored, its answer lost, the server restarted.
+        assert proxy.lost and server.restarts == 1, (proxy.lost, server.restarts, output)
+        assert all(states[t] == "success" for t in TRAINING), f"{states}\n{output}"
+
+        # Nothing lost, nothing doubled: one version for the run, and both aliases on it.
+        registry = project.registry("bikeshare")  # read through the restarted server
+        runs = [v["run_id"] for v in registry["versions"]]
+        assert len(runs) == 1 == len(set(runs)), registry["versions"]
+        assert registry["aliases"] == {"champion": "1", "challenger": "1"}, registry
+        assert registry["versions"][0]["tags"]["airflow.registered_by_run_id"], registry
+        # The system serves: the restarted server answers a registry read of the champion directly.
+        assert _answers(f"{server.url}/api/2.0/mlflow/registered-models/alias?name=bikeshare&alias=champion")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        server.kill()
+
+
+# --- the disk of the store fills up during validate
+
+
+def _mlcycle(env: dict[str, str], *args: str) -> tuple[int, dict]:
+    proc = subprocess.run([str(STEPS_BIN / "mlcycle"), *args], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, (json.loads(lines[-1]) if lines else {"stderr": proc.stderr[-3000:]})
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs for the store (mounting needs root), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the store needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True, timeout=60)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=60)
+
+
+def test_store_disk_full_during_validate_publishes_nothing(small_disk, tmp_path):
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLCYCLE", "MLFLOW"))}
+    env.update({"MLCYCLE_HOME": str(tmp_path / "home"), "MLCYCLE_STORE": str(small_disk / "store"),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}",
+                "MLCYCLE_DATA_DOCS": "off"})  # fmt: skip
+    first = ["--pipeline", str(spec), "--start", "2011-03-03", "--end", "2011-03-04", "--window-days", "2"]
+    assert _mlcycle(env, "ingest", *first)[0] == 0
+    code, result = _mlcycle(env, "validate", *first)
+    assert code == 0, result
+    store = small_disk / "store" / "bikeshare"
+    day = "date=2011-03-03"
+    # The day is restated upstream (one row fewer) and ingested again: validate must publish a new version.
+    raw = store / "raw" / day / "data.parquet"
+    subprocess.run([str(STEPS_BIN / "python"), "-c",
+                    f"import pandas as pd; f = pd.read_parquet({str(raw)!r}); f.iloc[1:].to_parquet({str(raw)!r})"],
+                   check=True, timeout=120)  # fmt: skip
+    before = _tree(store / "validated")
+    pointer = (store / "validated" / day / "CURRENT.json").read_text()
+
+    # Fill the disk, leaving less room than the new version needs.
+    filler = small_disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    free = shutil.disk_usage(small_disk).free
+    assert free < raw.stat().st_size, f"{free} bytes still free"
+    code, result = _mlcycle(env, "validate", *first)
+
+    assert code != 0, result
+    assert "disk is full" in result["error"] and "ENOSPC" in result["error"], result
+    assert (store / "validated" / day / "CURRENT.json").read_text() == pointer
+    assert _tree(store / "validated") == before, "a version or pointer changed while the disk was full"
+    assert not [p for p in store.rglob("*") if p.name.endswith(".mlcycle-tmp")], "a temporary was left behind"
+
+    # Room again: the same command publishes the restated day.
+    filler.unlink()
+    code, result = _mlcycle(env, "validate", *first)
+    assert code == 0, result
+    current = json.loads((store / "validated" / day / "CURRENT.json").read_text())
+    assert (
+        current["replaces"] == json.loads(pointer)["sha256"]
+        and current["rows"] == json.loads(pointer)["rows"] - 1
+    )
+    assert (store / "validated" / day / current["file"]).exists()
+
+
+# --- PostgreSQL (Airflow's metadata database) restarted, and the scheduler killed, during a backfill
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+DAG_ID = "training_bikeshare"
+BACKFILL = ("2011-03-01", "2011-03-02")  # two daily runs, one at a time
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of the test's own (initdb + pg_ctl as the ``postgres`` user) on a free port:
+    the machine's shared server is never restarted."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.data, self.log = folder / "data", folder / "postgres.log"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=300
+        )
+
+    def init(self) -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
+        self.start()
+        self._as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                          "airflow")  # fmt: skip
+
+    def pg_ctl(self, action: str) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-m", "fast",
+                          "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", action)  # fmt: skip
+
+    def start(self) -> None:
+        self.pg_ctl("start")
+
+    def restart(self) -> None:
+        self.pg_ctl("restart")
+
+    def stop(self) -> None:
+        self.pg_ctl("stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+
+
+@pytest.fixture
+def private_cluster():
+    if PG_BIN is None or os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip(
+            "a private PostgreSQL cluster needs /usr/lib/postgresql/<ver>/bin and root (to run as postgres)"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="mlcycle-faults-pg-"))
+    shutil.chown(folder, "postgres", "postgres")
+    cluster = PrivateCluster(folder)
+    cluster.init()
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _task_rows(project: AirflowProject) -> list[tuple]:
+    try:
+        return project._metadata(
+            "SELECT run_id, task_id, state, try_number FROM task_instance WHERE dag_id = :dag ORDER BY run_id, task_id",
+            dag=DAG_ID,
+        )
+    except Exception:  # noqa: BLE001 - the database is restarting: no rows this time
+        return []
+
+
+def _wait_tasks(project: AirflowProject, done, what: str, stall: float = STALL) -> list[tuple]:
+    """Poll the task instances until ``done(rows)``; fail when none changed state for ``stall`` seconds."""
+    last, changed = None, time.monotonic()
+    while True:
+        rows = _task_rows(project)
+        if done(rows):
+            return rows
+        if rows != last:
+            last, changed = rows, time.monotonic()
+        elif time.monotonic() - changed > stall:
+            raise AssertionError(
+                f"{what}: no progress for {stall:.0f}s; tasks: {rows}\n{project.service_logs()}"
+            )
+        time.sleep(3)
+
+
+def _running(task: str, run_index: int):
+    def done(rows: list[tuple]) -> bool:
+        runs = sorted({r[0] for r in rows})
+        return len(runs) > run_index and any(
+            r[0] == runs[run_index] and r[1] == task and r[2] == "running" for r in rows
+        )
+
+    return done
+
+
+def _start_scheduler(project: AirflowProject) -> subprocess.Popen:
+    from tests.conftest import AIRFLOW_BIN
+
+    log = (project.home / "services" / "scheduler.log").open("ab")
+    return subprocess.Popen([str(AIRFLOW_BIN / "airflow"), "scheduler"], env=project.env, cwd=project.home,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def test_postgres_restart_and_scheduler_kill_during_a_backfill(private_cluster, tmp_path):
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
+    project = AirflowProject.create(
+        tmp_path / "home",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=private_cluster.url,
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+        # The killed scheduler takes its task processes with it: the next one finds their task
+        # instances without heartbeats after this many seconds and retries them (default 300).
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60",
+        **AirflowProject.server_settings(free_port()),
+    )
+    with project.serve() as procs:
+        deadline = time.monotonic() + 180  # the dag-processor has to parse and serialise the DAG first
+        while project.airflow("dags", "unpause", DAG_ID, check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"DAG `{DAG_ID}` never appeared:\n{project.service_logs()}"
+            time.sleep(3)
+        project.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL[0], "--to-date",
+                        BACKFILL[1], "--max-active-runs", "1",
+                        "--dag-run-conf", json.dumps({"pipeline": str(spec), "window_days": 14}))  # fmt: skip
+
+        # Fault 1: the metadata database restarts while the first run trains.
+        _wait_tasks(project, _running("train", 0), "the first run's train task to start")
+        private_cluster.restart()
+
+        # Fault 2: the scheduler is killed (no clean shutdown) while the second run trains; a new one starts.
+        _wait_tasks(project, _running("train", 1), "the second run to start after the restart")
+        os.killpg(procs["scheduler"].pid, signal.SIGKILL)
+        procs["scheduler"].wait(timeout=30)
+        procs["scheduler"] = _start_scheduler(project)  # stopped by serve() at the end
+
+        def finished(rows: list[tuple]) -> bool:
+            runs = project._metadata("SELECT state FROM dag_run WHERE dag_id = :dag", dag=DAG_ID)
+            return len(runs) == 2 and all(state in ("success", "failed") for (state,) in runs)
+
+        rows = _wait_tasks(project, finished, "the backfill to finish after the faults")
+        runs = project._metadata("SELECT run_id, state FROM dag_run WHERE dag_id = :dag", dag=DAG_ID)
+        assert sorted(state for _, state in runs) == ["success", "success"], (
+            f"{runs}\n{rows}\n{project.service_logs()}"
+        )
+        states = {(r[0], r[1]): r[2] for r in rows}
+        assert all(s in ("success", "skipped") for s in states.values()), rows
+        # Nothing lost: one validated version per day of the two windows, both feature tables, no temporaries.
+        store = project.store / "bikeshare"
+        assert sorted(p.name for p in (store / "features").iterdir()) == ["end=2011-03-02", "end=2011-03-03"]
+        assert all((d / "CURRENT.json").exists() for d in (store / "validated").iterdir())
+        assert not [p for p in store.rglob("*") if p.name.endswith(".mlcycle-tmp")]
+        # Serving again: the restarted database and the new scheduler answer the API server's health check.
+        with urllib.request.urlopen(
+            f"{project.env['AIRFLOW__API__BASE_URL']}api/v2/monitor/health", timeout=30
+        ) as r:
+            health = json.loads(r.read())
+        assert health["metadatabase"]["status"] == "healthy" and health["scheduler"]["status"] == "healthy", (
+            health
+        )
