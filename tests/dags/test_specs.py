@@ -40,7 +40,7 @@ def test_one_training_dag_per_spec_in_the_folder(tmp_path, monkeypatch):
     make_classification_dataset(tmp_path, days=40, start="2013-03-01", name="events")
     bag = _dagbag(tmp_path, monkeypatch)
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["deploy_bikeshare", "deploy_events", "monitoring_bikeshare", "monitoring_events",
+    assert sorted(bag.dags) == ["deploy_bikeshare", "deploy_events", "monitoring_bikeshare", "monitoring_events", "scoring_bikeshare",
                                 "training_bikeshare", "training_events"]
     events = bag.dags["training_events"]
     assert "events" in events.tags and "pipeline `events`" in events.doc_md
@@ -68,8 +68,8 @@ def test_a_broken_spec_is_one_import_error_and_the_others_still_load(tmp_path, m
     )
     (tmp_path / "garbage.yaml").write_text("name: [unclosed\n")
     bag = _dagbag(tmp_path, monkeypatch)
-    assert sorted(bag.dags) == ["deploy_bikeshare", "monitoring_bikeshare", "training_bikeshare"]
-    assert sorted(Path(f).name for f in bag.import_errors) == ["deploy.py", "monitoring.py", "training.py"]  # one per DAG file
+    assert sorted(bag.dags) == ["deploy_bikeshare", "monitoring_bikeshare", "scoring_bikeshare", "training_bikeshare"]
+    assert sorted(Path(f).name for f in bag.import_errors) == ["deploy.py", "monitoring.py", "scoring.py", "training.py"]  # one per DAG file
     for error in bag.import_errors.values():
         assert "2 pipeline spec(s) cannot be loaded" in error
         assert f"{tmp_path / 'typo.yaml'}" in error and "schedule.intervall: unknown key" in error
