@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def _start_server(path: Path) -> None:
     try:
         with open(path.with_suffix(".log"), "ab") as out:
             subprocess.Popen(
-                [sys.executable, "-m", "mlcycle.warm", str(path)],
+                [sys.executable, "-m", "mlcycle.warm_server", str(path)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -177,8 +178,12 @@ def _start_server(path: Path) -> None:
 
 
 class Server:
-    def __init__(self, idle: float) -> None:
+    """Forks a child per command; the child runs ``run(argv, server_pid)`` (handed in: the server
+    knows nothing of the command line it serves, mlcycle.warm_server joins the two)."""
+
+    def __init__(self, idle: float, run: Callable[[list[str], int], int]) -> None:
         self.idle = idle
+        self.run = run
         self.children: dict[int, socket.socket] = {}  # child pid -> its command's connection
         self.orphans: dict[int, float] = {}  # child pid -> when it was sent SIGTERM
         self.last = time.monotonic()
@@ -232,7 +237,7 @@ class Server:
             conn.close()
             if _LOCK_FD is not None:
                 os.close(_LOCK_FD)
-            _become(request, fds, os.getppid())
+            _become(request, fds, os.getppid(), self.run)
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
@@ -306,7 +311,7 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
         raise
 
 
-def _become(request: dict, fds: list[int], server: int) -> None:
+def _become(request: dict, fds: list[int], server: int, run: Callable[[list[str], int], int]) -> None:
     """In the forked child: take the command's streams, environment and folder, and run the step."""
     code = 1
     try:
@@ -322,9 +327,7 @@ def _become(request: dict, fds: list[int], server: int) -> None:
         os.umask(int(request["umask"]))
         sys.argv = ["mlcycle", *request["argv"]]
         logging.getLogger().handlers.clear()  # the server's own log handlers write to its log file
-        from mlcycle.cli import main
-
-        code = main(request["argv"], warm_from=server)
+        code = run(request["argv"], server)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - report it on the command's stderr, as a cold start would
@@ -364,7 +367,8 @@ def _listen(path: Path) -> socket.socket | None:
     return listener
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], run: Callable[[list[str], int], int]) -> int:
+    """Serve ``run`` on the socket ``argv[0]`` until idle (the entry point is mlcycle.warm_server)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -379,7 +383,7 @@ def main(argv: list[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another server is starting for this package
-    server = Server(float(os.environ.get(IDLE_ENV) or 600))
+    server = Server(float(os.environ.get(IDLE_ENV) or 600), run)
     server.preload()
     listener = _listen(path)
     if listener is None:
@@ -396,7 +400,3 @@ def main(argv: list[str]) -> int:
             except FileNotFoundError:
                 pass
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -34,7 +34,7 @@ def server():
     path = tmp / f"mlcycle-warm-{os.getuid()}" / f"{warm.package_key()}.sock"
     path.parent.mkdir(mode=0o700)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlcycle.warm", str(path)],
+        [sys.executable, "-m", "mlcycle.warm_server", str(path)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(tmp / "server.log").open("w"),
