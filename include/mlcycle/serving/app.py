@@ -6,8 +6,9 @@
   ``instances``, ``inputs``), answered like ``mlflow models serve``: ``{"predictions": [...]}``.
 - ``GET /health`` (alive), ``GET /ready`` (loaded and warmed up), ``GET /metadata``, ``GET /metrics``.
 
-Bad input never reaches the model: every problem gets a 4xx whose body lists each bad field.
-The model is loaded and warmed in the lifespan handler; the prediction log is flushed on shutdown.
+Bad input never reaches the model: every problem gets a 4xx whose body lists each bad field
+(mlcycle.serving.parsing reads the bodies, mlcycle.serving.validation checks the rows; this module
+holds the routes and the worker's state). The model is loaded and warmed in the lifespan handler; the prediction log is flushed on shutdown.
 """
 
 from __future__ import annotations
@@ -17,46 +18,26 @@ import datetime as dt
 import gc
 import json
 import logging
-import math
 import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
-from typing_extensions import TypedDict
 
 from mlcycle import __version__
 from mlcycle.serving import metrics as m
 from mlcycle.serving.model import ServedModel, read_schema
+from mlcycle.serving.parsing import JSON, parse_invocations, parse_predict, read_body
 from mlcycle.serving.predlog import LoggedRequest, PredictionLog
-from mlcycle.serving.schema import ServingSchema, _camel, _feature_field, response_models
+from mlcycle.serving.schema import response_models
 from mlcycle.serving.settings import ServingSettings
+from mlcycle.serving.validation import BadRequest, RowValidator
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
-MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-
-class BadRequest(Exception):
-    def __init__(
-        self, status: int, message: str, errors: list[dict[str, Any]] | None = None, reason: str = "invalid"
-    ):
-        super().__init__(message)
-        self.status, self.message, self.errors, self.reason = status, message, errors or [], reason
-
-
-def row_typeddict(schema: ServingSchema) -> type:
-    """One row as a TypedDict: validation returns a plain dict keyed by the real feature names."""
-    fields = {f.name: _feature_field(f, schema)[0] for f in schema.features}
-    row = TypedDict(f"{_camel(schema.pipeline)}Row", fields)  # type: ignore[operator]
-    return with_config(ConfigDict(extra="forbid", title=f"{_camel(schema.pipeline)}Row"))(row)
-
 
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, or a body that is not one of the accepted shapes",
@@ -95,55 +76,13 @@ def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | No
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-def _errors(exc: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
-    out = []
-    for err in exc.errors(include_url=False, include_context=False):
-        loc = [*prefix, *err["loc"]]
-        item = {
-            "loc": loc,
-            "field": next((p for p in reversed(loc) if isinstance(p, str)), None),
-            "type": err["type"],
-            "msg": err["msg"],
-        }
-        if err["type"] not in ("missing",) and "input" in err:
-            value = err["input"]
-            item["input"] = (
-                value
-                if isinstance(value, (int, str, bool, type(None)))
-                or (isinstance(value, float) and math.isfinite(value))
-                else repr(value)[:200]
-            )
-        out.append(item)
-    return out
-
-
-def _reason(errors: list[dict[str, Any]]) -> str:
-    kinds = {e["type"] for e in errors}
-    for kind, reason in (
-        ("missing", "missing_field"),
-        ("extra_forbidden", "extra_field"),
-        ("finite_number", "not_finite"),
-        ("literal_error", "unknown_category"),
-        ("greater_than_equal", "out_of_range"),
-        ("less_than_equal", "out_of_range"),
-        ("too_long", "too_many_rows"),
-        ("too_short", "empty"),
-    ):
-        if kind in kinds:
-            return reason
-    return "wrong_type"
-
-
 class Server:
     """State of one worker: settings, schema, validators, the model once loaded, the prediction log."""
 
     def __init__(self, settings: ServingSettings):
         self.settings = settings
         self.schema = read_schema(settings.model_dir)
-        row = row_typeddict(self.schema)
-        self.row_type = row
-        self.one = TypeAdapter(row)
-        self.many = TypeAdapter(Annotated[list[row], Field(min_length=1, max_length=self.schema.max_rows)])
+        self.rows = RowValidator(self.schema)
         self.model: ServedModel | None = None
         self.predlog: PredictionLog | None = None
         self.ready = False
@@ -175,179 +114,6 @@ class Server:
         self.ready = False
         if self.predlog is not None:
             self.predlog.close()
-
-    # -- request parsing ----------------------------------------------------------------------
-
-    async def body(self, request: Request) -> bytes:
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != JSON:
-            raise BadRequest(
-                415, f"content type must be {JSON} (got {ctype or 'none'})", reason="content_type"
-            )
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(
-                413,
-                f"request body of {declared} bytes exceeds the limit of {limit} bytes",
-                reason="too_large",
-            )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"request body exceeds the limit of {limit} bytes", reason="too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def validate_rows(self, raw: Any, prefix: tuple = ()) -> list[dict[str, Any]]:
-        if isinstance(raw, list):
-            if not raw:
-                raise BadRequest(422, "the request holds no rows", reason="empty")
-            if len(raw) > self.schema.max_rows:
-                raise BadRequest(
-                    413,
-                    f"{len(raw)} rows exceed the limit of {self.schema.max_rows} per request",
-                    reason="too_many_rows",
-                )
-            try:
-                return self.many.validate_python(raw)
-            except ValidationError as exc:
-                errors = _errors(exc, prefix)
-                raise BadRequest(
-                    422, f"{len(errors)} problem(s) in the rows", errors, _reason(errors)
-                ) from None
-        raise BadRequest(
-            422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type"
-        )
-
-    def parse_predict(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
-        text = body.lstrip()[:1]
-        try:
-            if text == b"{":
-                return [self.one.validate_json(body)], True
-            if text == b"[":
-                return self.many.validate_json(body), False
-        except ValidationError as exc:
-            errors = _errors(exc)
-            if errors and errors[0]["type"] == "json_invalid":
-                raise BadRequest(400, f"invalid JSON: {errors[0]['msg']}", reason="invalid_json") from None
-            if any(e["type"] == "too_long" and len(e["loc"]) == 0 for e in errors):
-                raise BadRequest(
-                    413, f"more than {self.schema.max_rows} rows in one request", reason="too_many_rows"
-                ) from None
-            if any(e["type"] == "too_short" and len(e["loc"]) == 0 for e in errors):
-                raise BadRequest(422, "the request holds no rows", reason="empty") from None
-            raise BadRequest(422, f"{len(errors)} problem(s) in the row", errors, _reason(errors)) from None
-        except ValueError as exc:
-            raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None
-        if not text:
-            raise BadRequest(400, "empty request body", reason="invalid_json")
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None
-        raise BadRequest(
-            422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type"
-        )
-
-    def parse_invocations(self, body: bytes) -> list[dict[str, Any]]:
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise BadRequest(400, f"invalid JSON: {exc}", reason="invalid_json") from None
-        if not isinstance(payload, dict):
-            raise BadRequest(
-                400,
-                f"the body must be a JSON object with one of the keys {', '.join(MLFLOW_KEYS)}",
-                reason="wrong_type",
-            )
-        keys = [k for k in MLFLOW_KEYS if k in payload]
-        unknown = sorted(set(payload) - set(MLFLOW_KEYS) - {"params"})
-        if len(keys) != 1 or unknown:
-            raise BadRequest(
-                400,
-                f"the body must hold exactly one of the keys {', '.join(MLFLOW_KEYS)} (got "
-                f"{', '.join(sorted(payload)) or 'none'})",
-                reason="wrong_type",
-            )
-        key = keys[0]
-        data = payload[key]
-        if key == "dataframe_split":
-            if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-                raise BadRequest(
-                    400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type"
-                )
-            columns = data.get("columns") or self.schema.feature_names
-            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-                raise BadRequest(400, "dataframe_split.columns must be a list of names", reason="wrong_type")
-            twice = sorted({c for c in columns if columns.count(c) > 1})
-            if twice:
-                raise BadRequest(
-                    400,
-                    f"dataframe_split.columns names {', '.join(map(repr, twice))} more than once",
-                    [
-                        {
-                            "loc": [key, "columns"],
-                            "field": c,
-                            "type": "duplicate_column",
-                            "msg": "named twice",
-                        }
-                        for c in twice
-                    ],
-                    reason="duplicate_column",
-                )
-            index = data.get("index")
-            if index is not None and (not isinstance(index, list) or len(index) != len(data["data"])):
-                raise BadRequest(
-                    400,
-                    f"dataframe_split.index must be a list of one label per row of data "
-                    f"({len(data['data'])} rows, got {len(index) if isinstance(index, list) else type(index).__name__})",
-                    reason="wrong_shape",
-                )
-            unknown_keys = sorted(set(data) - {"columns", "data", "index"})
-            if unknown_keys:
-                raise BadRequest(
-                    400,
-                    f"dataframe_split takes columns, data and index (got {', '.join(unknown_keys)})",
-                    reason="wrong_type",
-                )
-            rows = []
-            for i, values in enumerate(data["data"]):
-                if not isinstance(values, list) or len(values) != len(columns):
-                    raise BadRequest(
-                        400,
-                        f"dataframe_split.data[{i}] must be a list of {len(columns)} values",
-                        [
-                            {
-                                "loc": [key, "data", i],
-                                "field": None,
-                                "type": "wrong_length",
-                                "msg": f"expected {len(columns)} values",
-                            }
-                        ],
-                        reason="wrong_type",
-                    )
-                rows.append(dict(zip(columns, values, strict=True)))
-        elif isinstance(data, dict):  # columnar: {"feature": [values], ...}
-            lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
-            if len(lengths) != 1 or -1 in lengths:
-                raise BadRequest(
-                    400, f"{key} as columns needs a list of equal length per column", reason="wrong_type"
-                )
-            n = lengths.pop()
-            rows = [{c: v[i] for c, v in data.items()} for i in range(n)]
-        elif isinstance(data, list):
-            rows = data
-        else:
-            raise BadRequest(
-                400,
-                f"{key} must be a list of records (or, for inputs/instances, columns)",
-                reason="wrong_type",
-            )
-        return self.validate_rows(rows, (key,))
-
-    # -- prediction -----------------------------------------------------------------------------
 
     def predict(
         self,
@@ -471,12 +237,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                     JSON: {
                         "schema": {
                             "anyOf": [
-                                {"$ref": f"#/components/schemas/{server.row_type.__name__}"},
+                                {"$ref": f"#/components/schemas/{server.rows.row_type.__name__}"},
                                 {
                                     "type": "array",
                                     "minItems": 1,
                                     "maxItems": schema.max_rows,
-                                    "items": {"$ref": f"#/components/schemas/{server.row_type.__name__}"},
+                                    "items": {
+                                        "$ref": f"#/components/schemas/{server.rows.row_type.__name__}"
+                                    },
                                 },
                             ]
                         }
@@ -490,7 +258,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if server.model is None:
             return not_ready()
         try:
-            rows, _single = server.parse_predict(await server.body(request))
+            body = await read_body(request, settings.max_body_bytes)
+            rows, _single = parse_predict(server.rows, body)
         except BadRequest as exc:
             return rejected(exc, mlflow_style=False)
         request_id = request_id_of(request)
@@ -556,7 +325,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if server.model is None:
             return not_ready()
         try:
-            rows = server.parse_invocations(await server.body(request))
+            rows = parse_invocations(server.rows, await read_body(request, settings.max_body_bytes))
         except BadRequest as exc:
             return rejected(exc, mlflow_style=True)
         request_id = request_id_of(request)
@@ -640,11 +409,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        row_schema = server.one.json_schema(ref_template="#/components/schemas/{model}")
+        row_schema = server.rows.one.json_schema(ref_template="#/components/schemas/{model}")
         defs = row_schema.pop("$defs", {})
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         components.update(defs)
-        components[server.row_type.__name__] = row_schema
+        components[server.rows.row_type.__name__] = row_schema
         app.openapi_schema = doc
         return doc
 
