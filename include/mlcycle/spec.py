@@ -27,6 +27,7 @@ from mlcycle.derive import (
     parse_derivations,
 )
 from mlcycle.errors import SpecError
+from mlcycle.registry import SOURCES
 
 ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
 Role = Literal["feature", "target", "ignore"]
@@ -73,7 +74,7 @@ class Source:
     - ``http``: ``url`` of a CSV or Parquet file.
     """
 
-    kind: Literal["file", "postgres", "http"]
+    kind: str  #: a key of mlcycle.registry.SOURCES (file, postgres, http, or one registered)
     options: dict[str, Any]
     base_dir: Path
 
@@ -558,8 +559,6 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
 TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
             "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
             "transform", "serving", "monitoring", "deploy", "scoring")
-SOURCE_KEYS = {"file": ("kind", "path", "format"), "postgres": ("kind", "conn_id", "table", "timestamp_column"),
-               "http": ("kind", "url", "format", "timeout_seconds")}
 TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
 COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct",
                "constant_guard")
@@ -576,8 +575,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 def _check_keys(r: _Reader, raw: dict[str, Any]) -> None:
     r.known_keys(raw, "spec", TOP_KEYS)
     src = raw.get("source") if isinstance(raw.get("source"), dict) else {}
-    r.known_keys(src, "source", SOURCE_KEYS.get(src.get("kind"), ("kind",)) if src.get("kind") in SOURCE_KEYS
-                 else tuple(k for keys in SOURCE_KEYS.values() for k in keys))
+    kind = SOURCES.get(src.get("kind")) if isinstance(src.get("kind"), str) else None
+    r.known_keys(src, "source", kind.keys if kind is not None
+                 else tuple(dict.fromkeys(k for known in SOURCES.values() for k in known.keys)))
     r.known_keys(raw.get("timestamp"), "timestamp", TIMESTAMP_KEYS)
     for name, body in (raw.get("columns") or {}).items() if isinstance(raw.get("columns"), dict) else ():
         r.known_keys(body, f"columns.{name}", COLUMN_KEYS)
@@ -621,16 +621,10 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
 
     src = r.need(raw, "source", "spec", dict) or {}
     kind = r.need(src, "kind", "source", str)
-    if kind not in ("file", "postgres", "http"):
-        r.problems.append(f"source.kind: one of file, postgres, http (got {kind!r})")
-    if kind == "file":
-        r.need(src, "path", "source", str)
-    if kind == "postgres":
-        r.need(src, "table", "source", str)
-        r.need(src, "conn_id", "source", str)
-        r.need(src, "timestamp_column", "source", str)
-    if kind == "http":
-        r.need(src, "url", "source", str)
+    if kind not in SOURCES:
+        r.problems.append(f"source.kind: one of {', '.join(SOURCES)} (got {kind!r})")
+    for key in SOURCES[kind].required if kind in SOURCES else ():
+        r.need(src, key, "source", str)
     source = Source(kind=kind, options={k: v for k, v in src.items() if k != "kind"}, base_dir=path.parent)
 
     ts = r.need(raw, "timestamp", "spec", dict) or {}

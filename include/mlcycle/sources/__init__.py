@@ -1,65 +1,25 @@
 """Source readers: each returns the rows of a time range, with an ``event_time`` column.
 
-A reader is chosen by the spec's ``source.kind``. All of them produce the same frame, so ingest
-writes the same raw partition whatever the source was.
+A reader is chosen by the spec's ``source.kind`` from :data:`mlcycle.registry.SOURCES` (kind -> the
+reader's class, imported only when a spec uses it, and the keys of its spec section). All of them
+produce the same frame (a :class:`~mlcycle.sources.base.Selection`), so ingest writes the same raw
+partition whatever the source was.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
-
-import pandas as pd
-
 from mlcycle.errors import SpecError
+from mlcycle.registry import SOURCES
+from mlcycle.sources.base import OUTSIDE_BOUNDS, Reader, Selection
 from mlcycle.spec import PipelineSpec
 
-#: Why a source row belongs to no day (besides the reasons of ``mlcycle.timestamps``).
-OUTSIDE_BOUNDS = "outside_source_bounds"
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a reader returns: the range's rows, and the source rows that belong to no day, by reason.
-
-    A reader that can stream gives ``batches`` instead of ``frame``: time-ordered batches of whole
-    local days, so that ingest holds one day of a large window at a time.
-    """
-
-    frame: pd.DataFrame | None
-    rows_read: int
-    dropped: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-    batches: Callable[[], Iterator[pd.DataFrame]] | None = None
-
-    def parts(self) -> Iterator[pd.DataFrame]:
-        """The range's rows in time order: the batches, or the one frame."""
-        if self.batches is not None:
-            return self.batches()
-        assert self.frame is not None
-        return iter([self.frame])
-
-
-class Reader(Protocol):
-    def read(self, start: dt.date, end: dt.date) -> Selection:
-        """Rows whose ``event_time`` falls in [start, end), sorted by ``event_time``, and the dropped counts."""
-        ...
+__all__ = ["OUTSIDE_BOUNDS", "Reader", "Selection", "reader_for"]
 
 
 def reader_for(spec: PipelineSpec) -> Reader:
-    kind = spec.source.kind
-    if kind == "file":
-        from mlcycle.sources.file import FileReader
-
-        return FileReader(spec)
-    if kind == "postgres":
-        from mlcycle.sources.postgres import PostgresReader
-
-        return PostgresReader(spec)
-    if kind == "http":
-        from mlcycle.sources.http import HttpReader
-
-        return HttpReader(spec)
-    raise SpecError(f"source.kind {kind!r} has no reader")
+    kind = SOURCES.get(spec.source.kind)
+    if kind is None:  # the spec's parser refuses an unknown kind; a kind unregistered since is this
+        raise SpecError(
+            f"source.kind {spec.source.kind!r} has no reader (known: {', '.join(sorted(SOURCES))})"
+        )
+    return kind.load()(spec)

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mlcycle.errors import SourceError
-from mlcycle.sources import OUTSIDE_BOUNDS, Selection
+from mlcycle.sources.base import OUTSIDE_BOUNDS, Selection
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.timestamps import OUT_OF_RANGE, UNPARSEABLE, day_start, derive_event_time, local_days
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlcycle.errors import SourceError
-from mlcycle.sources import Selection
+from mlcycle.sources.base import Selection
 from mlcycle.sources.file import read_table, select_range
 from mlcycle.spec import PipelineSpec
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlcycle.errors import SourceError
 from mlcycle.settings import Settings
-from mlcycle.sources import Selection
+from mlcycle.sources.base import Selection
 from mlcycle.sources.file import select_range
 from mlcycle.spec import PipelineSpec
 from mlcycle.store import Store, days
