@@ -59,6 +59,12 @@ class AirflowProject:
                 "MLFLOW_ENABLE_TELEMETRY": "false",
                 "DO_NOT_TRACK": "1",
                 "PATH": f"{AIRFLOW_BIN}:{env.get('PATH', '')}",
+                # Warm steps (mlcycle.warm): every local step of every scenario forks from one server
+                # that imported pandas, scikit-learn, MLflow and Evidently once, instead of spending
+                # about 10 s importing them (the step, its environment and its results are the same;
+                # tests/unit/test_warm.py proves it). A scenario about cold starts sets it to "0".
+                "MLCYCLE_WARM": "1",
+                "MLCYCLE_WARM_IDLE_SECONDS": "300",
             }
         )
         env.update(overrides)

@@ -112,8 +112,6 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
         MLCYCLE_PIPELINES_DIR=str(specs),
         MLCYCLE_DEPLOY_NAMESPACE=namespace,
-        MLCYCLE_WARM="1",
-        MLCYCLE_WARM_IDLE_SECONDS="120",
         **AirflowProject.server_settings(free_port()),
     )
     seed_champion(

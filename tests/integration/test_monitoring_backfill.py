@@ -128,8 +128,6 @@ def test_monitoring_backfill_triggers_one_retrain_per_drift_episode(tmp_path, me
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
         MLCYCLE_PIPELINES_DIR=str(specs),
-        MLCYCLE_WARM="1",
-        MLCYCLE_WARM_IDLE_SECONDS="120",
         **AirflowProject.server_settings(free_port()),
     )
     seeded = time.monotonic()

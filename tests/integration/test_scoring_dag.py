@@ -51,7 +51,6 @@ def project(tmp_path_factory, database) -> AirflowProject:
     project = AirflowProject.create(
         tmp_path_factory.mktemp("scoring"),
         MLCYCLE_PIPELINES_DIR=str(folder),
-        MLCYCLE_WARM="1",
         MLCYCLE_DATA_DOCS="off",
         AIRFLOW_CONN_SCORES_PG=database,
     )

@@ -43,10 +43,7 @@ def pipelines(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, pipelines) -> AirflowProject:
-    # Warm steps (mlcycle.warm): seven runs of every step, each started from one preloaded server
-    return AirflowProject.create(
-        tmp_path_factory.mktemp("training"), MLCYCLE_PIPELINES_DIR=str(pipelines), MLCYCLE_WARM="1"
-    )
+    return AirflowProject.create(tmp_path_factory.mktemp("training"), MLCYCLE_PIPELINES_DIR=str(pipelines))
 
 
 def _fingerprint(project: AirflowProject, start: str, end: str) -> str:
