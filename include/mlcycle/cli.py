@@ -209,6 +209,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "handler", None):  # a command that reads no spec (draft-spec)
         return args.handler(args)
     settings = Settings.from_env()
+    from mlcycle.registry import load_extensions
+
+    load_extensions()  # their source kinds and model families, before the spec is read
     spec = load_spec(args.pipeline, settings.pipelines_dir)
     if args.step == "suite":
         from mlcycle.expectations import suite_from_spec, write_suite

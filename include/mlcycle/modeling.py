@@ -6,6 +6,7 @@ transformations training did (no training/serving skew).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from typing import Any
@@ -15,41 +16,18 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import ParameterSampler, RandomizedSearchCV, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from mlcycle.errors import SpecError
+from mlcycle.registry import MODELS
 from mlcycle.spec import ONEHOT_MAX_VALUES, PipelineSpec, SearchParam
 
 log = logging.getLogger(__name__)
 
-ESTIMATORS = {
-    ("regression", "hist_gradient_boosting"): HistGradientBoostingRegressor,
-    ("regression", "random_forest"): RandomForestRegressor,
-    ("regression", "ridge"): Ridge,
-    ("classification", "hist_gradient_boosting"): HistGradientBoostingClassifier,
-    ("classification", "random_forest"): RandomForestClassifier,
-    ("classification", "logistic_regression"): LogisticRegression,
-}
-
-#: Types skops must be told to trust when MLflow saves and loads each family (explicit, not blanket).
-SKOPS_TRUSTED_TYPES = {
-    # With native categorical features, the trees keep their own input check: a partial of check_array.
-    "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-                               "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-                               "functools.partial", "sklearn.utils.validation.check_array"],
-    "random_forest": ["sklearn.tree._tree.Tree"],
-    "ridge": [],
-    "logistic_regression": [],
-}
+#: Types skops must trust for every family (each family adds its own: mlcycle.registry.MODELS).
 COMMON_TRUSTED_TYPES = ["numpy.dtype", "builtins.slice"]
 
 SCORING = {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2",
@@ -65,7 +43,7 @@ def categorical_split(spec: PipelineSpec) -> tuple[list[str], list[str]]:
     """
     categorical = [c for c in spec.feature_columns if c.type in ("categorical", "string")]
     encoding = spec.model.categorical_encoding
-    if spec.model.family != "hist_gradient_boosting" or encoding == "onehot":
+    if not MODELS[spec.model.family].native_categoricals or encoding == "onehot":
         return [c.name for c in categorical], []
     if encoding == "native":
         return [], [c.name for c in categorical]
@@ -89,13 +67,13 @@ def spec_categories(spec: PipelineSpec, names: list[str]) -> list[list[Any]] | s
 def build_pipeline(spec: PipelineSpec) -> Pipeline:
     numeric = [c.name for c in spec.feature_columns if c.type in ("numeric", "integer")]
     onehot, native = categorical_split(spec)
-    linear = spec.model.family in ("ridge", "logistic_regression")
+    family = MODELS[spec.model.family]
     transformers = []
     if numeric:
         # Tree ensembles take missing values natively; linear models get a median imputer, so a spec
         # that allows nulls (max_null_share) trains with every family.
         scaled = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-        transformers.append(("numeric", scaled if linear else "passthrough", numeric))
+        transformers.append(("numeric", scaled if family.scaled_inputs else "passthrough", numeric))
     if onehot:
         # One column per allowed value of the spec, in its order, whatever a fold or the training slice
         # holds: the layout is the same in every fold, the refit, evaluation and serving. A value outside
@@ -113,10 +91,10 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                                                       max_categories=255 if categories == "auto" else None),
                              native))
     pre = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
-    estimator = ESTIMATORS[(spec.task, spec.model.family)]()
+    estimator = family.estimator(spec.task)
     if "random_state" in estimator.get_params():
         estimator.set_params(random_state=spec.model.seed)
-    if spec.model.family == "hist_gradient_boosting":
+    if family.native_categoricals:
         n_before = len(numeric) + (len(onehot) and sum(len(spec.column(c).values or ()) for c in onehot))
         mask = [False] * n_before + [True] * len(native)
         estimator.set_params(categorical_features=mask if native else None,
@@ -168,10 +146,29 @@ class BudgetedRandomSearch(RandomizedSearchCV):
                 break
 
 
+def check_space(spec: PipelineSpec, pipeline: Pipeline) -> None:
+    """Every parameter of ``model.search.space`` is one the family's estimator takes (a family added
+    later, or a space copied from another family's spec, would otherwise fail inside the search)."""
+    estimator = pipeline.steps[-1][1]
+    known = sorted(estimator.get_params())
+    problems = []
+    for param in spec.model.space:
+        if param.name not in known:
+            close = difflib.get_close_matches(param.name, known, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            problems.append(f"model.search.space.{param.name}: not a parameter of {type(estimator).__name__} "
+                            f"(model.family {spec.model.family}){hint}")
+    if problems:
+        raise SpecError(f"pipeline spec {spec.path} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
+                        + f"\n  ({type(estimator).__name__} takes: {', '.join(known)})")
+
+
 def build_search(spec: PipelineSpec, n_samples: int) -> BudgetedRandomSearch:
     folds = max(2, min(spec.model.cv_folds, n_samples // 50))
+    pipeline = build_pipeline(spec)
+    check_space(spec, pipeline)
     return BudgetedRandomSearch(
-        build_pipeline(spec),
+        pipeline,
         {f"model__{p.name}": _distribution(p) for p in spec.model.space},
         n_iter=spec.model.n_iter,
         cv=TimeSeriesSplit(n_splits=folds),
@@ -262,4 +259,4 @@ def score(spec: PipelineSpec, model: Any, features: pd.DataFrame, target: pd.Ser
 
 
 def trusted_types(spec: PipelineSpec) -> list[str]:
-    return COMMON_TRUSTED_TYPES + SKOPS_TRUSTED_TYPES.get(spec.model.family, [])
+    return COMMON_TRUSTED_TYPES + list(MODELS[spec.model.family].trusted_types)

@@ -27,7 +27,7 @@ from mlcycle.derive import (
     parse_derivations,
 )
 from mlcycle.errors import SpecError
-from mlcycle.registry import SOURCES
+from mlcycle.registry import MODELS, SOURCES, families_for
 
 ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
 Role = Literal["feature", "target", "ignore"]
@@ -40,10 +40,8 @@ CLASSIFICATION_METRICS = {"accuracy": True, "f1": True, "roc_auc": True, "log_lo
 CATEGORICAL_ENCODINGS = ("auto", "onehot", "native")
 #: Under ``categorical_encoding: auto``, categoricals with more allowed values than this are native.
 ONEHOT_MAX_VALUES = 16
-MODEL_FAMILIES = {
-    "regression": ("hist_gradient_boosting", "random_forest", "ridge"),
-    "classification": ("hist_gradient_boosting", "random_forest", "logistic_regression"),
-}
+#: The built-in model families per task (a spec may also name one registered since: mlcycle.registry).
+MODEL_FAMILIES = {task: families_for(task) for task in ("regression", "classification")}
 
 
 @dataclass(frozen=True)
@@ -681,8 +679,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
 
     m = r.need(raw, "model", "spec", dict) or {}
     family = r.need(m, "family", "model", str)
-    if task in MODEL_FAMILIES and family not in MODEL_FAMILIES[task]:
-        r.problems.append(f"model.family: for {task}, one of {', '.join(MODEL_FAMILIES[task])} (got {family!r})")
+    if task in MODEL_FAMILIES and family not in families_for(task):
+        r.problems.append(f"model.family: for {task}, one of {', '.join(families_for(task))} (got {family!r})")
     search = r.need(m, "search", "model", dict) or {}
     n_iter = r.need(search, "n_iter", "model.search", int, default=8)
     if n_iter is not None and not 1 <= n_iter <= 200:
@@ -690,7 +688,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     encoding = r.need(m, "categorical_encoding", "model", str, default="auto")
     if encoding not in CATEGORICAL_ENCODINGS:
         r.problems.append(f"model.categorical_encoding: one of {', '.join(CATEGORICAL_ENCODINGS)} (got {encoding!r})")
-    if encoding == "native" and family != "hist_gradient_boosting":
+    if encoding == "native" and not (family in MODELS and MODELS[family].native_categoricals):
         r.problems.append(f"model.categorical_encoding: native needs hist_gradient_boosting (family is {family!r})")
     budget = r.need(search, "budget_seconds", "model.search", (int, float), default=600.0)
     if isinstance(budget, bool) or (budget is not None and budget <= 0):

@@ -1,8 +1,9 @@
-"""The step package's seams: no import circle, and a source kind added by one registration.
+"""The step package's seams: no import circle, and a source kind or a model family added by one registration.
 
-The test-only source ``memory`` is registered the way docs/extending.md tells a user to add one:
-one class and one :func:`mlcycle.registry.register_source` call; the spec's parser, ``ingest`` and
-the typo check then know it, with no other edit.
+The test-only source ``memory`` and the test-only family ``extra_trees`` are registered the way
+docs/extending.md tells a user to add one: one class (or one estimator per task) and one call of
+:mod:`mlcycle.registry`; the spec's parser, its typo check, ``ingest``, the model pipeline, skops
+and the ONNX export then know it, with no other edit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from mlcycle import registry
 from mlcycle.errors import SpecError
@@ -110,7 +112,9 @@ def memory_source():
 
 def _memory_spec(tmp_path: Path, **source) -> Path:
     local = make_classification_dataset(tmp_path / "data", days=5)
-    return local, write_spec_variant(local, tmp_path / "memory.yaml", source={"path": None, "format": None, **source})
+    return local, write_spec_variant(
+        local, tmp_path / "memory.yaml", source={"path": None, "format": None, **source}
+    )
 
 
 def test_a_registered_source_is_ingested_like_a_file(tmp_path, settings, memory_source):
@@ -144,3 +148,185 @@ def test_an_unregistered_kind_names_the_registered_ones(tmp_path):
 def test_a_kind_is_registered_once(memory_source):
     with pytest.raises(ValueError, match="already registered"):
         registry.register_source("memory", MemoryReader)
+
+
+@pytest.fixture
+def extra_trees():
+    registry.register_model_family(
+        "extra_trees",
+        registry.ModelFamily(
+            {
+                "regression": "sklearn.ensemble:ExtraTreesRegressor",
+                "classification": "sklearn.ensemble:ExtraTreesClassifier",
+            },
+            trusted_types=("sklearn.tree._tree.Tree",),
+        ),
+    )
+    try:
+        yield
+    finally:
+        del registry.MODELS["extra_trees"]
+
+
+def test_a_registered_model_family_trains_saves_and_exports_to_onnx(tmp_path, extra_trees, monkeypatch):
+    import mlflow
+    import numpy as np
+
+    from mlcycle.modeling import build_pipeline, trusted_types
+    from mlcycle.serving.export import serving_schema, to_onnx
+
+    local = make_classification_dataset(tmp_path / "data", days=5)
+    spec = load_spec(write_spec_variant(local, tmp_path / "et.yaml", model={"family": "extra_trees"}))
+    frame = read_table(spec.source.path(), "csv")
+    x, y = frame[spec.feature_names], frame[spec.target]
+    model = build_pipeline(spec).set_params(model__n_estimators=5, model__max_depth=4).fit(x, y)
+    assert type(model.steps[-1][1]).__name__ == "ExtraTreesClassifier"
+    monkeypatch.setattr(
+        mlflow.models, "infer_pip_requirements", lambda uri, flavor, fallback=None, **kw: fallback
+    )
+    mlflow.sklearn.save_model(
+        model, tmp_path / "m", serialization_format="skops", skops_trusted_types=trusted_types(spec)
+    )
+    loaded = mlflow.sklearn.load_model(str(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict_proba(x), model.predict_proba(x))
+    export = to_onnx(serving_schema(spec, model, x), model, x)
+    assert export.model is not None and export.label_mismatches == 0 and export.max_abs_diff < 1e-6, (
+        export.reason
+    )
+
+
+def test_an_unregistered_family_is_refused_with_the_registered_ones(tmp_path):
+    local = make_classification_dataset(tmp_path / "data", days=5)
+    path = write_spec_variant(local, tmp_path / "et.yaml", model={"family": "extra_trees"})
+    with pytest.raises(
+        SpecError,
+        match="model.family: for classification, one of hist_gradient_boosting, "
+        "random_forest, logistic_regression .got 'extra_trees'",
+    ):
+        load_spec(path)
+
+
+# --- an extension module loaded by the steps themselves (docs/extending.md) ----------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "extensions" / "example.py"
+
+
+def _cli(tmp_path, *args: str, extensions: str | None = "tests.extensions.example"):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.unit.conftest import step_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCYCLE", "MLFLOW", "AIRFLOW"))}
+    env.update(step_env(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT / "include"), str(ROOT)]))
+    if extensions is not None:
+        env["MLCYCLE_EXTENSIONS"] = extensions
+    return subprocess.run(
+        [sys.executable, "-m", "mlcycle", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+
+
+def _jsonl_spec(tmp_path: Path) -> Path:
+    local = make_classification_dataset(tmp_path / "data", days=10)
+    frame = read_table(load_spec(local).source.path(), "csv")
+    frame.to_json(tmp_path / "events.jsonl", orient="records", lines=True)
+    path = write_spec_variant(
+        local,
+        tmp_path / "jsonl.yaml",
+        source={"kind": "jsonl", "path": str(tmp_path / "events.jsonl"), "format": None},
+        model={"family": "extra_trees", "search": {"n_iter": 1, "cv_folds": 2}},
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["model"]["search"]["space"] = {
+        "n_estimators": {"values": [20]},
+        "max_depth": {"low": 3, "high": 8, "integer": True},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_steps_load_an_extension_module_for_its_source_and_its_family(tmp_path):
+    """The spec names both the module's source kind and its model family: it loads only when the
+    step imported the module (training the family is the in-process test above)."""
+    import json
+
+    proc = _cli(
+        tmp_path,
+        "ingest",
+        "--pipeline",
+        str(_jsonl_spec(tmp_path)),
+        "--start",
+        "2011-03-10",
+        "--end",
+        "2011-03-11",
+        "--window-days",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["partitions"], result["rows"]) == (3, 72)
+
+
+def test_a_search_parameter_the_family_does_not_take_is_a_spec_error(tmp_path, extra_trees):
+    from mlcycle.modeling import build_search
+
+    local = make_classification_dataset(tmp_path / "data", days=5)
+    spec = load_spec(write_spec_variant(local, tmp_path / "et.yaml", model={"family": "extra_trees"}))
+    with pytest.raises(SpecError) as caught:  # the base spec's space is logistic regression's
+        build_search(spec, 1000)
+    assert "model.search.space.C: not a parameter of ExtraTreesClassifier (model.family extra_trees)" in str(
+        caught.value
+    )
+    spec = load_spec(
+        write_spec_variant(
+            tmp_path / "et.yaml",
+            tmp_path / "typo.yaml",
+            model={"search": {"space": {"n_estimator": {"values": [5]}}}},
+        )
+    )
+    with pytest.raises(SpecError, match="model.search.space.n_estimator: .*did you mean `n_estimators`"):
+        build_search(spec, 1000)
+
+
+def test_without_the_extension_the_spec_names_what_is_known(tmp_path):
+    proc = _cli(
+        tmp_path,
+        "ingest",
+        "--pipeline",
+        str(_jsonl_spec(tmp_path)),
+        "--start",
+        "2011-03-10",
+        "--end",
+        "2011-03-11",
+        extensions=None,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "source.kind: one of file, postgres, http (got 'jsonl')" in proc.stdout
+
+
+def test_an_extension_that_cannot_be_imported_is_named(tmp_path):
+    proc = _cli(
+        tmp_path,
+        "ingest",
+        "--pipeline",
+        str(_jsonl_spec(tmp_path)),
+        "--start",
+        "2011-03-10",
+        "--end",
+        "2011-03-11",
+        extensions="tests.extensions.exampel",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "extension module 'tests.extensions.exampel'" in proc.stdout
+
+
+def test_the_extending_page_shows_the_example_module_as_it_is():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
+    assert EXAMPLE.read_text().split('"""', 2)[2].strip() in page
