@@ -2,8 +2,8 @@
 
 - ``serving_metadata``: the serving schema (features with type, range and allowed values, target,
   task, class labels) for the MLmodel ``metadata``.
-- ``to_onnx``: the fitted Pipeline converted with skl2onnx, tree ensembles in double precision
-  (``ai.onnx.ml`` opset 3), and its parity with the Pipeline on the evaluation slice.
+- ``to_onnx``: the fitted Pipeline converted with skl2onnx, tree ensembles rewritten in double
+  precision (``ai.onnx.ml`` 5, mlcycle.serving.onnx_trees), and its parity with the Pipeline on the evaluation slice.
 
 Runs in the step environment only (skl2onnx and onnx are not in the serving image).
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcycle.serving.onnx_trees import double_trees
 from mlcycle.serving.schema import METADATA_KEY, FeatureSchema, ServingSchema, schema_from_spec
 
 log = logging.getLogger(__name__)
@@ -112,146 +113,6 @@ def _attr(node: Any, name: str) -> Any:
     return None
 
 
-#: The per-branch arrays of an ONNX TreeEnsemble (one entry per branch node).
-_BRANCH_FIELDS = (
-    "featureids",
-    "splits",
-    "modes",
-    "truenodeids",
-    "trueleafs",
-    "falsenodeids",
-    "falseleafs",
-    "missing",
-)
-
-
-def _tree_arrays(node: Any, predictors: Any, n_targets: int) -> dict[str, list]:
-    """The ``TreeEnsemble`` arrays of one ``TreeEnsembleRegressor`` node, values read from ``predictors``."""
-    tree_ids, node_ids = _attr(node, "nodes_treeids"), _attr(node, "nodes_nodeids")
-    modes, features = _attr(node, "nodes_modes"), _attr(node, "nodes_featureids")
-    trues, falses = _attr(node, "nodes_truenodeids"), _attr(node, "nodes_falsenodeids")
-    missing = _attr(node, "nodes_missing_value_tracks_true") or [0] * len(node_ids)
-    info = {(t, n): i for i, (t, n) in enumerate(zip(tree_ids, node_ids, strict=True))}
-    out: dict[str, list] = {k: [] for k in (*_BRANCH_FIELDS, "roots", "leaf_targetids", "leaf_weights")}
-    branch_index: dict[tuple[int, int], int] = {}
-    leaf_index: dict[tuple[int, int], int] = {}
-
-    def leaf(key: tuple[int, int]) -> int:
-        if key not in leaf_index:
-            leaf_index[key] = len(out["leaf_weights"])
-            out["leaf_targetids"].append(0)
-            out["leaf_weights"].append(float(predictors[key[0]][0].nodes[key[1]]["value"]))
-        return leaf_index[key]
-
-    def is_leaf(key: tuple[int, int]) -> bool:
-        return modes[info[key]] == "LEAF"
-
-    def branch(key: tuple[int, int]) -> int:
-        i = info[key]
-        if modes[i] != "BRANCH_LEQ" or n_targets != 1:
-            raise NotImplementedError(f"tree node mode {modes[i]} with {n_targets} target(s)")
-        pos = len(out["featureids"])
-        branch_index[key] = pos
-        for k in _BRANCH_FIELDS:
-            out[k].append(0)
-        out["featureids"][pos] = features[i]
-        out["splits"][pos] = float(predictors[key[0]][0].nodes[key[1]]["num_threshold"])
-        out["missing"][pos] = int(missing[i])
-        for side, child in (("true", trues[i]), ("false", falses[i])):
-            ckey = (key[0], child)
-            if is_leaf(ckey):
-                out[f"{side}nodeids"][pos], out[f"{side}leafs"][pos] = leaf(ckey), 1
-            else:
-                out[f"{side}nodeids"][pos], out[f"{side}leafs"][pos] = branch(ckey), 0
-        return pos
-
-    for tree in sorted(set(tree_ids)):
-        root = (tree, min(n for t, n in zip(tree_ids, node_ids, strict=True) if t == tree))
-        if is_leaf(root):  # a tree without a split: a dummy split whose both sides are that leaf
-            pos = len(out["featureids"])
-            only = leaf(root)
-            for k, v in (
-                ("featureids", 0),
-                ("splits", 0.0),
-                ("modes", 0),
-                ("truenodeids", only),
-                ("trueleafs", 1),
-                ("falsenodeids", only),
-                ("falseleafs", 1),
-                ("missing", 0),
-            ):
-                out[k].append(v)
-            out["roots"].append(pos)
-        else:
-            out["roots"].append(branch(root))
-    return out
-
-
-def _double_tree_regressors(onx: Any, estimator: Any) -> int:
-    """Rewrite a HistGradientBoostingRegressor's ``TreeEnsembleRegressor`` (ai.onnx.ml 3: float32
-    thresholds, leaf values and output) into the ``TreeEnsemble`` operator of ai.onnx.ml 5, in double.
-
-    skl2onnx 1.20 keeps the tree structure right but rounds thresholds and leaf values to float32
-    (a row with ``temp`` exactly 0.45 then takes the other branch: 22 riders off on bikeshare) and
-    the operator's output is float32 (up to 3e-5 off). The structure is kept; thresholds, leaf
-    values and the baseline are read again, in double, from the fitted trees. Returns the count.
-    """
-    predictors = getattr(estimator, "_predictors", None)
-    if predictors is None or getattr(estimator, "n_trees_per_iteration_", 1) != 1:
-        return 0
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    rewritten = 0
-    for node in list(onx.graph.node):
-        if node.op_type != "TreeEnsembleRegressor":
-            continue
-        n_targets = int(_attr(node, "n_targets") or 1)
-        if len(set(_attr(node, "nodes_treeids"))) != len(predictors):
-            continue
-        if (_attr(node, "post_transform") or "NONE") != "NONE" or (
-            _attr(node, "aggregate_function") or "SUM"
-        ) != "SUM":
-            continue
-        out = _tree_arrays(node, predictors, n_targets)
-        tree_out = f"{node.output[0]}_trees"
-        new = helper.make_node(
-            "TreeEnsemble",
-            list(node.input),
-            [tree_out],
-            domain="ai.onnx.ml",
-            name=f"{node.name}_double",
-            n_targets=n_targets,
-            aggregate_function=1,
-            post_transform=0,
-            tree_roots=out["roots"],
-            nodes_featureids=out["featureids"],
-            nodes_splits=numpy_helper.from_array(np.asarray(out["splits"], dtype=np.float64)),
-            nodes_modes=numpy_helper.from_array(np.zeros(len(out["modes"]), dtype=np.uint8)),
-            nodes_truenodeids=out["truenodeids"],
-            nodes_trueleafs=out["trueleafs"],
-            nodes_falsenodeids=out["falsenodeids"],
-            nodes_falseleafs=out["falseleafs"],
-            nodes_missing_value_tracks_true=out["missing"],
-            leaf_targetids=out["leaf_targetids"],
-            leaf_weights=numpy_helper.from_array(np.asarray(out["leaf_weights"], dtype=np.float64)),
-        )
-        base = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(1, -1)
-        base_name = f"{node.output[0]}_base"
-        onx.graph.initializer.append(numpy_helper.from_array(base, base_name))
-        add = helper.make_node("Add", [tree_out, base_name], [node.output[0]], name=f"{node.name}_base")
-        index = list(onx.graph.node).index(node)
-        onx.graph.node.remove(node)
-        onx.graph.node.insert(index, add)
-        onx.graph.node.insert(index, new)
-        rewritten += 1
-    if rewritten:
-        for opset in onx.opset_import:
-            if opset.domain == "ai.onnx.ml":
-                opset.version = max(opset.version, 5)
-    return rewritten
-
-
 def _double_imputers(onx: Any, model: Any) -> int:
     """onnxruntime has no double kernel for ``Imputer`` (ai.onnx.ml): rewrite each one that replaces
     NaN into ``Where(IsNaN(X), fill, X)``, the fill values read in double from the fitted imputer."""
@@ -308,7 +169,7 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
                 target_opset=TARGET_OPSET,
                 options=options,
             )
-        _double_tree_regressors(onx, model.steps[-1][1])
+        double_trees(onx, model.steps[-1][1])
         _double_imputers(onx, model)
         data = onx.SerializeToString()
         opts = ort.SessionOptions()
