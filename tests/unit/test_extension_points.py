@@ -295,8 +295,8 @@ def test_a_search_parameter_the_family_does_not_take_is_a_spec_error(tmp_path, e
         build_search(spec, 1000)
 
 
-def test_without_the_extension_the_spec_names_what_is_known(tmp_path):
-    proc = _cli(
+def _ingest_one_day(tmp_path, extensions: str | None):
+    return _cli(
         tmp_path,
         "ingest",
         "--pipeline",
@@ -305,24 +305,18 @@ def test_without_the_extension_the_spec_names_what_is_known(tmp_path):
         "2011-03-10",
         "--end",
         "2011-03-11",
-        extensions=None,
+        extensions=extensions,
     )
+
+
+def test_without_the_extension_the_spec_names_what_is_known(tmp_path):
+    proc = _ingest_one_day(tmp_path, extensions=None)
     assert proc.returncode == 1, proc.stderr
     assert "source.kind: one of file, postgres, http (got 'jsonl')" in proc.stdout
 
 
 def test_an_extension_that_cannot_be_imported_is_named(tmp_path):
-    proc = _cli(
-        tmp_path,
-        "ingest",
-        "--pipeline",
-        str(_jsonl_spec(tmp_path)),
-        "--start",
-        "2011-03-10",
-        "--end",
-        "2011-03-11",
-        extensions="tests.extensions.exampel",
-    )
+    proc = _ingest_one_day(tmp_path, extensions="tests.extensions.exampel")
     assert proc.returncode == 1, proc.stderr
     assert "extension module 'tests.extensions.exampel'" in proc.stdout
 
