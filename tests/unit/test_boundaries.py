@@ -80,3 +80,25 @@ def test_max_restatement_shrink_is_an_inclusive_limit(tmp_path, settings, kept, 
         with pytest.raises(ValidationFailed, match="shrinks the day by at most 25%"):
             validate(spec, settings, day_interval(DAY), window_days=1)
         assert store.current_validated(DAY) == first
+
+
+WATCH = {"requests": 100, "errors": 5, "error_rate": 0.05, "p99_ms": 500.0}
+
+
+@pytest.mark.parametrize(
+    ("figures", "breach"),
+    [
+        ({}, None),  # exactly at both limits: no breach
+        ({"errors": 4, "error_rate": 0.04, "p99_ms": 499.0}, None),
+        ({"errors": 6, "error_rate": 0.06}, "error rate 6.00%"),
+        ({"p99_ms": 501.0}, "p99 latency 501 ms"),
+        ({"requests": 20, "errors": 20, "error_rate": 1.0}, "error rate 100.00%"),  # the fewest judged
+        ({"requests": 19, "errors": 19, "error_rate": 1.0}, None),  # too few answers to judge
+    ],
+)
+def test_the_watch_window_limits_are_inclusive(figures, breach):
+    from mlcycle.deploy.rollout import _breach
+    from mlcycle.spec import DeploySpec
+
+    found = _breach(WATCH | figures, DeploySpec(watch_max_error_rate=0.05, watch_max_p99_ms=500))
+    assert (found is None) if breach is None else (found is not None and breach in found), found

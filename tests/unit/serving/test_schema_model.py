@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,38 @@ def test_spec_serving_section_is_validated(tmp_path):
         load_spec(
             write_spec_variant(BIKESHARE_SPEC, tmp_path / "bad.yaml", serving={"unknown_categories": "maybe"})
         )
+
+
+def _with_tolerance(folder: Path, target: Path, tolerance: float, onnx_bytes: bytes | None = None) -> Path:
+    import yaml
+
+    from mlcycle.serving.schema import METADATA_KEY
+
+    shutil.copytree(folder, target)
+    mlmodel = yaml.safe_load((target / "MLmodel").read_text())
+    mlmodel["metadata"][METADATA_KEY]["tolerance"] = tolerance
+    (target / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    if onnx_bytes is not None:
+        (target / ONNX_FILE).write_bytes(onnx_bytes)
+    return target
+
+
+def test_the_serving_tolerance_is_an_inclusive_limit(bike_model, tmp_path):
+    """A graph whose answers are off by a known amount (its baseline shifted by 1e-4) is served
+    when the difference is exactly the tolerance, and not one float below it."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, folder, _ = bike_model
+    graph = onnx.load(str(folder / ONNX_FILE))
+    baseline = next(i for i in graph.graph.initializer if i.name.endswith("_baseline"))
+    baseline.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(baseline) + 1e-4, baseline.name))
+    shifted = graph.SerializeToString()
+    measured = ServedModel(_with_tolerance(folder, tmp_path / "wide", 1.0, shifted))
+    assert measured.path == "onnx" and measured.parity == pytest.approx(1e-4, rel=1e-6)
+    at = ServedModel(_with_tolerance(folder, tmp_path / "at", measured.parity, shifted))
+    assert at.path == "onnx", at.path_reason
+    below = ServedModel(
+        _with_tolerance(folder, tmp_path / "below", float(np.nextafter(measured.parity, 0)), shifted)
+    )
+    assert below.path == "pipeline" and "differs from the Pipeline" in below.path_reason
