@@ -92,6 +92,7 @@ BAD = {
     "extra": ({"promo": "x"}, 422, ["promo"]),
     "mistyped": ({"temp": "warm", "hr": "noon"}, 422, ["temp", "hr"]),
     "out_of_range": ({"windspeed": 1.7, "hr": 24}, 422, ["windspeed", "hr"]),
+    "below_minimum": ({"temp": -0.01, "hr": -1}, 422, ["temp", "hr"]),
     "unknown_category": ({"weathersit": "hurricane", "season": 5}, 422, ["weathersit", "season"]),
     "bool_for_number": ({"temp": True}, 422, ["temp"]),
     "null_not_allowed": ({"hr": None}, 422, ["hr"]),
@@ -107,6 +108,20 @@ def test_bad_rows_get_422_naming_every_bad_field(client, case):
     # The same row inside a list names its index too.
     listed = post(client, "/predict", [client.rows[0], _bad(client.rows, **changes)])
     assert listed.status_code == status and all(e["loc"][0] == 1 for e in listed.json()["errors"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"temp": 0.0, "hr": 0}, 200),
+        ({"temp": 1.0, "hr": 23}, 200),  # each field's bounds are allowed
+        ({"temp": -1e-9}, 422),
+        ({"temp": 1 + 1e-9}, 422),  # and nothing beyond them
+    ],
+)
+def test_a_fields_minimum_and_maximum_are_inclusive(client, changes, status):
+    answer = post(client, "/predict", _bad(client.rows, **changes))
+    assert answer.status_code == status, answer.text
 
 
 @pytest.mark.parametrize(
