@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -102,3 +103,25 @@ def test_the_watch_window_limits_are_inclusive(figures, breach):
 
     found = _breach(WATCH | figures, DeploySpec(watch_max_error_rate=0.05, watch_max_p99_ms=500))
     assert (found is None) if breach is None else (found is not None and breach in found), found
+
+
+@pytest.mark.parametrize(("allowed", "passes"), [(7 / 8645, True), (float(np.nextafter(7 / 8645, 0)), False)])
+def test_max_dropped_share_is_an_inclusive_limit(tmp_path, settings, allowed, passes):
+    """7 of the 8645 source rows move past window.data_end (dropped as outside_source_bounds): a
+    limit of exactly that share passes the window, the float below it fails it."""
+
+    def next_year(frame):
+        frame.loc[frame.index[frame["day"] == DAY.timetuple().tm_yday][:7], "day"] = 400
+        return frame
+
+    spec = load_spec(
+        bikeshare_variant(
+            tmp_path / "data", next_year, validation={"max_dropped_share": {"outside_source_bounds": allowed}}
+        )
+    )
+    assert ingest(spec, settings, day_interval(DAY), window_days=1).dropped["outside_source_bounds"] == 7
+    if passes:
+        validate(spec, settings, day_interval(DAY), window_days=1)
+    else:
+        with pytest.raises(ValidationFailed, match="as outside_source_bounds.*7 of 8645 source rows"):
+            validate(spec, settings, day_interval(DAY), window_days=1)
