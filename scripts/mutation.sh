@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of the modules that decide things: the gate, the store, the runner
-# contract, the spec loader and the expectations builder. Not part of `make test` (minutes, not seconds).
+# contract, the spec loader, the expectations builder and the drift decision. Not part of `make test` (minutes, not seconds).
 #
 #   scripts/mutation.sh                 every module below
 #   scripts/mutation.sh evaluate store  some of them
@@ -28,8 +28,9 @@ declare -A MODULES=(
   [contract]=".venv|dags/pipeline_support|contract.py|tests/dags/test_contract.py"
   [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py tests/unit/test_spec_rules.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
   [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py tests/unit/test_expectations_exact.py"
+  [decision]=".venv-steps|include/mlcycle|monitoring/decision.py|tests/unit/monitoring/test_decision.py tests/unit/test_boundaries.py"
 )
-ORDER=(evaluate store contract spec expectations)
+ORDER=(evaluate store contract spec expectations decision)
 [ $# -gt 0 ] && ORDER=("$@")
 
 bash scripts/setup.sh >/dev/null
