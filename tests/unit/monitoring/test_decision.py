@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -119,3 +120,70 @@ def test_episodes_counted_from_the_ledger(tmp_path, pattern, expected):
     ledger = Ledger(tmp_path / "ledger.json")
     _run(ledger, pattern)
     assert len({e["episode"] for e in ledger.days.values() if e["episode"]}) == expected
+
+
+# --- the words of each decision, exactly: they are what a person reads in the log and the ledger ----
+
+
+def test_the_line_names_at_most_six_drifted_features_and_the_comparison():
+    config = MonitoringSpec(
+        columns=tuple("abcdefgh"), drift_share=0.5, performance_tolerance=0.2, cooldown_days=5
+    )
+    seven = judge(Figures(drifted=tuple("abcdefg"), monitored=8), config)
+    assert seven.line.startswith("drift: 7 of 8 features drifted (share 0.88 > 0.5): a, b, c, d, e, f, ...;")
+    six = judge(Figures(drifted=tuple("abcdef"), monitored=8), config)
+    assert "(share 0.75 > 0.5): a, b, c, d, e, f;" in six.line
+    calm = judge(Figures(drifted=("a",), monitored=8), config)
+    assert calm.line == (
+        "no drift: 1 of 8 features drifted (share 0.12 <= 0.5): a; performance not measured (no labelled rows)"
+    )
+    none = judge(Figures(drifted=(), monitored=8), config)
+    assert none.line.startswith("no drift: 0 of 8 features drifted (share 0.00 <= 0.5);")
+    assert seven.reasons == ("data drift: 7 of 8 features drifted (share 0.88 > 0.5): a, b, c, d, e, f, ...",)
+
+
+def test_a_decay_is_named_with_both_scores_and_the_tolerance():
+    verdict = judge(
+        Figures(drifted=(), monitored=4, metric="rmse", current_score=15.0, holdout_score=10.0), CONFIG
+    )
+    assert verdict.status == "decay" and verdict.line == (
+        "decay: 0 of 4 features drifted (share 0.00 <= 0.3); rmse 15 vs 10 at training (+50%, tolerance 20%)"
+    )
+    assert verdict.reasons == ("performance decay: rmse 15 against 10 at training (+50% > 20%)",)
+
+
+def test_decay_needs_both_scores_and_survives_a_zero_holdout_score():
+    from mlcycle.monitoring.decision import decay_of
+
+    assert decay_of(Figures(drifted=(), monitored=1, current_score=None, holdout_score=1.0)) is None
+    assert decay_of(Figures(drifted=(), monitored=1, current_score=1.0, holdout_score=None)) is None
+    assert decay_of(
+        Figures(drifted=(), monitored=1, current_score=1e-12, holdout_score=0.0)
+    ) == pytest.approx(1.0)
+
+
+def test_each_decision_says_why_in_the_ledger(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.json")
+    _run(ledger, "D.D.....D.")
+    why = {day[-2:]: entry["why"] for day, entry in ledger.days.items()}
+    assert why["01"] == "new drift episode: retrain triggered"
+    assert why["02"] == "no drift and no decay: nothing to trigger"
+    assert why["03"] == (
+        "joins the drift episode that began 2011-02-01 (2 day(s) ago, within cooldown_days 5): "
+        "recorded, no retrain triggered"
+    )
+    assert why["09"] == "new drift episode (8 days after the last one, began 2011-02-01): retrain triggered"
+    _run(ledger, "DD", start=dt.date(2011, 3, 1))
+    assert ledger.days["2011-03-02"]["why"] == (
+        "continues the drift episode that began 2011-03-01: recorded, no retrain triggered"
+    )
+
+
+def test_a_replayed_decision_is_the_recorded_one_field_by_field(tmp_path):
+    day = dt.date(2011, 2, 3)
+    first = decide_and_record(tmp_path, day, _drift(), 5)
+    again = decide_and_record(tmp_path, day, _calm(), 5)
+    assert again.replayed and dataclasses.replace(again, replayed=False) == first
+    assert json.loads((tmp_path / "ledger.json").read_text())["days"][day.isoformat()]["report"] == ""
+    within = decide_and_record(tmp_path, day + dt.timedelta(days=2), _drift(), 5)
+    assert not within.trigger and "within cooldown_days 5" in within.why
