@@ -187,3 +187,19 @@ def test_a_replayed_decision_is_the_recorded_one_field_by_field(tmp_path):
     assert json.loads((tmp_path / "ledger.json").read_text())["days"][day.isoformat()]["report"] == ""
     within = decide_and_record(tmp_path, day + dt.timedelta(days=2), _drift(), 5)
     assert not within.trigger and "within cooldown_days 5" in within.why
+
+
+def test_a_ledger_written_before_reasons_were_recorded_still_replays(tmp_path):
+    day = dt.date(2011, 2, 3)
+    old = {
+        "status": "drift",
+        "trigger": True,
+        "episode": day.isoformat(),
+        "why": "new drift episode: retrain triggered",
+    }
+    (tmp_path / "ledger.json").write_text(json.dumps({"days": {day.isoformat(): old}}))
+    replay = decide_and_record(tmp_path, day, _calm(), 5)
+    assert replay.replayed and replay.trigger and replay.reasons == ()
+    fresh = decide_and_record(tmp_path, day + dt.timedelta(days=1), _drift(), 5)
+    entry = json.loads((tmp_path / "ledger.json").read_text())["days"][fresh.day]
+    assert entry["line"] == _drift().line and entry["reasons"] == list(_drift().reasons)
