@@ -125,7 +125,9 @@ def test_bad_arguments_in_a_container_are_a_usage_error(runner_env):
 def test_a_step_killed_in_its_container_is_retried(runner_env, docker_engine, monkeypatch):
     """The real step in a container, SIGKILLed while it runs: exit 137, a transient failure."""
     tag = f"{docker_engine.split(':')[0]}-killed-step:test"
-    entrypoint = 'mlcycle "$@" & pid=$!; sleep 2; kill -KILL $pid; wait $pid'
+    # Stopped at once, then killed: the step is still running when SIGKILL comes, however fast it
+    # would otherwise fail (a train without features ends in well under two seconds on a quiet machine).
+    entrypoint = 'mlcycle "$@" & pid=$!; kill -STOP $pid; sleep 1; kill -KILL $pid; wait $pid'
     dockerfile = f"FROM {docker_engine}\nENTRYPOINT {json.dumps(['/bin/sh', '-c', entrypoint, 'mlcycle'])}\n"
     subprocess.run(
         ["docker", "build", "--network", "host", "-q", "-t", tag, "-"],

@@ -23,7 +23,9 @@ FAMILIES = [(task, family) for task, families in MODEL_FAMILIES.items() for fami
 
 def _fitted(tmp_path, task: str, family: str, **model):
     if task == "regression":
-        spec = load_spec(write_spec_variant(BIKESHARE_SPEC, tmp_path / "s.yaml", model={"family": family, **model}))
+        spec = load_spec(
+            write_spec_variant(BIKESHARE_SPEC, tmp_path / "s.yaml", model={"family": family, **model})
+        )
         frame = pd.read_csv(BIKESHARE_CSV).head(2000)
     else:
         local = make_classification_dataset(tmp_path / "data", days=20)
@@ -59,6 +61,8 @@ def test_a_row_exactly_on_a_forest_threshold_takes_the_pipelines_branch(tmp_path
 
 
 def test_native_categoricals_keep_the_pipeline_with_a_reason(tmp_path):
-    spec, model, x = _fitted(tmp_path, "classification", "hist_gradient_boosting", categorical_encoding="native")
+    spec, model, x = _fitted(
+        tmp_path, "classification", "hist_gradient_boosting", categorical_encoding="native"
+    )
     export = to_onnx(serving_schema(spec, model, x), model, x)
     assert export.model is None and "could not convert HistGradientBoostingClassifier" in export.reason
