@@ -257,18 +257,7 @@ def test_the_steps_load_an_extension_module_for_its_source_and_its_family(tmp_pa
     step imported the module (training the family is the in-process test above)."""
     import json
 
-    proc = _cli(
-        tmp_path,
-        "ingest",
-        "--pipeline",
-        str(_jsonl_spec(tmp_path)),
-        "--start",
-        "2011-03-10",
-        "--end",
-        "2011-03-11",
-        "--window-days",
-        "3",
-    )
+    proc = _ingest_one_day(tmp_path, "tests.extensions.example", "--window-days", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (result["partitions"], result["rows"]) == (3, 72)
@@ -295,16 +284,18 @@ def test_a_search_parameter_the_family_does_not_take_is_a_spec_error(tmp_path, e
         build_search(spec, 1000)
 
 
-def _ingest_one_day(tmp_path, extensions: str | None):
+def _ingest_one_day(tmp_path, extensions: str | None, *extra: str):
+    spec = str(_jsonl_spec(tmp_path))
     return _cli(
         tmp_path,
         "ingest",
         "--pipeline",
-        str(_jsonl_spec(tmp_path)),
+        spec,
         "--start",
         "2011-03-10",
         "--end",
         "2011-03-11",
+        *extra,
         extensions=extensions,
     )
 
