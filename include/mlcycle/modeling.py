@@ -6,7 +6,6 @@ transformations training did (no training/serving skew).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from typing import Any
@@ -21,9 +20,8 @@ from sklearn.model_selection import ParameterSampler, RandomizedSearchCV, TimeSe
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from mlcycle.errors import SpecError
 from mlcycle.registry import MODELS
-from mlcycle.spec import ONEHOT_MAX_VALUES, PipelineSpec, SearchParam
+from mlcycle.spec import ONEHOT_MAX_VALUES, PipelineSpec, SearchParam, closest_hint, raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +148,15 @@ def check_space(spec: PipelineSpec, pipeline: Pipeline) -> None:
     """Every parameter of ``model.search.space`` is one the family's estimator takes (a family added
     later, or a space copied from another family's spec, would otherwise fail inside the search)."""
     estimator = pipeline.steps[-1][1]
-    known = sorted(estimator.get_params())
-    problems = []
-    for param in spec.model.space:
-        if param.name not in known:
-            close = difflib.get_close_matches(param.name, known, n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            problems.append(f"model.search.space.{param.name}: not a parameter of {type(estimator).__name__} "
-                            f"(model.family {spec.model.family}){hint}")
+    known = estimator.get_params()
+    problems = [
+        f"model.search.space.{param.name}: not a parameter of {type(estimator).__name__} "
+        f"(model.family {spec.model.family}){closest_hint(param.name, known)}"
+        for param in spec.model.space
+        if param.name not in known
+    ]
     if problems:
-        raise SpecError(f"pipeline spec {spec.path} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
-                        + f"\n  ({type(estimator).__name__} takes: {', '.join(known)})")
+        raise_problems(spec.path, problems)
 
 
 def build_search(spec: PipelineSpec, n_samples: int) -> BudgetedRandomSearch:

@@ -322,14 +322,23 @@ class _Reader:
             return
         for key, value in data.items():
             if key not in keys and value is not None:  # a variant unsets an inherited key with null
-                close = difflib.get_close_matches(str(key), [str(k) for k in keys], n=1)
-                hint = f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(keys))})"
-                self.problems.append(f"{where}.{key}: unknown key{hint}")
+                self.problems.append(f"{where}.{key}: unknown key{closest_hint(key, keys)}")
 
     def fail_if_any(self) -> None:
         if self.problems:
-            listing = "\n  - ".join(self.problems)
-            raise SpecError(f"pipeline spec {self.origin} has {len(self.problems)} problem(s):\n  - {listing}")
+            raise_problems(self.origin, self.problems)
+
+
+def closest_hint(name: Any, known) -> str:
+    """``; did you mean `x`?`` for the closest of ``known``, else `` (known: ...)``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(map(str, known)))})"
+
+
+def raise_problems(origin: Any, problems: list[str]) -> None:
+    """The one SpecError of a spec's problems, each on its own line under the spec's path."""
+    listing = "\n  - ".join(problems)
+    raise SpecError(f"pipeline spec {origin} has {len(problems)} problem(s):\n  - {listing}")
 
 
 def resolve_spec_path(pipeline: str, pipelines_dir: Path) -> Path:
