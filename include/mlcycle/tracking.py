@@ -6,10 +6,13 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 from mlcycle.errors import ServiceUnavailable
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
+from mlcycle.store import locked
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,19 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if settings.tracking_uri.startswith("sqlite:///"):
-        settings.home.joinpath("mlflow").mkdir(parents=True, exist_ok=True)
+    embedded = settings.tracking_uri.startswith("sqlite:///")
+    database_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
+    if embedded:
+        database_folder.mkdir(parents=True, exist_ok=True)
     bound_http_waits(settings.mlflow_timeout)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     began = time.monotonic()
     try:
-        experiment = mlflow.get_experiment_by_name(spec.experiment)
+        # The first touch of an embedded SQLite store creates its tables; two steps starting at once
+        # (two pipelines' first runs) would both run MLflow's migrations ("table ... already exists").
+        with locked(database_folder) if embedded else nullcontext():
+            experiment = mlflow.get_experiment_by_name(spec.experiment)
     except (MlflowException, OSError) as exc:
         remote = settings.tracking_uri.startswith(("http://", "https://"))
         if not remote or (isinstance(exc, MlflowException) and "failed with exception" not in str(exc)):

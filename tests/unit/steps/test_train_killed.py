@@ -19,7 +19,7 @@ from mlcycle.steps.features import build_features
 from mlcycle.steps.ingest import ingest
 from mlcycle.steps.train import train
 from mlcycle.steps.validate import validate
-from mlcycle.tracking import fail_stale_runs
+from mlcycle.tracking import connect, fail_stale_runs
 from tests.datasets import make_classification_dataset
 from tests.unit.conftest import apply_env, day_interval, step_env
 
@@ -33,7 +33,6 @@ def _running(client, experiment_id: str, airflow_run_id: str) -> list:
 
 
 def test_the_next_try_marks_a_killed_train_run_failed(tmp_path, monkeypatch):
-    import mlflow
     from mlflow import MlflowClient
 
     settings = apply_env(monkeypatch, tmp_path)
@@ -57,8 +56,8 @@ def test_the_next_try_marks_a_killed_train_run_failed(tmp_path, monkeypatch):
         "--window-days",
         str(WINDOW),
     ]
+    connect(settings, spec)  # the store exists before the step and this test both poll it
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient()
     try:
         killed = None
