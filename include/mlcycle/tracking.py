@@ -41,7 +41,6 @@ def bound_http_waits(timeout: float) -> None:
 def connect(settings: Settings, spec: PipelineSpec) -> str:
     """Point MLflow at the configured store and make sure the pipeline's experiment exists."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     embedded = settings.tracking_uri.startswith("sqlite:///")
     database_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
@@ -50,12 +49,20 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
     bound_http_waits(settings.mlflow_timeout)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    # The first touch of an embedded SQLite store creates its tables; two steps starting at once (two
+    # pipelines' first runs, a backfill's first days) would both run MLflow's migrations ("table ...
+    # already exists") and both create the experiment. A server serialises both itself.
+    with locked(database_folder) if embedded else nullcontext():
+        return _experiment_id(settings, spec)
+
+
+def _experiment_id(settings: Settings, spec: PipelineSpec) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     began = time.monotonic()
     try:
-        # The first touch of an embedded SQLite store creates its tables; two steps starting at once
-        # (two pipelines' first runs) would both run MLflow's migrations ("table ... already exists").
-        with locked(database_folder) if embedded else nullcontext():
-            experiment = mlflow.get_experiment_by_name(spec.experiment)
+        experiment = mlflow.get_experiment_by_name(spec.experiment)
     except (MlflowException, OSError) as exc:
         remote = settings.tracking_uri.startswith(("http://", "https://"))
         if not remote or (isinstance(exc, MlflowException) and "failed with exception" not in str(exc)):
@@ -66,20 +73,23 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
             f"gave up after {time.monotonic() - began:.0f} s, MLCYCLE_MLFLOW_TIMEOUT={settings.mlflow_timeout:g}). "
             f"Start the server or fix MLFLOW_TRACKING_URI, then re-run the task"
         ) from exc
-    if experiment is None:
-        location = (
-            f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
-        )
+    if experiment is not None:
+        return experiment.experiment_id
+    location = f"{settings.artifact_root.rstrip('/')}/{spec.experiment}" if settings.artifact_root else None
+    try:
         experiment_id = mlflow.create_experiment(
             spec.experiment, artifact_location=location, tags={"mlcycle.pipeline": spec.name}
         )
-        log.info(
-            "created MLflow experiment %s (artifacts in %s)",
-            spec.experiment,
-            location or "the tracking server's artifact store",
-        )
-        return experiment_id
-    return experiment.experiment_id
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(spec.experiment).experiment_id  # another step created it first
+    log.info(
+        "created MLflow experiment %s (artifacts in %s)",
+        spec.experiment,
+        location or "the tracking server's artifact store",
+    )
+    return experiment_id
 
 
 #: Airflow run ids that name no Airflow run: steps started by hand share them, so they are never cleaned.
