@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="the serving endpoint's base URL (default $MLCYCLE_SERVING_URL or http://127.0.0.1:8000)")
     p.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N rows of the day")
+    p = step("alias", "point a registry alias (@champion ...) at a version, or clear it", interval=False)
+    p.add_argument("--alias", required=True, help="champion, challenger, production or staging")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--version", help="the model version the alias points at from now on")
+    target.add_argument("--clear", action="store_true", help="remove the alias")
     p = step("suite", "print (or --write) the expectation suite derived from the spec", interval=False)
     p.add_argument("--write", action="store_true", help="write it to the path the spec names")
     _serving_args(sub, step)
@@ -227,6 +232,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return replay(spec, settings, args.date, args.url, args.rate, args.batch, args.limit).to_dict()
     if args.step.startswith("deploy-"):
         return _deploy(args, settings, spec)
+    if args.step == "alias":
+        from mlcycle.aliases import set_alias
+
+        return set_alias(spec, settings, args.alias, None if args.clear else args.version)
     if args.step == "register":
         from mlcycle.steps.register import register
 

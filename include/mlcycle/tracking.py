@@ -134,10 +134,15 @@ def fail_stale_runs(client, experiment_id: str, dag_id: str, run_id: str) -> lis
 
 def champion_version(client, name: str):
     """The model version behind ``@champion``, or None when there is none yet (the first run)."""
+    return alias_version(client, name, CHAMPION)
+
+
+def alias_version(client, name: str, alias: str):
+    """The model version behind ``@alias``, or None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if (
             getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")

@@ -77,13 +77,12 @@ def unloadable_champion(spec: PipelineSpec, settings: Settings, champ, exc: Base
     """One reason for the gate: which champion version cannot be loaded, what is missing, what to run."""
     name = spec.model.registered_name
     what = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    client = f"from mlflow import MlflowClient; MlflowClient({settings.tracking_uri!r})"
     return (
         f"champion version {champ.version} of {name} cannot be loaded ({type(exc).__name__}: {what}; its "
         f"artifacts at {champ.source} are missing or unreadable), so the threshold alone decides, as on a "
         f"first run. To repair the registry, re-point @champion at a version that loads: "
-        f"python -c \"{client}.set_registered_model_alias('{name}', 'champion', '<version>')\", or clear it: "
-        f"python -c \"{client}.delete_registered_model_alias('{name}', 'champion')\"; a blessed candidate "
+        f"mlcycle alias --pipeline {spec.name} --alias champion --version <version>, or clear it: "
+        f"mlcycle alias --pipeline {spec.name} --alias champion --clear; a blessed candidate "
         f"registered by this run becomes the champion either way"
     )
 

@@ -204,9 +204,37 @@ def test_a_champion_whose_artifacts_are_gone_is_reported_and_the_threshold_decid
         f"champion version {version} of {gate.spec.model.registered_name} cannot be loaded"
     )
     assert artifacts in reason and "the threshold alone decides, as on a first run" in reason
-    assert (
-        f"set_registered_model_alias('{gate.spec.model.registered_name}', 'champion', '<version>')" in reason
-    )
-    assert f"delete_registered_model_alias('{gate.spec.model.registered_name}', 'champion')" in reason
+    repair = f"mlcycle alias --pipeline {gate.spec.name} --alias champion"
+    assert f"{repair} --version <version>" in reason and f"{repair} --clear" in reason
     assert any(m == f"gate: {reason}" for m in caplog.messages) and "Traceback" not in caplog.text
     assert _run_data(run_id).tags["gate.reason"] == "; ".join(result.reasons)[:4900]
+
+    # The repair the reason names: typos change nothing, clearing makes the next gate a first run.
+    from mlcycle.aliases import set_alias
+    from mlcycle.errors import RegistryError
+    from mlcycle.tracking import champion_version
+
+    name = gate.spec.model.registered_name
+    with pytest.raises(RegistryError, match="unknown alias 'champoin'; did you mean `champion`"):
+        set_alias(gate.spec, gate.settings, "champoin", None)
+    with pytest.raises(RegistryError, match=rf"{name} has no version '99' \(its versions: {version}\)"):
+        set_alias(gate.spec, gate.settings, "champion", "99")
+    assert str(champion_version(MlflowClient(), name).version) == version
+    cleared = set_alias(gate.spec, gate.settings, "champion", None)
+    assert cleared == {"model_name": name, "alias": "champion", "version": None, "previous": version}
+    assert champion_version(MlflowClient(), name) is None
+    assert evaluate(gate.spec, gate.settings, gate.interval, run_id, uri).reasons == [
+        result.reasons[0],
+        "no champion yet: first run, the threshold alone decides",
+    ]
+    assert set_alias(gate.spec, gate.settings, "champion", version)["version"] == version
+
+
+def test_the_alias_command_needs_a_version_or_clear(capsys):
+    from mlcycle.cli import _parser
+
+    for extra in ([], ["--version", "1", "--clear"]):
+        with pytest.raises(SystemExit) as exited:
+            _parser().parse_args(["alias", "--pipeline", "bikeshare", "--alias", "champion", *extra])
+        assert exited.value.code == 2
+    assert "--version" in capsys.readouterr().err
