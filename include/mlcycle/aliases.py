@@ -13,12 +13,9 @@ from typing import Any
 from mlcycle.errors import RegistryError
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec, closest_hint
-from mlcycle.tracking import CHALLENGER, CHAMPION, alias_version, connect
+from mlcycle.tracking import ALIASES, alias_version, connect
 
 log = logging.getLogger(__name__)
-
-#: The aliases the lifecycle reads and writes (the gate, the deploy DAG).
-ALIASES = (CHAMPION, CHALLENGER, "production", "staging")
 
 
 def set_alias(spec: PipelineSpec, settings: Settings, alias: str, version: str | None) -> dict[str, Any]:

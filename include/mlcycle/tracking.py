@@ -17,6 +17,9 @@ from mlcycle.store import locked
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+STAGING, PRODUCTION = "staging", "production"  # moved by the deploy DAG
+#: The aliases the lifecycle reads and writes (the gate, the deploy DAG).
+ALIASES = (CHAMPION, CHALLENGER, PRODUCTION, STAGING)
 
 
 class TrackingUnavailable(ServiceUnavailable):
@@ -43,8 +46,8 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
     import mlflow
 
     embedded = settings.tracking_uri.startswith("sqlite:///")
-    database_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
     if embedded:
+        database_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
         database_folder.mkdir(parents=True, exist_ok=True)
     bound_http_waits(settings.mlflow_timeout)
     mlflow.set_tracking_uri(settings.tracking_uri)

@@ -18,12 +18,10 @@ from mlcycle.errors import NothingToDo
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Result
-from mlcycle.tracking import CHAMPION
+from mlcycle.tracking import CHAMPION, PRODUCTION, STAGING
 
 log = logging.getLogger(__name__)
 
-STAGING = "staging"
-PRODUCTION = "production"
 TARGETS = (STAGING, PRODUCTION)
 
 
