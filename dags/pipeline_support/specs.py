@@ -4,7 +4,9 @@ Reading the specs' YAML is the only work a DAG file does at parse time: no panda
 no connection, no Variable. The step package (``mlcycle.spec``) validates a spec in full when a step
 runs; this module reads what scheduling needs (the name, the ``schedule:`` section and the data
 bounds it defaults from) and checks it strictly, so that a broken spec fails the DAG parse with a
-message naming the file and the key. ``tests/dags/test_specs.py`` keeps both readers in agreement.
+message naming the file and the key. Both sides read the spec through one module,
+``mlcycle.spec_schema`` (the sections and their keys, ``extends``, the schedule, dates), which needs
+only PyYAML and pydantic: a key misspelt in any section fails the DAG parse too.
 
 ``extends: <path>`` makes a spec a variant of another: the base (its own relative paths resolved
 against its own folder) deep-merged with the variant's keys. A CI-sized search, for example::
@@ -17,20 +19,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it.
-PATH_KEYS = (("source", "path"), ("validation", "suite"))
-SCHEDULE_KEYS = {"interval", "timezone", "start", "end", "catchup"}
-DEFAULT_INTERVAL = "@daily"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
-_CRON_FIELD = re.compile(r"^\d{1,2}$")
+try:
+    from mlcycle import spec_schema
+except ImportError:  # the Airflow environment does not install the step package: read it from include/
+    sys.path.append(str(PROJECT_ROOT / "include"))
+    from mlcycle import spec_schema
+
+DEFAULT_INTERVAL = spec_schema.ScheduleSection().interval
+is_daily_cron = spec_schema.is_daily_cron
 
 
 class SpecProblem(ValueError):
@@ -83,66 +85,16 @@ def resolve_spec(pipeline: str) -> Path:
     return path.resolve()
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_spec(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_spec(path: Path) -> dict[str, Any]:
     """The spec's mapping, with ``extends`` resolved (bases first, the file's own keys win)."""
-    path = path.resolve()
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise SpecProblem(f"pipeline spec {_seen[0]}: `extends` goes round in a circle: {chain}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecProblem(f"cannot read pipeline spec {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SpecProblem(f"pipeline spec {path} must be a YAML mapping at the top level")
-    for section, key in PATH_KEYS:
-        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str) and not Path(value).is_absolute():
-            raw[section] = {**raw[section], key: str((path.parent / value).resolve())}
-    base_ref = raw.pop("extends", None)
-    if base_ref is None:
-        return raw
-    if not isinstance(base_ref, str):
-        raise SpecProblem(f"pipeline spec {path}: `extends` is the path of another spec (got {base_ref!r})")
-    base_path = Path(base_ref) if Path(base_ref).is_absolute() else path.parent / base_ref
-    if not base_path.is_file():
-        raise SpecProblem(f"pipeline spec {path}: `extends: {base_ref}` names no file ({base_path.resolve()})")
-    return _deep_merge(read_spec(base_path, (*_seen, path)), raw)
+        return spec_schema.read_spec_file(path)
+    except spec_schema.SpecFileError as exc:
+        raise SpecProblem(str(exc)) from exc
 
 
 def _date(value: Any, where: str, problems: list[str]) -> dt.date | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    problems.append(f"{where}: a date like 2011-01-31 (got {value!r})")
-    return None
-
-
-def is_daily_cron(expression: str) -> bool:
-    """``@daily``/``@midnight`` or a five-field cron that fires once a day (fixed minute and hour)."""
-    if expression in ("@daily", "@midnight"):
-        return True
-    fields = expression.split()
-    return (len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields[:2])
-            and int(fields[0]) < 60 and int(fields[1]) < 24 and fields[2:] == ["*", "*", "*"])
+    return spec_schema.parse_date(value, where, problems)
 
 
 @dataclass(frozen=True)
@@ -181,64 +133,22 @@ class PipelineEntry:
 def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, list[str]]:
     """The ``schedule:`` section with its defaults, and every problem found (paths in the file)."""
     problems: list[str] = []
-    section = raw.get("schedule") or {}
-    if not isinstance(section, dict):
-        return None, [f"schedule: a mapping with {', '.join(sorted(SCHEDULE_KEYS))} (got {section!r})"]
-    problems += [f"schedule.{k}: unknown key (known: {', '.join(sorted(SCHEDULE_KEYS))})"
-                 for k in section if k not in SCHEDULE_KEYS]
-    window = raw.get("window") if isinstance(raw.get("window"), dict) else {}
-    data_start = _date(window.get("data_start"), "window.data_start", problems)
-    data_end = _date(window.get("data_end"), "window.data_end", problems)
-    days = window.get("days", 28)
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        problems.append(f"window.days: a whole number of days, at least 1 (got {days!r})")
-        days = 28
-    interval = section.get("interval", DEFAULT_INTERVAL)
-    if not isinstance(interval, str) or not is_daily_cron(interval):
-        problems.append(f"schedule.interval: @daily or a cron that runs once a day, like '0 6 * * *' "
-                        f"(partitions are daily; got {interval!r})")
-    ts = raw.get("timestamp") if isinstance(raw.get("timestamp"), dict) else {}
-    timezone = section.get("timezone", ts.get("timezone") or "UTC")
-    if not isinstance(timezone, str) or not _known_timezone(timezone):
-        problems.append(f"schedule.timezone: an IANA time zone name like Europe/Paris (got {timezone!r})")
-    start = _date(section.get("start"), "schedule.start", problems)
-    if start is None and data_start is not None:
-        start = data_start + dt.timedelta(days=days)  # the first day with a full window of data
-        if data_end is not None and "end" not in section:
-            start = min(start, data_end)  # a data set shorter than its window: its last day at least
-    if start is None and "start" not in section:
+    data_start, data_end, days = spec_schema.window_bounds(raw, problems)
+    fields = spec_schema.parse_schedule(raw, problems, data_start, data_end, days)
+    if fields.start is None and not problems:
         problems.append("schedule.start: required when window.data_start is not given")
-    end = _date(section.get("end"), "schedule.end", problems) if "end" in section else data_end
-    if start and end and end < start:
-        problems.append(f"schedule: end {end} is before start {start}")
-    if data_start and start and start < data_start:
-        problems.append(f"schedule.start: {start} is before window.data_start {data_start}: no data")
-    if data_end and end and end > data_end:
-        problems.append(f"schedule.end: {end} is after window.data_end {data_end}: no data to train on")
-    catchup = section.get("catchup", False)
-    if not isinstance(catchup, bool):
-        problems.append(f"schedule.catchup: true or false (got {catchup!r})")
-    if problems or start is None:
+    if problems or fields.start is None:
         return None, problems
-    return Schedule(interval=interval, timezone=timezone, start=start, end=end, catchup=catchup), problems
-
-
-def _known_timezone(name: str) -> bool:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    return Schedule(interval=fields.interval, timezone=fields.timezone, start=fields.start, end=fields.end,
+                    catchup=fields.catchup), problems
 
 
 def load_entry(path: Path) -> PipelineEntry:
     """One spec's entry, or SpecProblem listing every problem with its path in the file."""
     raw = read_spec(path)
-    problems: list[str] = []
+    problems = spec_schema.unknown_key_problems(raw)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not spec_schema.NAME.match(name):
         problems.append(f"name: a plain identifier (letters, digits, underscores; got {name!r})")
     schedule, schedule_problems = parse_schedule(raw, str(path))
     problems += schedule_problems

@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     _serving_args(sub, step)
     _deploy_args(step)
     __import__("mlcycle.draft").draft.add_parser(sub)  # draft-spec: its own module, its own handler
+    p = sub.add_parser("spec-schema", help="print the JSON Schema of a pipeline spec (for editors)",
+                       description="Print the JSON Schema of a pipeline spec, derived from mlcycle.spec_schema: "
+                       "point an editor's YAML support at it (docs/pipeline-spec.schema.json is a copy).")
+    p.add_argument("--output", default=None, help="write it to this file instead of standard output")
     return parser
 
 
@@ -291,6 +295,8 @@ def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> 
     try:
         if args.step == "serve":
             return _serve(args)
+        if args.step == "spec-schema":
+            return _spec_schema(args.output)
         result = _run(args)
     except NothingToDo as exc:
         log.warning("nothing to do: %s", exc)
@@ -314,6 +320,18 @@ def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> 
                "report": None, "failures": []})
         return EXIT_FAILED
     _emit(result)
+    return 0
+
+
+def _spec_schema(output: str | None) -> int:
+    from mlcycle.spec_schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output:
+        Path(output).write_text(text)
+        log.info("wrote the spec's JSON Schema to %s", output)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

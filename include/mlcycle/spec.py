@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
+from mlcycle import spec_schema
 from mlcycle.derive import (
     CALENDAR_NAMES,
     CALENDAR_PARTS,
@@ -28,6 +27,19 @@ from mlcycle.derive import (
 )
 from mlcycle.errors import SpecError
 from mlcycle.registry import MODELS, SOURCES, families_for
+from mlcycle.spec_schema import (
+    PATH_KEYS,  # noqa: F401 - re-exported: the keys whose relative paths a variant resolves
+    SpecFileError,
+    closest_hint,  # noqa: F401 - re-exported: modeling and aliases name it from here
+    parse_date,
+    parse_schedule,
+    section_keys,
+    unknown_key_problems,
+)
+from mlcycle.spec_schema import DeploySection as _DeploySection
+from mlcycle.spec_schema import MonitoringSection as _MonitoringSection
+from mlcycle.spec_schema import ScoringSection as _ScoringSection
+from mlcycle.spec_schema import ServingSection as _ServingSection
 
 ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
 Role = Literal["feature", "target", "ignore"]
@@ -316,23 +328,9 @@ class _Reader:
             return None if default is ... else default
         return value
 
-    def known_keys(self, data: Any, where: str, keys: set[str] | tuple[str, ...]) -> None:
-        """Every key of ``data`` must be one of ``keys``: a typo is a problem, never silently ignored."""
-        if not isinstance(data, dict):
-            return
-        for key, value in data.items():
-            if key not in keys and value is not None:  # a variant unsets an inherited key with null
-                self.problems.append(f"{where}.{key}: unknown key{closest_hint(key, keys)}")
-
     def fail_if_any(self) -> None:
         if self.problems:
             raise_problems(self.origin, self.problems)
-
-
-def closest_hint(name: Any, known) -> str:
-    """``; did you mean `x`?`` for the closest of ``known``, else `` (known: ...)``."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
-    return f"; did you mean `{close[0]}`?" if close else f" (known: {', '.join(sorted(map(str, known)))})"
 
 
 def raise_problems(origin: Any, problems: list[str]) -> None:
@@ -357,46 +355,12 @@ def resolve_spec_path(pipeline: str, pipelines_dir: Path) -> Path:
     return path.resolve()
 
 
-#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it.
-PATH_KEYS = (("source", "path"), ("validation", "suite"))
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_spec_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A spec file's mapping with ``extends: <path>`` resolved: the base (its relative paths resolved
-    against its own folder), deep-merged with the file's own keys, which win."""
-    path = path.resolve()
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise SpecError(f"pipeline spec {_seen[0]}: `extends` goes round in a circle: {chain}")
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A spec file's mapping with ``extends: <path>`` resolved (``mlcycle.spec_schema.read_spec_file``)."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SpecError(f"pipeline spec {path} must be a YAML mapping at the top level")
-    for section, key in PATH_KEYS:
-        value = raw[section].get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str) and not Path(value).is_absolute():
-            raw[section] = {**raw[section], key: str((path.parent / value).resolve())}
-    base_ref = raw.pop("extends", None)
-    if base_ref is None:
-        return raw
-    if not isinstance(base_ref, str):
-        raise SpecError(f"pipeline spec {path}: `extends` is the path of another spec (got {base_ref!r})")
-    base_path = Path(base_ref) if Path(base_ref).is_absolute() else path.parent / base_ref
-    if not base_path.is_file():
-        raise SpecError(f"pipeline spec {path}: `extends: {base_ref}` names no file ({base_path.resolve()})")
-    return _deep_merge(read_spec_file(base_path, (*_seen, path)), raw)
+        return spec_schema.read_spec_file(path)
+    except SpecFileError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 def load_spec(pipeline: str | Path, pipelines_dir: Path | None = None) -> PipelineSpec:
@@ -484,61 +448,15 @@ def _parse_space(r: _Reader, raw_space: Any) -> list[SearchParam]:
 
 
 def _date(r: _Reader, value: Any, where: str) -> dt.date | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        r.problems.append(f"{where}: an ISO date like 2011-01-01 (got {value!r})")
-        return None
-
-
-SCHEDULE_KEYS = ("interval", "timezone", "start", "end", "catchup")
-
-
-def _is_daily_cron(expression: str) -> bool:
-    """``@daily``/``@midnight`` or a five-field cron that fires once a day (fixed minute and hour)."""
-    if expression in ("@daily", "@midnight"):
-        return True
-    fields = expression.split()
-    return (len(fields) == 5 and all(f.isdigit() and len(f) <= 2 for f in fields[:2])
-            and int(fields[0]) < 60 and int(fields[1]) < 24 and fields[2:] == ["*", "*", "*"])
+    return parse_date(value, where, r.problems)
 
 
 def _parse_schedule(r: _Reader, raw: dict[str, Any], data_start: dt.date | None, data_end: dt.date | None,
                     window_days: int | None) -> Schedule:
-    """The ``schedule:`` section (read by the DAG files, too: ``dags/pipeline_support/specs.py``)."""
-    section = r.need(raw, "schedule", "spec", dict, default={})
-    for key in section:
-        if key not in SCHEDULE_KEYS:
-            r.problems.append(f"schedule.{key}: unknown key (known: {', '.join(sorted(SCHEDULE_KEYS))})")
-    interval = r.need(section, "interval", "schedule", str, default="@daily")
-    if interval and not _is_daily_cron(interval):
-        r.problems.append(f"schedule.interval: @daily or a cron that runs once a day, like '0 6 * * *' "
-                          f"(partitions are daily; got {interval!r})")
-    ts = raw.get("timestamp") if isinstance(raw.get("timestamp"), dict) else {}
-    timezone = r.need(section, "timezone", "schedule", str, default=ts.get("timezone") or "UTC")
-    try:
-        ZoneInfo(str(timezone))
-    except (ZoneInfoNotFoundError, ValueError):
-        r.problems.append(f"schedule.timezone: an IANA time zone name like Europe/Paris (got {timezone!r})")
-    start = _date(r, section.get("start"), "schedule.start")
-    if start is None and data_start is not None and "start" not in section:
-        start = data_start + dt.timedelta(days=window_days or 28)  # the first day with a full window
-        if data_end is not None and "end" not in section:
-            start = min(start, data_end)  # a data set shorter than its window: its last day at least
-    end = _date(r, section.get("end"), "schedule.end") if "end" in section else data_end
-    if start and end and end < start:
-        r.problems.append(f"schedule: end {end} is before start {start}")
-    if data_start and start and start < data_start:
-        r.problems.append(f"schedule.start: {start} is before window.data_start {data_start}: no data")
-    if data_end and end and end > data_end:
-        r.problems.append(f"schedule.end: {end} is after window.data_end {data_end}: no data to train on")
-    catchup = r.need(section, "catchup", "schedule", bool, default=False)
-    return Schedule(interval=interval or "@daily", timezone=str(timezone), start=start, end=end,
-                    catchup=bool(catchup))
+    """The ``schedule:`` section: the one reading of it both sides share (``mlcycle.spec_schema``)."""
+    fields = parse_schedule(raw, r.problems, data_start, data_end, window_days)
+    return Schedule(interval=fields.interval, timezone=fields.timezone, start=fields.start, end=fields.end,
+                    catchup=fields.catchup)
 
 
 def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, ...]:
@@ -561,42 +479,19 @@ def _parse_key(r: _Reader, raw: dict[str, Any], names: set[str]) -> tuple[str, .
     return tuple(value)
 
 
-#: The keys each section of a spec may have. Anything else is a typo (``mn`` for ``min``) that would
-#: otherwise be ignored without a word, and is reported with the closest known key.
-TOP_KEYS = ("name", "description", "task", "target", "source", "timestamp", "partition", "columns",
-            "validation", "window", "schedule", "model", "evaluation", "experiment", "key", "derive", "filter",
-            "transform", "serving", "monitoring", "deploy", "scoring")
-TIMESTAMP_KEYS = ("kind", "column", "format", "year", "day_column", "hour_column", "timezone")
-COLUMN_KEYS = ("type", "role", "min", "max", "values", "max_null_share", "min_std", "min_distinct",
-               "constant_guard")
-VALIDATION_KEYS = ("suite", "min_rows_per_partition", "max_rows_per_partition", "max_restatement_shrink",
-                   "max_dropped_share")
-WINDOW_KEYS = ("data_start", "data_end", "days", "min_training_rows")
-MODEL_KEYS = ("family", "registered_name", "categorical_encoding", "search")
-SEARCH_KEYS = ("n_iter", "cv_folds", "seed", "space", "budget_seconds", "early_stopping", "max_rows")
-SPACE_KEYS = ("low", "high", "log", "integer", "values")
-EVALUATION_KEYS = ("metric", "holdout_days", "threshold", "tolerance")
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+def _source_keys(kind: Any) -> tuple[str, ...]:
+    """The keys of ``source:`` a registered kind takes; for an unknown kind, any kind's."""
+    if isinstance(kind, str) and kind in SOURCES:
+        return SOURCES[kind].keys
+    return tuple(dict.fromkeys(k for known in SOURCES.values() for k in known.keys))
 
 
 def _check_keys(r: _Reader, raw: dict[str, Any]) -> None:
-    r.known_keys(raw, "spec", TOP_KEYS)
-    src = raw.get("source") if isinstance(raw.get("source"), dict) else {}
-    kind = SOURCES.get(src.get("kind")) if isinstance(src.get("kind"), str) else None
-    r.known_keys(src, "source", kind.keys if kind is not None
-                 else tuple(dict.fromkeys(k for known in SOURCES.values() for k in known.keys)))
-    r.known_keys(raw.get("timestamp"), "timestamp", TIMESTAMP_KEYS)
-    for name, body in (raw.get("columns") or {}).items() if isinstance(raw.get("columns"), dict) else ():
-        r.known_keys(body, f"columns.{name}", COLUMN_KEYS)
-    r.known_keys(raw.get("validation"), "validation", VALIDATION_KEYS)
-    r.known_keys(raw.get("window"), "window", WINDOW_KEYS)
-    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    r.known_keys(model, "model", MODEL_KEYS)
-    search = model.get("search") if isinstance(model.get("search"), dict) else {}
-    r.known_keys(search, "model.search", SEARCH_KEYS)
-    for param, body in (search.get("space") or {}).items() if isinstance(search.get("space"), dict) else ():
-        r.known_keys(body, f"model.search.space.{param}", SPACE_KEYS)
-    r.known_keys(raw.get("evaluation"), "evaluation", EVALUATION_KEYS)
+    """Every key of every section must be declared by the schema (``mlcycle.spec_schema``): a typo is a
+    problem with the closest known key, never silently ignored."""
+    r.problems.extend(unknown_key_problems(raw, source_keys=_source_keys))
+
+
 def _parse_integrity(r: _Reader, val: dict, key: tuple[str, ...]) -> Integrity:
     """How much a restatement may shrink a validated day, and how many dropped rows a window may lose.
     A restatement's rows are compared by the spec's ``key`` (rows added, removed, changed)."""
@@ -607,8 +502,8 @@ def _parse_integrity(r: _Reader, val: dict, key: tuple[str, ...]) -> Integrity:
     shares = dict(DROPPED_SHARE_DEFAULTS)
     for reason, share in (r.need(val, "max_dropped_share", "validation", dict, default={}) or {}).items():
         if reason not in shares:
-            r.problems.append(f"validation.max_dropped_share.{reason}: one of {', '.join(shares)}")
-        elif isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            continue  # an unknown reason is reported by _check_keys, with the closest known one
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
             r.problems.append(f"validation.max_dropped_share.{reason}: a share between 0 and 1 (got {share!r})")
         else:
             shares[reason] = float(share)
@@ -619,7 +514,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     r = _Reader(str(path))
     _check_keys(r, raw)
     name = r.need(raw, "name", "spec", str)
-    if isinstance(name, str) and not _IDENTIFIER.match(name):
+    if isinstance(name, str) and not spec_schema.NAME.match(name):
         r.problems.append(f"spec.name: a plain identifier, letters, digits and underscores, starting with a "
                           f"letter (got {name!r}): it names folders, DAGs and the registered model")
     task = r.need(raw, "task", "spec", str)
@@ -786,9 +681,8 @@ def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
     if raw is None:
         return ServingSpec()
     if not isinstance(raw, dict):
-        r.problems.append("serving: a mapping with `tolerance`, `unknown_categories`, `max_rows`")
+        r.problems.append(f"serving: a mapping with {', '.join(f'`{k}`' for k in section_keys(_ServingSection))}")
         return ServingSpec()
-    r.known_keys(raw, "serving", ("tolerance", "unknown_categories", "max_rows"))
     tolerance = r.need(raw, "tolerance", "serving", (int, float), default=1e-6)
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         r.problems.append(f"serving.tolerance: a finite number >= 0 (got {tolerance})")
@@ -801,8 +695,7 @@ def _parse_serving(r: _Reader, raw: Any) -> ServingSpec:
     return ServingSpec(tolerance=float(tolerance or 0.0), unknown_categories=unknown, max_rows=max_rows or 1)
 
 
-MONITORING_KEYS = ("columns", "exclude", "method", "threshold", "drift_share", "performance_tolerance",
-                   "min_rows", "cooldown_days", "source")
+MONITORING_KEYS = section_keys(_MonitoringSection)
 #: Evidently's column drift tests (``evidently.legacy.calculations.stattests``) a spec may name.
 DRIFT_METHODS = ("ks", "chisquare", "z", "wasserstein", "psi", "kl_div", "jensenshannon", "anderson",
                  "cramer_von_mises", "energy_distance", "epps_singleton", "fisher_exact", "g_test",
@@ -820,7 +713,6 @@ def _parse_monitoring(r: _Reader, raw: Any, columns: list[Column], target: Any,
     if not isinstance(raw, dict):
         r.problems.append(f"monitoring: a mapping with {', '.join(MONITORING_KEYS)}")
         return MonitoringSpec()
-    r.known_keys(raw, "monitoring", MONITORING_KEYS)
     features = [c.name for c in columns if c.role == "feature"]
     listed: dict[str, tuple[str, ...]] = {}
     for key in ("columns", "exclude"):
@@ -880,8 +772,8 @@ def _monitoring_source(r: _Reader, raw: dict) -> Any:
     return source
 
 
-SCORING_KEYS = ("alias", "batch_rows", "postgres")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+SCORING_KEYS = section_keys(_ScoringSection)
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
 
 def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
@@ -891,7 +783,6 @@ def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
     if not isinstance(raw, dict):
         r.problems.append(f"scoring: a mapping with {', '.join(SCORING_KEYS)} (or {{}} for the defaults)")
         return None
-    r.known_keys(raw, "scoring", SCORING_KEYS)
     alias = r.need(raw, "alias", "scoring", str, default=None)
     if alias is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", alias):
         r.problems.append(f"scoring.alias: a registry alias such as champion or production (got {alias!r})")
@@ -904,10 +795,9 @@ def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
         if not isinstance(pg, dict):
             r.problems.append("scoring.postgres: a mapping with conn_id and table")
         else:
-            r.known_keys(pg, "scoring.postgres", ("conn_id", "table"))
             conn_id = r.need(pg, "conn_id", "scoring.postgres", str)
             table = r.need(pg, "table", "scoring.postgres", str)
-            if table is not None and not _IDENTIFIER.match(table):
+            if table is not None and not _TABLE.match(table):
                 r.problems.append(f"scoring.postgres.table: a table name, optionally schema-qualified "
                                   f"(letters, digits, underscores; got {table!r})")
             if conn_id and table:
@@ -921,7 +811,7 @@ def _calendar_columns(derivations: Derivations) -> set[str]:
             if expression.names and expression.names <= set(CALENDAR_NAMES)}
 
 
-DEPLOY_KEYS = tuple(f.name for f in fields(DeploySpec))
+DEPLOY_KEYS = section_keys(_DeploySection)
 
 
 def _parse_deploy(r: _Reader, raw: Any) -> DeploySpec:
@@ -930,7 +820,6 @@ def _parse_deploy(r: _Reader, raw: Any) -> DeploySpec:
     if not isinstance(raw, dict):
         r.problems.append(f"deploy: a mapping with {', '.join(DEPLOY_KEYS)}")
         return DeploySpec()
-    r.known_keys(raw, "deploy", DEPLOY_KEYS)
     default = DeploySpec()
     values: dict[str, Any] = {}
     for f in fields(DeploySpec):

@@ -91,7 +91,7 @@ def test_two_specs_with_one_name_are_reported_not_merged(tmp_path):
         ({"interval": "@hourly"}, "schedule.interval: @daily or a cron that runs once a day"),
         ({"interval": "0 6 * * 1"}, "schedule.interval"),
         ({"timezone": "Mars/Olympus"}, "schedule.timezone: an IANA time zone name"),
-        ({"start": "2011-02-30"}, "schedule.start: a date like 2011-01-31"),
+        ({"start": "2011-02-30"}, "schedule.start: an ISO date like 2011-01-01"),
         ({"start": "2010-06-01"}, "is before window.data_start 2011-01-01"),
         ({"end": "2012-06-01"}, "is after window.data_end 2011-12-31"),
         ({"start": "2011-06-01", "end": "2011-05-01"}, "end 2011-05-01 is before start 2011-06-01"),
@@ -103,6 +103,30 @@ def test_schedule_problems_name_the_key(tmp_path, schedule, problem):
     with pytest.raises(SpecProblem, match="problem") as err:
         load_entry(spec)
     assert problem in str(err.value) and str(spec) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "typo", "problem"),
+    [
+        ("validation", {"max_restatement_shrnk": 0.5}, "validation.max_restatement_shrnk: unknown key; did you mean"),
+        ("serving", {"tolerence": 0.001}, "serving.tolerence: unknown key; did you mean `tolerance`?"),
+        ("timestamp", {"timezon": "UTC"}, "timestamp.timezon: unknown key; did you mean `timezone`?"),
+        ("schedule", {"intervall": "@daily"}, "schedule.intervall: unknown key; did you mean `interval`?"),
+    ],
+)
+def test_a_typo_in_any_section_fails_the_dag_parse_as_it_fails_the_steps(tmp_path, section, typo, problem):
+    """Both sides check keys against one declaration (mlcycle.spec_schema), so the DAG parse, which
+    the UI shows first, names a typo in a section it does not use itself."""
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", **{section: typo})
+    with pytest.raises(SpecProblem) as err:
+        load_entry(spec)
+    assert problem in str(err.value)
+
+
+def test_a_date_the_steps_refuse_the_dags_refuse_alike(tmp_path):
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml", schedule={"start": "20110301"})
+    with pytest.raises(SpecProblem, match=r"schedule.start: an ISO date like 2011-01-01 \(got '20110301'\)"):
+        load_entry(spec)
 
 
 def test_extends_makes_a_variant_with_the_base_paths_resolved(tmp_path):

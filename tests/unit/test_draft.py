@@ -12,6 +12,7 @@ from mlcycle.cli import main
 from mlcycle.draft import draft_spec, read_data
 from mlcycle.errors import SpecError
 from mlcycle.spec import load_spec
+from mlcycle.spec_schema import PipelineSpecSchema
 from tests.datasets import make_classification_dataset, make_events_dataset
 
 
@@ -45,6 +46,7 @@ def test_events_get_no_key_a_filtered_label_and_their_leaks_left_out(tmp_path, c
     }
     assert "# the label `late` is computed from it" in open(result["spec"]).read()
     spec = load_spec(result["spec"])  # loads as written
+    PipelineSpecSchema.model_validate(raw)  # and satisfies the published JSON Schema's declaration
     assert set(spec.feature_names) == {"zone", "carrier", "distance", "hour", "day_of_week"}
 
 

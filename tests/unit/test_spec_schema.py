@@ -1,0 +1,270 @@
+"""The spec schema (``mlcycle.spec_schema``): declared once, and every use of it held to the declaration.
+
+- one typo per key the schema declares, generated from the schema itself, is a problem naming the
+  key's path and the closest known key (a section whose check is dropped fails here);
+- the defaults the schema declares are the ones the step package applies;
+- the README's spec reference documents every key, and documents nothing the schema lacks;
+- ``mlcycle spec-schema`` prints the JSON Schema, and the published copy is that output;
+- every spec the project ships satisfies the declaration.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mlcycle import spec_schema
+from mlcycle.errors import SpecError
+from mlcycle.spec import (
+    DROPPED_SHARE_DEFAULTS,
+    DeploySpec,
+    Integrity,
+    ModelSpec,
+    MonitoringSpec,
+    Schedule,
+    ScoringSpec,
+    ServingSpec,
+    parse_spec,
+)
+from tests.conftest import ROOT
+from tests.unit.test_spec_rules import MINI, PATH
+
+#: A name each ``<name>`` of a key path takes in MINI (a column, a search parameter).
+NAMES = {"columns": "x", "space": "alpha"}
+SCHEMA_FILE = ROOT / "docs" / "pipeline-spec.schema.json"
+
+
+def _typo(key: str) -> str:
+    """A misspelling as people make them: the last letter doubled (``min`` -> ``minn``)."""
+    return key + key[-1]
+
+
+def _with_typo(path: str) -> tuple[dict, str, str]:
+    """MINI with the key at ``path`` misspelt: the spec, the typo's path in the file, the typo."""
+    raw = copy.deepcopy(MINI)
+    *parents, key = path.split(".")
+    node, where = raw, []
+    for i, part in enumerate(parents):
+        if part == "<name>":
+            part = NAMES[parents[i - 1]]
+        node = node.setdefault(part, {})
+        where.append(part)
+    typo = _typo(key)
+    node[typo] = 1
+    return raw, ".".join(where) or "spec", typo
+
+
+def _problems(raw: dict) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, PATH)
+    return str(info.value)
+
+
+KEY_PATHS = [p for p in spec_schema.key_paths() if p != "extends"]  # extends is read before parsing
+
+
+@pytest.mark.parametrize("path", KEY_PATHS)
+def test_a_typo_in_any_key_of_any_section_is_a_problem_naming_it(path):
+    raw, where, typo = _with_typo(path)
+    message = _problems(raw)
+    key = path.rsplit(".", 1)[-1]
+    assert f"{where}.{typo}: unknown key" in message, message
+    if not path.startswith("source."):  # source keys are the kind's: a file source does not take `table`
+        assert f"did you mean `{key}`?" in message, message
+
+
+def test_the_typo_corpus_covers_every_section():
+    sections = {p.split(".")[0] for p in KEY_PATHS}
+    assert sections >= {
+        "source",
+        "timestamp",
+        "columns",
+        "validation",
+        "window",
+        "schedule",
+        "model",
+        "evaluation",
+        "serving",
+        "monitoring",
+        "deploy",
+        "scoring",
+    }
+    assert len(KEY_PATHS) > 100
+
+
+def test_a_key_set_to_null_unsets_it_and_is_no_typo():
+    raw = copy.deepcopy(MINI)
+    raw["serving"] = {"tolerence": None}
+    parse_spec(raw, PATH)
+
+
+def test_a_source_key_of_another_kind_is_named_with_the_kind_s_keys():
+    raw = copy.deepcopy(MINI)
+    raw["source"]["table"] = "rides"
+    assert "source.table: unknown key (known: format, kind, path)" in _problems(raw)
+
+
+def _defaults(model) -> dict:
+    return {
+        name: info.get_default(call_default_factory=True)
+        for name, info in model.model_fields.items()
+        if not info.is_required()
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "dataclass_"),
+    [
+        (spec_schema.ServingSection, ServingSpec),
+        (spec_schema.MonitoringSection, MonitoringSpec),
+        (spec_schema.ScoringSection, ScoringSpec),
+        (spec_schema.DeploySection, DeploySpec),
+    ],
+)
+def test_the_schema_s_defaults_are_the_ones_the_steps_apply(section, dataclass_):
+    declared = _defaults(section)
+    applied = {f.name: getattr(dataclass_(), f.name) for f in dataclasses.fields(dataclass_)}
+    for name, value in declared.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert applied[name] == expected, (section.__name__, name)
+    assert set(declared) == set(applied), section.__name__
+
+
+def test_the_defaults_of_the_other_sections_too():
+    spec = parse_spec(copy.deepcopy(MINI), PATH)
+    search = _defaults(spec_schema.SearchSection)
+    assert {k: getattr(spec.model, k) for k in search} == search
+    assert spec.model.categorical_encoding == _defaults(spec_schema.ModelSection)["categorical_encoding"]
+    assert {f.name for f in dataclasses.fields(ModelSpec)} >= set(search)
+    evaluation = _defaults(spec_schema.EvaluationSection)
+    assert (spec.evaluation.holdout_days, spec.evaluation.tolerance) == (
+        evaluation["holdout_days"],
+        evaluation["tolerance"],
+    )
+    window = _defaults(spec_schema.WindowSection)
+    assert (spec.window_days, spec.min_training_rows, spec.data_end) == (
+        window["days"],
+        window["min_training_rows"],
+        window["data_end"],
+    )
+    validation = _defaults(spec_schema.ValidationSection)
+    assert (
+        spec.min_rows_per_partition,
+        spec.max_rows_per_partition,
+        spec.integrity.max_restatement_shrink,
+    ) == (
+        validation["min_rows_per_partition"],
+        validation["max_rows_per_partition"],
+        validation["max_restatement_shrink"],
+    )
+    assert (
+        validation["max_dropped_share"].model_dump()
+        == DROPPED_SHARE_DEFAULTS
+        == Integrity().max_dropped_share
+    )
+    schedule = _defaults(spec_schema.ScheduleSection)
+    assert (spec.schedule.interval, spec.schedule.catchup) == (schedule["interval"], schedule["catchup"])
+    assert Schedule().interval == schedule["interval"]
+    column = _defaults(spec_schema.ColumnSection)
+    x = spec.column("x")
+    assert {k: getattr(x, k) for k in column if k != "values"} == {
+        k: v for k, v in column.items() if k != "values"
+    }
+
+
+def _reference_rows() -> dict[str, str]:
+    """The README's spec reference: key -> meaning. A key cell naming several keys (`` `a.b`, `c` ``)
+    gives each its row, the later ones beside the first (``a.c``)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Spec reference", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| `") and len(cells) >= 2:
+            first, *others = re.findall(r"`([^`]+)`", cells[0])
+            rows[first] = cells[1]
+            parent = first.rsplit(".", 1)[0] + "." if "." in first else ""
+            rows.update({parent + other: cells[1] for other in others})
+    return rows
+
+
+def _mentions(meaning: str, relative: str) -> bool:
+    """Whether a row's meaning names a key given relative to the row (`` `days` ``, ``{low, high}``,
+    `` `search.n_iter` ``, `` `search.space.<param>` ``)."""
+    leaf = relative.rsplit(".", 1)[-1]
+    return (
+        re.search(rf"`{re.escape(relative)}[.`]", meaning) is not None
+        or re.search(rf"[`{{,]\s*{re.escape(leaf)}\s*[,}}`:]", meaning) is not None
+    )
+
+
+def test_the_readme_spec_reference_documents_every_key_and_nothing_else():
+    rows = _reference_rows()
+    paths = spec_schema.key_paths()
+    undocumented = []
+    for path in paths:
+        parts = path.split(".")
+        if any(row.startswith(path + ".") for row in rows):
+            continue  # a section whose keys have rows of their own
+        row = next((p for p in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if p in rows), None)
+        if row is None or (row != path and not _mentions(rows[row], ".".join(parts[len(row.split(".")) :]))):
+            undocumented.append(path)
+    assert not undocumented, f"keys the README's spec reference does not mention: {undocumented}"
+    declared = set(paths) | {
+        p.rsplit(".", 1)[0] for p in paths
+    }  # and the mappings' entries (`columns.<name>`)
+    unknown = [k for k in rows if k.replace("<param>", "<name>") not in declared]
+    assert not unknown, f"keys in the README's spec reference that the schema does not declare: {unknown}"
+
+
+def test_spec_schema_prints_the_json_schema_and_the_published_copy_is_it(tmp_path):
+    out = tmp_path / "schema.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcycle", "spec-schema", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = subprocess.run(
+        [sys.executable, "-m", "mlcycle", "spec-schema"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert printed.returncode == 0 and json.loads(printed.stdout) == json.loads(out.read_text())
+    schema = json.loads(out.read_text())
+    assert schema["additionalProperties"] is False and "columns" in schema["properties"]
+    assert json.loads(SCHEMA_FILE.read_text()) == schema, (
+        f"{SCHEMA_FILE} is out of date: mlcycle spec-schema --output {SCHEMA_FILE.relative_to(ROOT)}"
+    )
+
+
+SHIPPED = sorted((ROOT / "include" / "pipelines").glob("*.yaml")) + sorted((ROOT / ".ci").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_spec_satisfies_the_schema(path):
+    raw = spec_schema.read_spec_file(path)
+    assert spec_schema.unknown_key_problems(raw) == []
+    spec_schema.PipelineSpecSchema.model_validate(raw)
+    assert yaml.safe_load(path.read_text())  # and reads as YAML on its own
+
+
+def test_dates_are_read_alike_by_both_sides():
+    problems: list[str] = []
+    assert spec_schema.parse_date("2011-03-01", "w", problems).isoformat() == "2011-03-01"
+    assert spec_schema.parse_date("20110301", "window.data_start", problems) is None
+    assert problems == ["window.data_start: an ISO date like 2011-01-01 (got '20110301')"]
+    raw = copy.deepcopy(MINI)
+    raw["window"]["data_start"] = "20110101"  # date.fromisoformat takes it; the DAG side never did
+    assert "window.data_start: an ISO date like 2011-01-01 (got '20110101')" in _problems(raw)
