@@ -18,6 +18,9 @@ parallel() {
 read -ra unit_workers <<<"$(parallel)"
 COVERAGE_FILE="$PWD/.coverage.unit" .venv-steps/bin/python -m pytest tests/unit tests/data -q \
   "${unit_workers[@]}" --cov --cov-report= --durations=10 "$@"
+if [ -n "${MLCYCLE_IMAGES_BUILD_RC:-}" ]; then  # .ci/run builds the images while the unit tests run
+  bash scripts/wait-for-build.sh "$MLCYCLE_IMAGES_BUILD_RC" "$MLCYCLE_IMAGES_BUILD_LOG"
+fi
 echo "==> DAG and integration tests (.venv, ${MLCYCLE_TEST_WORKERS:-2} workers)"
 # Most of their time is spent waiting on Airflow, MLflow and Docker subprocesses; each module runs
 # whole on one worker, longest first (tests/integration/conftest.py says how).
