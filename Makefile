@@ -31,7 +31,7 @@ bench-monitoring: ## the monitor step's cost, drift days per month of 2011, fals
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_monitoring.py
 
 .PHONY: mutation
-mutation:         ## mutation score of the gate, store, contract, spec, expectations and drift decision (slow; MODULES=... for some)
+mutation:         ## mutation score of the modules that decide (gate, store, contract, spec and schema, expectations, drift, rollout, serving, validate; slow; MODULES=... for some)
 	bash scripts/mutation.sh $(MODULES)
 
 images:           ## build the step image (and its base when no registry is reachable)

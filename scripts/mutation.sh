@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of the modules that decide things: the gate, the store, the runner
-# contract, the spec loader, the expectations builder and the drift decision. Not part of `make test` (minutes, not seconds).
+# contract, the spec loader and its schema, the expectations builder, the drift decision, the
+# deploy's watch, the serving schema and model (ONNX parity), and validate. Not part of `make test` (minutes, not seconds).
 #
 #   scripts/mutation.sh                 every module below
 #   scripts/mutation.sh evaluate store  some of them
@@ -29,8 +30,13 @@ declare -A MODULES=(
   [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py tests/unit/test_spec_rules.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
   [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py tests/unit/test_expectations_exact.py"
   [decision]=".venv-steps|include/mlcycle|monitoring/decision.py|tests/unit/monitoring/test_decision.py tests/unit/test_boundaries.py"
+  [spec_schema]=".venv-steps|include/mlcycle|spec_schema.py|tests/unit/test_spec_schema.py tests/unit/test_spec_rules.py tests/unit/test_spec_strict.py"
+  [rollout]=".venv-steps|include/mlcycle|deploy/rollout.py|tests/unit/deploy/test_deploy_parts.py tests/unit/test_boundaries.py"
+  [serving_schema]=".venv-steps|include/mlcycle|serving/schema.py|tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py"
+  [serving_model]=".venv-steps|include/mlcycle|serving/model.py|tests/unit/serving/test_app.py tests/unit/serving/test_onnx_trees.py tests/unit/test_boundaries.py"
+  [validate]=".venv-steps|include/mlcycle|steps/validate.py|tests/unit/steps/test_validate.py tests/unit/steps/test_validate_plain_words.py tests/unit/test_integrity.py tests/unit/test_boundaries.py"
 )
-ORDER=(evaluate store contract spec expectations decision)
+ORDER=(evaluate store contract spec expectations decision spec_schema rollout serving_schema serving_model validate)
 [ $# -gt 0 ] && ORDER=("$@")
 
 bash scripts/setup.sh >/dev/null
@@ -47,6 +53,7 @@ stage() {  # stage MODULE: a fresh copy laid out the way mutmut expects
   # Tests read ROOT/include; the step package finds its specs next to itself (../pipelines), so
   # those point into the copied include/ (links made before mutmut copies include/ into mutants/).
   cp -r include "$dir/include"
+  cp -r README.md docs .ci "$dir/"  # the spec reference, the published JSON Schema, the CI specs
   rm -rf "$dir"/include/*.egg-info
   mkdir -p "$dir/mutants"
   for sub in pipelines expectations data; do ln -s "include/$sub" "$dir/mutants/$sub"; done
@@ -56,7 +63,7 @@ stage() {  # stage MODULE: a fresh copy laid out the way mutmut expects
 [tool.mutmut]
 source_paths = ["$pkg"]
 only_mutate = ["$pkg/$target"]
-also_copy = ["include"]
+also_copy = ["include", "README.md", "docs", ".ci"]
 pytest_add_cli_args = [${deselect}"-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = [${test_list%, }]
 use_git_change_detection = false
