@@ -3,7 +3,7 @@
 Airflow runs as in production (PostgreSQL metadata, LocalExecutor, separate scheduler, dag-processor
 and api-server). The bikeshare store holds validated days for January to March (what the daily
 training runs would have left) and a first champion trained on early January. The backfill of
-``monitoring_bikeshare`` over 60 days of winter turning to spring must:
+``monitoring_bikeshare`` over 30 days of winter must:
 
 - detect K >= 1 drift episodes (the drift ledger in the store names each episode's first day);
 - start exactly K drift-triggered runs of ``training_bikeshare`` (the Asset, not one per drifted day);
@@ -29,10 +29,12 @@ from tests.integration.test_backfill import metadata_db  # noqa: F401 - the fixt
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-#: Logical dates, both included: two months of winter turning to spring (episodes of several drifted
-#: days). Steps start warm (mlcycle.warm): a day costs about 8 s instead of 20 on two cores, most of a
-#: cold monitor step being its imports. MLCYCLE_MONITORING_BACKFILL_DAYS=5 for a quick look.
-DAYS = int(os.environ.get("MLCYCLE_MONITORING_BACKFILL_DAYS") or 60)
+#: Logical dates, both included: a month of winter, with two drift episodes (first days 2011-01-19 and
+#: 2011-02-07; four drifted days in all), so two retrains one after the other, and drifted days that
+#: join an episode instead of starting one. Steps start warm (mlcycle.warm): a day costs about 8 s
+#: instead of 20 on two cores, most of a cold monitor step being its imports. =5 for a quick look,
+#: =60 for two months, into spring.
+DAYS = int(os.environ.get("MLCYCLE_MONITORING_BACKFILL_DAYS") or 30)
 FROM = dt.date(2011, 1, 16)
 TO = FROM + dt.timedelta(days=DAYS - 1)
 CHAMPION_END = FROM  # the first champion is trained on the 14 days before the first monitored day

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import json
 import re
 import subprocess
@@ -268,3 +269,177 @@ def test_dates_are_read_alike_by_both_sides():
     raw = copy.deepcopy(MINI)
     raw["window"]["data_start"] = "20110101"  # date.fromisoformat takes it; the DAG side never did
     assert "window.data_start: an ISO date like 2011-01-01 (got '20110101')" in _problems(raw)
+
+
+# --- the shared readers, directly (both sides call them; tests/dags/test_specs.py runs the DAG side) --
+
+
+def _schedule(raw: dict, window_days: int | None = 28) -> tuple[spec_schema.ScheduleFields, list[str]]:
+    problems: list[str] = []
+    start, end, days = spec_schema.window_bounds(raw, problems)
+    return spec_schema.parse_schedule(raw, problems, start, end, window_days or days), problems
+
+
+def test_the_schedule_defaults_to_the_first_day_with_a_full_window_and_the_data_end():
+    fields, problems = _schedule({"window": {"data_start": "2011-01-01", "data_end": "2011-12-31"}})
+    assert problems == [] and fields == ("@daily", "UTC", dt.date(2011, 1, 29), dt.date(2011, 12, 31), False)
+    short, _ = _schedule({"window": {"data_start": "2011-01-01", "data_end": "2011-01-10"}})
+    assert (short.start, short.end) == (dt.date(2011, 1, 10), dt.date(2011, 1, 10))  # its last day at least
+    zoned, _ = _schedule({"window": {"data_start": "2011-01-01"}, "timestamp": {"timezone": "Europe/Paris"}})
+    assert zoned.timezone == "Europe/Paris" and zoned.end is None
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        (
+            {"interval": "@hourly"},
+            "schedule.interval: @daily or a cron that runs once a day, like '0 6 * * *' "
+            "(partitions are daily; got '@hourly')",
+        ),
+        ({"interval": 5}, "schedule.interval: @daily or a cron that runs once a day"),
+        ({"timezone": "Mars/Olympus"}, "schedule.timezone: an IANA time zone name like Europe/Paris (got "),
+        ({"timezone": 3}, "schedule.timezone: an IANA time zone name like Europe/Paris (got 3)"),
+        (
+            {"start": "2010-12-31"},
+            "schedule.start: 2010-12-31 is before window.data_start 2011-01-01: no data",
+        ),
+        (
+            {"end": "2012-01-01"},
+            "schedule.end: 2012-01-01 is after window.data_end 2011-12-31: no data to train on",
+        ),
+        ({"start": "2011-06-02", "end": "2011-06-01"}, "schedule: end 2011-06-01 is before start 2011-06-02"),
+        ({"catchup": "yes"}, "schedule.catchup: true or false (got 'yes')"),
+        ({"start": "June"}, "schedule.start: an ISO date like 2011-01-01 (got 'June')"),
+    ],
+)
+def test_each_schedule_problem_names_its_key(schedule, problem):
+    fields, problems = _schedule(
+        {"window": {"data_start": "2011-01-01", "data_end": "2011-12-31"}, "schedule": schedule}
+    )
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    assert fields.interval == "@daily" and isinstance(fields.catchup, bool)
+
+
+def test_the_schedule_at_its_bounds_is_no_problem():
+    fields, problems = _schedule(
+        {
+            "window": {"data_start": "2011-01-01", "data_end": "2011-12-31"},
+            "schedule": {
+                "start": "2011-01-01",
+                "end": "2011-12-31",
+                "catchup": True,
+                "interval": "30 6 * * *",
+            },
+        }
+    )
+    assert problems == [] and fields == (
+        "30 6 * * *",
+        "UTC",
+        dt.date(2011, 1, 1),
+        dt.date(2011, 12, 31),
+        True,
+    )
+    same, problems = _schedule(
+        {"window": {"data_start": "2011-01-01"}, "schedule": {"start": "2011-03-01", "end": "2011-03-01"}}
+    )
+    assert problems == [] and same.start == same.end
+
+
+def test_a_schedule_that_is_not_a_mapping_is_one_problem():
+    fields, problems = _schedule({"window": {"data_start": "2011-01-01"}, "schedule": "@daily"})
+    assert problems == ["schedule: a mapping with interval, timezone, start, end, catchup (got '@daily')"]
+    assert fields.start == dt.date(2011, 1, 29)
+
+
+@pytest.mark.parametrize(
+    ("expression", "daily"),
+    [
+        ("@daily", True),
+        ("@midnight", True),
+        ("0 6 * * *", True),
+        ("59 23 * * *", True),
+        ("60 6 * * *", False),
+        ("0 24 * * *", False),
+        ("0 6 * * 1", False),
+        ("0 6 1 * *", False),
+        ("*/5 6 * * *", False),
+        ("000 6 * * *", False),
+        ("0 6 * *", False),
+        ("@hourly", False),
+    ],
+)
+def test_a_daily_cron_fires_once_a_day(expression, daily):
+    assert spec_schema.is_daily_cron(expression) is daily
+
+
+@pytest.mark.parametrize(
+    ("window", "expected", "problem"),
+    [
+        ({"data_start": "2011-01-01"}, (dt.date(2011, 1, 1), None, 28), None),
+        ({"data_start": "2011-01-01", "days": 1}, (dt.date(2011, 1, 1), None, 1), None),
+        (
+            {"data_start": "2011-01-01", "days": 0},
+            (dt.date(2011, 1, 1), None, 28),
+            "window.days: a whole number",
+        ),
+        ({"data_start": "2011-01-01", "days": True}, (dt.date(2011, 1, 1), None, 28), "window.days: a whole"),
+        ({"data_start": "2011-01-01", "days": "7"}, (dt.date(2011, 1, 1), None, 28), "window.days: a whole"),
+        (
+            {"data_start": dt.datetime(2011, 1, 1, 5), "data_end": dt.date(2011, 2, 1)},
+            (dt.date(2011, 1, 1), dt.date(2011, 2, 1), 28),
+            None,
+        ),
+    ],
+)
+def test_the_window_bounds(window, expected, problem):
+    problems: list[str] = []
+    assert spec_schema.window_bounds({"window": window}, problems) == expected
+    assert problems == ([] if problem is None else [problems[0]]) and (
+        problem is None or problem in problems[0]
+    )
+
+
+def test_reading_a_spec_file_resolves_extends_and_its_relative_paths(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "a.yaml").write_text(
+        "name: a\nsource: {kind: file, path: data.csv}\nmodel: {family: ridge, x: 1}\n"
+    )
+    (tmp_path / "b.yaml").write_text("extends: base/a.yaml\nname: b\nmodel: {x: 2}\n")
+    raw = spec_schema.read_spec_file(tmp_path / "b.yaml")
+    assert raw == {
+        "name": "b",
+        "source": {"kind": "file", "path": str(base / "data.csv")},
+        "model": {"family": "ridge", "x": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"s.yaml": "extends: t.yaml\n", "t.yaml": "extends: s.yaml\n"}, "`extends` goes round in a circle"),
+        ({"s.yaml": "extends: missing.yaml\n"}, "`extends: missing.yaml` names no file"),
+        ({"s.yaml": "extends: [a]\n"}, "`extends` is the path of another spec (got ['a'])"),
+        ({"s.yaml": "- a list\n"}, "must be a YAML mapping at the top level"),
+        ({"s.yaml": "name: [unclosed\n"}, "cannot read pipeline spec"),
+    ],
+)
+def test_a_spec_file_that_cannot_be_read_says_why(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(spec_schema.SpecFileError, match=re.escape(message)):
+        spec_schema.read_spec_file(tmp_path / "s.yaml")
+
+
+def test_key_paths_name_nested_and_mapped_keys():
+    paths = spec_schema.key_paths()
+    assert {
+        "name",
+        "columns.<name>.min",
+        "model.search.space.<name>.low",
+        "scoring.postgres.table",
+        "validation.max_dropped_share.outside_source_bounds",
+    } <= set(paths)
+    assert len(paths) == len(set(paths))
+    assert spec_schema.json_schema()["$schema"].endswith("2020-12/schema")
