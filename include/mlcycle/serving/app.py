@@ -275,6 +275,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             payload["probabilities"] = [dict(zip(labels, p, strict=True)) for p in result.probabilities]
         return _json_response(payload, headers={"x-request-id": request_id})
 
+    row_ref = {"$ref": f"#/components/schemas/{server.rows.row_type.__name__}"}
+    records_or_columns = {
+        "anyOf": [
+            {"type": "array", "minItems": 1, "maxItems": schema.max_rows, "items": row_ref},
+            {
+                "type": "object",
+                "description": "columns: {feature: [one value per row]}, every list of one length",
+                "minProperties": 1,
+                "additionalProperties": {"type": "array", "minItems": 1, "maxItems": schema.max_rows},
+            },
+        ]
+    }
+
     @app.post(
         "/invocations",
         response_model=invocations_response,
@@ -309,9 +322,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                             "additionalProperties": False,
                                         },
                                     ),
-                                    ("dataframe_records", {"type": "array"}),
-                                    ("instances", {"type": ["array", "object"]}),
-                                    ("inputs", {"type": ["array", "object"]}),
+                                    ("dataframe_records", records_or_columns),
+                                    ("instances", records_or_columns),
+                                    ("inputs", records_or_columns),
                                 )
                             ],
                         }

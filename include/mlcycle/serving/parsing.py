@@ -89,6 +89,12 @@ def parse_invocations(rows_of: RowValidator, body: bytes) -> list[dict[str, Any]
             f"{', '.join(sorted(payload)) or 'none'})",
             reason="wrong_type",
         )
+    if "params" in payload and not isinstance(payload["params"], dict):
+        raise BadRequest(
+            400,
+            f"params must be a JSON object of inference parameters (got {type(payload['params']).__name__})",
+            reason="wrong_type",
+        )
     key = keys[0]
     data = payload[key]
     if key == "dataframe_split":

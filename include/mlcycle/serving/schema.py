@@ -13,7 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
 #: Key of the serving schema in the MLmodel file's ``metadata``.
 METADATA_KEY = "mlcycle_serving"
@@ -139,15 +140,36 @@ def _plain(value: Any) -> Any:
 # Pydantic models generated from the schema
 
 
+def _whole(value: Any) -> Any:
+    """A whole-valued float (``5.0``) is a JSON Schema ``integer``: take it as the integer it is.
+
+    Anything else goes to the strict integer check unchanged (``5.5``, ``"5"``, ``true`` stay refused).
+    """
+    if type(value) is float and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    """``true``/``false`` for a category of numbers: JSON's booleans are no integers (Python's are)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be one of the numbers allowed, not a boolean")
+    return value
+
+
 def _feature_field(f: FeatureSchema, schema: ServingSchema) -> tuple[Any, Any]:
     doc = [f"{f.type} feature"]
     kwargs: dict[str, Any] = {}
+    before: list[Any] = []
     if f.is_categorical and f.values and schema.unknown_categories == "reject":
         annotation: Any = Literal[tuple(f.values)]  # type: ignore[valid-type]
+        if not any(isinstance(v, bool) for v in f.values):
+            before.append(BeforeValidator(_not_bool))  # a Literal of 0 and 1 takes False and True
         doc.append("one of " + ", ".join(map(str, f.values)))
     elif f.dtype == "long" or f.type == "integer":
         annotation = int
         kwargs["strict"] = True
+        before.append(BeforeValidator(_whole))
         if f.values:
             doc.append("known values " + ", ".join(map(str, f.values)) + " (others are accepted)")
     elif f.dtype == "double":
@@ -168,7 +190,9 @@ def _feature_field(f: FeatureSchema, schema: ServingSchema) -> tuple[Any, Any]:
     if f.nullable:
         doc.append("may be null")
         annotation = annotation | None
-    return Annotated[annotation, Field(alias=f.name, description="; ".join(doc), **kwargs)], ...
+    # The whole-float conversion wraps the constrained integer (after Field, so the JSON Schema keeps
+    # its minimum and maximum) and so runs before the strict check.
+    return Annotated[annotation, Field(alias=f.name, description="; ".join(doc), **kwargs), *before], ...
 
 
 def row_model(schema: ServingSchema) -> type[BaseModel]:

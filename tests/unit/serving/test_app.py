@@ -95,6 +95,9 @@ BAD = {
     "below_minimum": ({"temp": -0.01, "hr": -1}, 422, ["temp", "hr"]),
     "unknown_category": ({"weathersit": "hurricane", "season": 5}, 422, ["weathersit", "season"]),
     "bool_for_number": ({"temp": True}, 422, ["temp"]),
+    "bool_for_integer": ({"hr": False}, 422, ["hr"]),
+    "bool_for_a_category_of_numbers": ({"workingday": False, "season": True}, 422, ["workingday", "season"]),
+    "fraction_for_integer": ({"hr": 5.5}, 422, ["hr"]),
     "null_not_allowed": ({"hr": None}, 422, ["hr"]),
 }
 
@@ -144,6 +147,25 @@ def test_malformed_bodies_get_4xx(client, body, ctype, status):
     assert answer.json()["message"]
 
 
+def test_a_whole_valued_float_is_the_integer_it_is(client):
+    """JSON Schema's `integer` includes 5.0: the row model takes it as 5 (the same prediction)."""
+    as_int = post(client, "/predict", _bad(client.rows, hr=5, workingday=1))
+    as_float = post(client, "/predict", _bad(client.rows, hr=5.0, workingday=1.0))
+    assert as_int.status_code == as_float.status_code == 200, as_float.text
+    assert as_float.json()["predictions"] == as_int.json()["predictions"]
+    assert post(client, "/predict", _bad(client.rows, hr=23.0)).status_code == 200
+    assert post(client, "/predict", _bad(client.rows, hr=24.0)).status_code == 422  # the bounds still hold
+
+
+def test_the_openapi_row_schema_states_each_fields_bounds(client):
+    """The integer bounds are JSON Schema's `minimum`/`maximum`, which clients and fuzzers read."""
+    doc = client.get("/openapi.json").json()
+    row = next(v for k, v in doc["components"]["schemas"].items() if k.endswith("Row"))
+    hr = row["properties"]["hr"]
+    assert (hr["type"], hr["minimum"], hr["maximum"]) == ("integer", 0, 23)
+    assert "ge" not in hr and "le" not in hr
+
+
 def test_nan_names_the_field(client):
     answer = client.post(
         "/predict", content=json.dumps(_bad(client.rows, temp=math.nan)).encode(), headers=JSON_CT
@@ -168,6 +190,8 @@ def test_too_many_rows_is_refused(client):
         [1, 2],
         {"inputs": {"hr": [1, 2], "temp": [0.1]}},
         {"instances": 3},
+        {"inputs": [{}], "params": [None]},
+        {"inputs": [{}], "params": None},
     ],
 )
 def test_bad_invocations_get_400_like_mlflow(client, payload):
