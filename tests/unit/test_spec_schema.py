@@ -76,7 +76,7 @@ def test_a_typo_in_any_key_of_any_section_is_a_problem_naming_it(path):
     raw, where, typo = _with_typo(path)
     message = _problems(raw)
     key = path.rsplit(".", 1)[-1]
-    assert f"{where}.{typo}: unknown key" in message, message
+    assert f"\n  - {where}.{typo}: unknown key" in message, message
     if not path.startswith("source."):  # source keys are the kind's: a file source does not take `table`
         assert f"did you mean `{key}`?" in message, message
 
@@ -109,7 +109,23 @@ def test_a_key_set_to_null_unsets_it_and_is_no_typo():
 def test_a_source_key_of_another_kind_is_named_with_the_kind_s_keys():
     raw = copy.deepcopy(MINI)
     raw["source"]["table"] = "rides"
-    assert "source.table: unknown key (known: format, kind, path)" in _problems(raw)
+    raw["source"]["pth"] = "x.csv"
+    message = _problems(raw)
+    assert "source.table: unknown key (known: format, kind, path)" in message
+    assert "source.pth: unknown key; did you mean `path`?" in message
+
+
+def test_every_typo_of_a_section_is_reported_not_only_the_first():
+    raw = copy.deepcopy(MINI)
+    raw["serving"] = {"tolerence": 1, "max_row": 5, "unknown_categories": "accept"}
+    raw["columns"]["x"]["mn"] = 0
+    message = _problems(raw)
+    for problem in (
+        "serving.tolerence: unknown key",
+        "serving.max_row: unknown key",
+        "columns.x.mn: unknown key",
+    ):
+        assert f"\n  - {problem}" in message, message
 
 
 def _defaults(model) -> dict:
@@ -413,6 +429,34 @@ def test_reading_a_spec_file_resolves_extends_and_its_relative_paths(tmp_path):
         "source": {"kind": "file", "path": str(base / "data.csv")},
         "model": {"family": "ridge", "x": 2},
     }
+
+
+def test_merging_replaces_a_value_by_another_kind_of_value(tmp_path):
+    base = {"model": {"family": "ridge", "search": {"n_iter": 2}}, "key": ["a"], "derive": None}
+    over = {"model": {"search": None}, "key": {"b": 1}, "derive": {"d": "x + 1"}}
+    assert spec_schema.deep_merge(base, over) == {
+        "model": {"family": "ridge", "search": None},
+        "key": {"b": 1},
+        "derive": {"d": "x + 1"},
+    }
+    assert base["model"]["search"] == {"n_iter": 2}  # the base is not changed
+
+
+def test_a_circle_names_the_first_spec_and_the_whole_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(spec_schema.SpecFileError) as err:
+        spec_schema.read_spec_file(tmp_path / "a.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert str(err.value) == f"pipeline spec {a}: `extends` goes round in a circle: {a} -> {b} -> {a}"
+
+
+def test_extends_takes_an_absolute_path_too(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ntask: regression\n")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "v.yaml").write_text(f"extends: {tmp_path / 'base.yaml'}\nname: v\n")
+    assert spec_schema.read_spec_file(other / "v.yaml") == {"name": "v", "task": "regression"}
 
 
 @pytest.mark.parametrize(
