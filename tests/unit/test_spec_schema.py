@@ -487,3 +487,41 @@ def test_key_paths_name_nested_and_mapped_keys():
     } <= set(paths)
     assert len(paths) == len(set(paths))
     assert spec_schema.json_schema()["$schema"].endswith("2020-12/schema")
+
+
+@pytest.mark.parametrize(
+    ("window", "expected", "problem"),
+    [
+        (
+            {"data_start": "soon"},
+            (None, None, 28),
+            "window.data_start: an ISO date like 2011-01-01 (got 'soon')",
+        ),
+        (
+            {"data_start": "2011-01-01", "data_end": "later"},
+            (dt.date(2011, 1, 1), None, 28),
+            "window.data_end: an ISO date like 2011-01-01 (got 'later')",
+        ),
+        ("2011-01-01", (None, None, 28), None),  # not a mapping: the section's own check reports it
+    ],
+)
+def test_bad_window_dates_are_named_by_their_key(window, expected, problem):
+    problems: list[str] = []
+    assert spec_schema.window_bounds({"window": window}, problems) == expected
+    assert problems == ([] if problem is None else [problem])
+
+
+def test_an_explicit_start_or_end_is_kept_as_given():
+    window = {"data_start": "2011-01-01", "data_end": "2011-01-10"}
+    # an explicit end keeps the default start at data_start + days (no clamp to the data's end)
+    _, problems = _schedule({"window": window, "schedule": {"end": "2011-01-09"}})
+    assert problems == ["schedule: end 2011-01-09 is before start 2011-01-29"]
+    fields, problems = _schedule({"window": window, "schedule": {"start": "2011-01-05"}})
+    assert problems == [] and (fields.start, fields.end) == (dt.date(2011, 1, 5), dt.date(2011, 1, 10))
+    _, problems = _schedule({"window": window, "schedule": {"end": "soon"}})
+    assert problems == ["schedule.end: an ISO date like 2011-01-01 (got 'soon')"]
+    problems = []
+    no_days = spec_schema.parse_schedule({"schedule": {}}, problems, dt.date(2011, 1, 1), None, None)
+    assert no_days.start == dt.date(2011, 1, 29) and problems == []
+    week = spec_schema.parse_schedule({"schedule": {}}, problems, dt.date(2011, 1, 1), None, 7)
+    assert week.start == dt.date(2011, 1, 8) and problems == []
