@@ -41,6 +41,12 @@ http {{
     uwsgi_temp_path /tmp/nginx-uwsgi;
     scgi_temp_path /tmp/nginx-scgi;
     client_max_body_size 16m;
+    # Slow clients: request headers and each read of a body have 10 s and 30 s, an idle keep-alive
+    # connection 30 s, a client that stops reading the answer 30 s (docs/security.md).
+    client_header_timeout 10s;
+    client_body_timeout 30s;
+    keepalive_timeout 30s;
+    send_timeout 30s;
     upstream serving {{
         include {mount}/upstream.conf;
         keepalive 64;

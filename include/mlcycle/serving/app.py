@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, or a body that is not one of the accepted shapes",
+    408: "the request body did not arrive within MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS (a slow client)",
     413: "body or row count over the limit",
     415: f"a content type other than {JSON}",
     422: "invalid rows: each bad field",
@@ -211,6 +212,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         }
         if exc.errors:
             payload["errors"] = exc.errors
+        if exc.status == 408:  # the rest of a stalled body is not waited for
+            return _json_response(payload, exc.status, headers={"connection": "close"})
         return _json_response(payload, exc.status)
 
     def request_id_of(request: Request) -> str:
@@ -229,7 +232,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/predict",
         response_model=predict_response,
         summary="Predict one row or a list of rows",
-        responses=error_responses(400, 413, 415, 422, 503),
+        responses=error_responses(400, 408, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -258,7 +261,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if server.model is None:
             return not_ready()
         try:
-            body = await read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
             rows, _single = parse_predict(server.rows, body)
         except BadRequest as exc:
             return rejected(exc, mlflow_style=False)
@@ -292,7 +295,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/invocations",
         response_model=invocations_response,
         summary="MLflow scoring protocol (same request and response as `mlflow models serve`)",
-        responses=error_responses(400, 413, 415, 422, 503),
+        responses=error_responses(400, 408, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -338,7 +341,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if server.model is None:
             return not_ready()
         try:
-            rows = parse_invocations(server.rows, await read_body(request, settings.max_body_bytes))
+            rows = parse_invocations(
+                server.rows, await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+            )
         except BadRequest as exc:
             return rejected(exc, mlflow_style=True)
         request_id = request_id_of(request)

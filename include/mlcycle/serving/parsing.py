@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,8 +20,9 @@ JSON = "application/json"
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused past ``limit`` bytes (declared or streamed) or with another content type."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, refused past ``limit`` bytes (declared or streamed) or with another content type,
+    and with 408 when it has not all arrived within ``timeout`` seconds (a slow or stalled client)."""
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != JSON:
         raise BadRequest(415, f"content type must be {JSON} (got {ctype or 'none'})", reason="content_type")
@@ -31,6 +33,19 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"request body of {declared} bytes exceeds the limit of {limit} bytes",
             reason="too_large",
         )
+    if timeout is None:
+        return await _stream(request, limit)
+    try:
+        return await asyncio.wait_for(_stream(request, limit), timeout)
+    except TimeoutError:
+        raise BadRequest(
+            408,
+            f"the request body did not arrive within {timeout:g} s (MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS)",
+            reason="body_timeout",
+        ) from None
+
+
+async def _stream(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

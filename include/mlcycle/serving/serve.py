@@ -3,6 +3,11 @@
 granian (one process per worker, default one per core) when installed, else uvicorn. Each worker
 loads the model folder itself; OpenMP and BLAS get one thread per worker. With more than one
 worker, Prometheus metrics are aggregated across workers through a fresh multiprocess folder.
+
+Slow clients: granian closes a connection whose request headers have not all arrived within
+``MLCYCLE_SERVING_HEADER_TIMEOUT_SECONDS`` (10; its ``header_read_timeout``), and the app answers
+408 to a body not complete within ``MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS`` (30). uvicorn, the
+fallback, has no header timeout: the serving image runs granian.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ def default_workers() -> int:
 
 
 def run(model_dir: Path, host: str, port: int, workers: int) -> int:
+    from mlcycle.serving.settings import timeout_seconds
+
     limit_threads()
+    header_timeout = timeout_seconds("MLCYCLE_SERVING_HEADER_TIMEOUT_SECONDS", 10.0)
+    timeout_seconds("MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS", 30.0)  # a typo fails here, not in each worker
     os.environ["MLCYCLE_SERVING_MODEL"] = str(model_dir)
     multiproc = None
     if workers > 1:
@@ -44,9 +53,11 @@ def run(model_dir: Path, host: str, port: int, workers: int) -> int:
         try:
             from granian import Granian
             from granian.constants import Interfaces
+            from granian.http import HTTP1Settings
         except ImportError:
             import uvicorn
 
+            log.warning("granian is not installed: uvicorn serves, without a header timeout for slow clients")
             uvicorn.run(
                 APP_FACTORY,
                 factory=True,
@@ -67,6 +78,7 @@ def run(model_dir: Path, host: str, port: int, workers: int) -> int:
             log_access=False,
             respawn_failed_workers=True,
             workers_kill_timeout=30,
+            http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout * 1000)),
         ).serve()
         return 0
     finally:
