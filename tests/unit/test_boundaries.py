@@ -98,10 +98,10 @@ WATCH = {"requests": 100, "errors": 5, "error_rate": 0.05, "p99_ms": 500.0}
     ],
 )
 def test_the_watch_window_limits_are_inclusive(figures, breach):
-    from mlcycle.deploy.rollout import _breach
+    from mlcycle.deploy.figures import breach_of
     from mlcycle.spec import DeploySpec
 
-    found = _breach(WATCH | figures, DeploySpec(watch_max_error_rate=0.05, watch_max_p99_ms=500))
+    found = breach_of(WATCH | figures, DeploySpec(watch_max_error_rate=0.05, watch_max_p99_ms=500))
     assert (found is None) if breach is None else (found is not None and breach in found), found
 
 

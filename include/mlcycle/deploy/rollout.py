@@ -15,11 +15,11 @@ proxy forwards to the slot it forwarded to before, and the state file says so.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from mlcycle.deploy.figures import breach_of, read_metrics, window_figures
 from mlcycle.deploy.load import Load, summary
 from mlcycle.deploy.proxy import Proxy
 from mlcycle.deploy.record import mark_staging
@@ -33,7 +33,6 @@ from mlcycle.steps._common import Result
 log = logging.getLogger(__name__)
 
 WATCH_PROBE_RATE = 5.0  # requests/s the watch sends through the proxy, so there is always a signal
-WATCH_MIN_REQUESTS = 20  # fewer answers than this say nothing about a rate
 
 
 class WatchBreach(DeployError):
@@ -231,53 +230,6 @@ def _confirm(proxy: Proxy, version: str, seconds: float = 10.0) -> None:
 
 # --- the watch window --------------------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-SERVED = ("/predict", "/invocations")
-
-
-def read_metrics(url: str) -> dict[str, Any]:
-    """Answers of the prediction endpoints by status, and their latency histogram (cumulative buckets)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    statuses: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m["labels"] or ""))
-        if labels.get("endpoint") not in SERVED:
-            continue
-        if m["name"] == "mlcycle_requests_total":
-            statuses[labels["status"]] = statuses.get(labels["status"], 0.0) + float(m["value"])
-        elif m["name"] == "mlcycle_request_latency_seconds_bucket":
-            le = float(labels["le"])
-            buckets[le] = buckets.get(le, 0.0) + float(m["value"])
-    return {"statuses": statuses, "buckets": buckets}
-
-
-def window_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Requests, 5xx share and p99 (upper bucket bound, ms) between two ``read_metrics`` readings."""
-    statuses = {k: v - before["statuses"].get(k, 0.0) for k, v in after["statuses"].items()}
-    total = sum(statuses.values())
-    errors = sum(v for k, v in statuses.items() if k.startswith("5"))
-    buckets = sorted((le, v - before["buckets"].get(le, 0.0)) for le, v in after["buckets"].items())
-    count = buckets[-1][1] if buckets else 0.0
-    p99 = 0.0
-    for le, cumulative in buckets:
-        if count and cumulative >= 0.99 * count:
-            p99 = le
-            break
-    return {
-        "requests": int(total),
-        "errors": int(errors),
-        "error_rate": errors / total if total else 0.0,
-        "p99_ms": p99 * 1000.0,
-    }
-
 
 @dataclass(frozen=True)
 class WatchResult(Result):
@@ -316,7 +268,7 @@ def watch(spec: PipelineSpec, settings: Settings, version: str) -> WatchResult:
                 except OSError as exc:
                     breach = f"the new slot's /metrics does not answer ({exc})"
                     break
-                breach = _breach(figures, deploy)
+                breach = breach_of(figures, deploy)
                 if breach:
                     break
             probe_samples = probe.stop()
@@ -328,22 +280,6 @@ def watch(spec: PipelineSpec, settings: Settings, version: str) -> WatchResult:
             raise WatchBreach(f"watch window breached by version {version}, {kept}: {breach}")
     log.info("watch: version %s held for %.0f s: %s", version, time.monotonic() - began, figures)
     return WatchResult(spec.name, version, slot.name, round(time.monotonic() - began, 1), figures, probed)
-
-
-def _breach(figures: dict[str, Any], deploy) -> str | None:
-    if figures["requests"] < WATCH_MIN_REQUESTS:
-        return None
-    if figures["error_rate"] > deploy.watch_max_error_rate:
-        return (
-            f"error rate {figures['error_rate']:.2%} ({figures['errors']} of {figures['requests']}) "
-            f"> {deploy.watch_max_error_rate:.2%} (deploy.watch_max_error_rate)"
-        )
-    if figures["p99_ms"] > deploy.watch_max_p99_ms:
-        return (
-            f"p99 latency {figures['p99_ms']:g} ms over {figures['requests']} requests > "
-            f"{deploy.watch_max_p99_ms:g} ms (deploy.watch_max_p99_ms)"
-        )
-    return None
 
 
 def _switch_back(spec: PipelineSpec, states: StateStore, proxy: Proxy, bad: Slot) -> str:

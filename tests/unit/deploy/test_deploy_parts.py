@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mlcycle.deploy.figures import breach_of, read_metrics, window_figures
 from mlcycle.deploy.load import Load, percentile, summary
 from mlcycle.deploy.proxy import NGINX_CONF, Proxy
-from mlcycle.deploy.rollout import _breach, read_metrics, window_figures
 from mlcycle.deploy.smoke import compare
 from mlcycle.deploy.state import DeployState, Slot, StateStore
 from mlcycle.errors import SpecError
@@ -111,10 +111,10 @@ def test_the_watch_reads_errors_and_p99_of_the_prediction_endpoints_between_two_
     )
     assert figures["p99_ms"] == pytest.approx(100.0)  # 50 of 100 under 5 ms, all under 100 ms
     deploy = DeploySpec(watch_max_error_rate=0.05, watch_max_p99_ms=500)
-    assert "error rate 10.00%" in _breach(figures, deploy)
-    assert "p99 latency 100 ms" in _breach(figures | {"error_rate": 0.0}, DeploySpec(watch_max_p99_ms=50))
-    assert _breach(figures | {"error_rate": 0.0}, deploy) is None
-    assert _breach(figures | {"requests": 3}, deploy) is None  # too few answers to judge
+    assert "error rate 10.00%" in breach_of(figures, deploy)
+    assert "p99 latency 100 ms" in breach_of(figures | {"error_rate": 0.0}, DeploySpec(watch_max_p99_ms=50))
+    assert breach_of(figures | {"error_rate": 0.0}, deploy) is None
+    assert breach_of(figures | {"requests": 3}, deploy) is None  # too few answers to judge
 
 
 def test_the_state_file_round_trips_and_names_the_idle_slot(tmp_path):
