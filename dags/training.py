@@ -44,6 +44,7 @@ from airflow.sdk import DAG, Param
 
 from pipeline_support.alerts import failure_notifier
 from pipeline_support.assets import announce_task
+from pipeline_support.cleanup import close_killed_runs
 from pipeline_support.extract import extract_task
 from pipeline_support.factory import default_args, publish, spec_doc, start_date, timetable_or_drift
 from pipeline_support.interval import interval_task
@@ -76,7 +77,8 @@ def training_dag(entry: PipelineEntry) -> DAG:
         ingest = step_task("ingest")
         validate = step_task("validate", retries=0, pool="validation")  # a rejected batch does not improve on retry
         build_features = step_task("build_features")
-        train = step_task("train", pool="training")
+        # A killed last try leaves no MLflow run RUNNING: its failure callback ends it (pipeline_support.cleanup).
+        train = step_task("train", pool="training", on_failure_callback=[failure_notifier(), close_killed_runs])
         evaluate = step_task("evaluate", args=["--run-id", "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
                                                "--model-uri", "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}"])
         register = step_task("register", interval=False,

@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--version", help="the model version the alias points at from now on")
     target.add_argument("--clear", action="store_true", help="remove the alias")
+    p = step("close-runs", "mark FAILED the MLflow runs a killed try of an Airflow run left RUNNING",
+             interval=False)
+    p.add_argument("--dag-id", default=None, help="the Airflow DAG (default: $MLCYCLE_DAG_ID, as a task sets it)")
+    p.add_argument("--run-id", default=None, help="the Airflow run (default: $MLCYCLE_RUN_ID)")
     p = step("suite", "print (or --write) the expectation suite derived from the spec", interval=False)
     p.add_argument("--write", action="store_true", help="write it to the path the spec names")
     _serving_args(sub, step)
@@ -236,6 +240,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return replay(spec, settings, args.date, args.url, args.rate, args.batch, args.limit).to_dict()
     if args.step.startswith("deploy-"):
         return _deploy(args, settings, spec)
+    if args.step == "close-runs":
+        return _close_runs(spec, settings, args.dag_id or settings.dag_id, args.run_id or settings.run_id)
     if args.step == "alias":
         from mlcycle.aliases import set_alias
 
@@ -321,6 +327,19 @@ def main(argv: Sequence[str] | None = None, *, warm_from: int | None = None) -> 
         return EXIT_FAILED
     _emit(result)
     return 0
+
+
+def _close_runs(spec, settings, dag_id: str, run_id: str) -> dict[str, Any]:
+    """After a task's last try failed: its killed step's MLflow runs end FAILED instead of RUNNING."""
+    import mlflow
+
+    from mlcycle.tracking import ENDED_BY_CALLBACK, connect, fail_stale_runs
+
+    experiment_id = connect(settings, spec)
+    closed = fail_stale_runs(mlflow.MlflowClient(), experiment_id, dag_id, run_id, ENDED_BY_CALLBACK)
+    log.info("close-runs: %d MLflow run(s) of %s / %s were left RUNNING and are now FAILED", len(closed), dag_id,
+             run_id)
+    return {"pipeline": spec.name, "dag_id": dag_id, "run_id": run_id, "closed": closed}
 
 
 def _spec_schema(output: str | None) -> int:

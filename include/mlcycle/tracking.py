@@ -99,12 +99,20 @@ def _experiment_id(settings: Settings, spec: PipelineSpec) -> str:
 _NOT_AIRFLOW = ("", "manual")
 
 
-def fail_stale_runs(client, experiment_id: str, dag_id: str, run_id: str) -> list[str]:
+#: Why a killed try's run was ended, by who ended it (the run's ``mlcycle.ended_by`` tag).
+ENDED_BY_NEXT_TRY = "a later try of the same Airflow task: this try was killed before it could end its run"
+ENDED_BY_CALLBACK = "the task's failure callback: its last try was killed before it could end its run"
+
+
+def fail_stale_runs(
+    client, experiment_id: str, dag_id: str, run_id: str, ended_by: str = ENDED_BY_NEXT_TRY
+) -> list[str]:
     """Mark FAILED the runs an earlier try of this Airflow task left RUNNING; return their ids.
 
     A try killed with SIGKILL (the OOM killer, a lost worker) never ends its MLflow run, which then
     shows RUNNING forever. The next try of the same task finds those runs by the Airflow tags the
-    step sets (``airflow.dag_id``, ``airflow.run_id``), before it starts its own. Airflow runs one try
+    step sets (``airflow.dag_id``, ``airflow.run_id``), before it starts its own; after the last
+    try, the task's failure callback does the same (``mlcycle close-runs``). Airflow runs one try
     of a task at a time, so a RUNNING run of the same DAG run is a dead one. Steps run by hand
     (``manual``) are left alone: two of them may run at once.
     """
@@ -120,11 +128,7 @@ def fail_stale_runs(client, experiment_id: str, dag_id: str, run_id: str) -> lis
         max_results=100,
     )
     for run in stale:
-        client.set_tag(
-            run.info.run_id,
-            "mlcycle.ended_by",
-            "a later try of the same Airflow task: this try was killed before it could end its run",
-        )
+        client.set_tag(run.info.run_id, "mlcycle.ended_by", ended_by)
         client.set_terminated(run.info.run_id, status="FAILED")
         log.warning(
             "marked MLflow run %s FAILED: an earlier try of %s / %s left it RUNNING (it was killed)",

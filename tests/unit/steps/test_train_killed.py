@@ -105,3 +105,46 @@ def test_runs_of_other_airflow_runs_are_left_alone(tmp_path, monkeypatch, other)
     run = client.create_run(experiment_id, tags={"airflow.dag_id": other[0], "airflow.run_id": other[1]})
     assert fail_stale_runs(client, experiment_id, "unit_dag", "scheduled__2011-03-10T00:00:00+00:00") == []
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+def test_after_the_last_try_close_runs_marks_the_killed_run_failed(tmp_path, monkeypatch):
+    """No next try to clean up: the task's failure callback runs ``mlcycle close-runs`` (a real process)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from mlcycle.tracking import ENDED_BY_CALLBACK
+
+    settings = apply_env(monkeypatch, tmp_path)
+    spec = load_spec(make_classification_dataset(tmp_path / "data", days=10))
+    airflow_run = "scheduled__2011-03-10T00:00:00+00:00"
+    experiment_id = connect(settings, spec)
+    client = MlflowClient()
+    tags = {"airflow.dag_id": "training_x", "airflow.run_id": airflow_run}
+    killed = client.create_run(experiment_id, tags=tags).info.run_id  # what a SIGKILLed try leaves
+    other = client.create_run(experiment_id, tags={**tags, "airflow.run_id": "scheduled__other"}).info.run_id
+    env = {**os.environ, **step_env(tmp_path), "MLCYCLE_WARM": "0"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlcycle",
+            "close-runs",
+            "--pipeline",
+            str(spec.path),
+            "--dag-id",
+            "training_x",
+            "--run-id",
+            airflow_run,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["closed"] == [killed]
+    run = client.get_run(killed)
+    assert run.info.status == "FAILED" and run.data.tags["mlcycle.ended_by"] == ENDED_BY_CALLBACK
+    assert client.get_run(other).info.status == "RUNNING"  # another Airflow run's is not this task's
