@@ -5,6 +5,10 @@ train step logs them (skops, signature, input example, serving schema, ``model.o
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,27 @@ import pytest
 from tests.datasets import BIKESHARE_CSV, make_classification_dataset
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, what: str = "the server") -> None:
+    """Until ``url``/ready answers 200; fails at once if the server process exits first."""
+    for _ in range(600):
+        if proc.poll() is not None:
+            err = proc.stderr.read()[-3000:] if proc.stderr else ""
+            pytest.fail(f"{what} exited with {proc.returncode}: {err}")
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{what} at {url} was not ready after 600 tries")
 
 
 def save_model_folder(spec, model, x_train, x_eval, folder: Path) -> Path:

@@ -9,21 +9,13 @@ cannot express is declared, with its reason, in ``schemathesis.toml`` beside thi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.unit.serving.conftest import free_port, wait_ready
 
 EXAMPLES = int(os.environ.get("MLCYCLE_FUZZ_EXAMPLES", "40"))
 
@@ -56,15 +48,7 @@ def server_url(bike_model, tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(proc, url)
         yield url
     finally:
         proc.terminate()

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tests.unit.serving.test_fuzz import free_port
+from tests.unit.serving.conftest import free_port, wait_ready
 
 HEADER_TIMEOUT, BODY_TIMEOUT = 2, 2
 #: How long past its timeout a connection may stay open before the test calls the timeout broken.
@@ -47,22 +47,16 @@ def granian_url(bike_model, tmp_path_factory):
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path_factory.mktemp("slowlog") / "serve.log", "w")  # closed below, after the server stops
+    proc = subprocess.Popen(cmd, env=env, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"mlcycle serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(proc, url, "mlcycle serve")
         yield port
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 def _closed(sock: socket.socket) -> bytes | None:
