@@ -2,6 +2,13 @@
 
     mlcycle draft-spec flights.csv --target late --label "late: arr_delay > 15" \\
         --timestamp time_hour --timezone America/New_York --out specs/
+    mlcycle draft-spec postgresql://me@db.example:5432/rides --table trips --conn-id rides_db \\
+        --target late --label "late: delay > 15"
+
+A PostgreSQL table is read as the pipeline will read it (``COPY ... TO STDOUT WITH CSV HEADER``, the
+DAG's ``extract`` task): the spec's source is ``kind: postgres`` with ``--conn-id`` (the Airflow
+connection the DAG will use; default the pipeline's name) and the table's ``timestamptz`` column
+that selects each day (``--timestamp-column``, default the only one).
 
 The data is profiled once: each column's type, range (with a margin), allowed categories and null
 share; the timestamp's kind and format; whether there is one row per timestamp or many (events: no
@@ -76,7 +83,7 @@ class Draft:
 
     def to_yaml(self) -> str:
         head = [
-            f"# Pipeline spec drafted by `mlcycle draft-spec` from {self.spec['source'].get('path') or self.spec['source'].get('url')}.",
+            f"# Pipeline spec drafted by `mlcycle draft-spec` from {source_label(self.spec['source'])}.",
             "# Review it before relying on it: every range, category list and threshold below was read",
             "# from the data (with a margin), not from what the data is supposed to be.",
             "#",
@@ -115,8 +122,74 @@ SECTION_COMMENTS = {
 }
 
 
+def source_label(source: dict[str, Any]) -> str:
+    """How a draft names where its rows came from: a path, a URL, or a table."""
+    if source.get("kind") == "postgres":
+        return f"PostgreSQL table {source['table']}"
+    return str(source.get("path") or source.get("url"))
+
+
 def _flow(value: dict[str, Any]) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+
+
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+
+def read_table(
+    dsn: str, table: str | None, conn_id: str, timestamp_column: str | None
+) -> tuple[pd.DataFrame, dict]:
+    """The rows of a PostgreSQL table as the DAG's ``extract`` task writes them (CSV through COPY),
+    without the column that selects each day, and the spec's ``source`` section for it."""
+    import io
+
+    import psycopg2
+    from psycopg2 import sql
+
+    if not table or not _TABLE.match(table):
+        raise SpecError(
+            f"draft-spec: a PostgreSQL source needs --table <name> (optionally schema.name; got {table!r})"
+        )
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=10)
+    except psycopg2.Error as exc:
+        raise SpecError(
+            f"draft-spec: cannot connect to {_without_password(dsn)}: {str(exc).strip()}"
+        ) from None
+    try:
+        with conn, conn.cursor() as cur:
+            schema, _, name = table.rpartition(".")
+            cur.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
+                "AND table_schema = COALESCE(NULLIF(%s, ''), current_schema()) ORDER BY ordinal_position",
+                (name, schema),
+            )
+            types = dict(cur.fetchall())
+            if not types:
+                raise SpecError(f"draft-spec: no table {table!r} in {_without_password(dsn)}")
+            zoned = [c for c, t in types.items() if t == "timestamp with time zone"]
+            column = timestamp_column or (zoned[0] if len(zoned) == 1 else None)
+            if column not in types or types[column] != "timestamp with time zone":
+                raise SpecError(
+                    f"draft-spec: the table needs a `timestamp with time zone` column to select each day's rows "
+                    f"(source.timestamp_column); name it with --timestamp-column (candidates: "
+                    f"{', '.join(zoned) or 'none'})"
+                )
+            ident = sql.Identifier(*table.split("."))
+            buffer = io.StringIO()
+            query = sql.SQL("COPY (SELECT * FROM {} ORDER BY {}) TO STDOUT WITH CSV HEADER").format(
+                ident, sql.Identifier(column)
+            )
+            cur.copy_expert(query.as_string(conn), buffer)
+    finally:
+        conn.close()
+    frame = pd.read_csv(io.StringIO(buffer.getvalue()))
+    source = {"kind": "postgres", "conn_id": conn_id, "table": table, "timestamp_column": column}
+    return frame, source
+
+
+def _without_password(dsn: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
 
 
 def read_data(source: str) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -422,7 +495,7 @@ def draft_spec(
     metric, threshold = _gate(task, y[kept])
     spec: dict[str, Any] = {
         "name": name,
-        "description": f"Drafted from {Path(str(source.get('path') or source.get('url'))).name}: "
+        "description": f"Drafted from {Path(source_label(source)).name}: "
         f"{len(frame):,} rows from {first} to {last}; target `{target}` ({task}).",
         "task": task,
         "target": target,
@@ -585,11 +658,24 @@ def add_parser(sub: Any) -> None:
     """The ``draft-spec`` command on the CLI's subparsers."""
     p = sub.add_parser(
         "draft-spec",
-        help="draft a pipeline spec and its suite from a data file or URL",
+        help="draft a pipeline spec and its suite from a data file, a URL or a PostgreSQL table",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="a CSV or Parquet file, or an http(s) URL of one")
+    p.add_argument(
+        "source", help="a CSV or Parquet file, an http(s) URL of one, or a postgresql:// DSN (with --table)"
+    )
+    p.add_argument(
+        "--table", default=None, help="the PostgreSQL table (optionally schema.table) to draft from"
+    )
+    p.add_argument(
+        "--conn-id", default=None, help="the Airflow connection the spec names (default: the pipeline name)"
+    )
+    p.add_argument(
+        "--timestamp-column",
+        default=None,
+        help="the table's timestamptz column that selects each day (default: the only one)",
+    )
     p.add_argument("--target", required=True, help="the column to predict (or the --label's name)")
     p.add_argument(
         "--label", default=None, help="a derived target, '<name>: <expression>', e.g. 'late: arr_delay > 15'"
@@ -609,9 +695,16 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The command: profile, draft, write, and say what to review."""
-    frame, source = read_data(args.source)
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(args.source.split("?")[0]).stem).strip("_") or "pipeline"
+    postgres = args.source.startswith(("postgresql://", "postgres://"))
+    named = args.table.rpartition(".")[2] if postgres and args.table else Path(args.source.split("?")[0]).stem
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", named).strip("_") or "pipeline"
     name = args.name or (stem if stem[0].isalpha() else f"p_{stem}")
+    if postgres:
+        frame, source = read_table(args.source, args.table, args.conn_id or name, args.timestamp_column)
+        if args.timestamp != source["timestamp_column"]:  # the day selector, unless it is also the row's time
+            frame = frame.drop(columns=[source["timestamp_column"]])
+    else:
+        frame, source = read_data(args.source)
     draft = draft_spec(
         frame,
         source,
@@ -628,6 +721,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for c, why in draft.comments.items()
         if draft.spec["columns"].get(c, {}).get("role") == "ignore"
     }
+    if postgres:
+        variable = f"AIRFLOW_CONN_{source['conn_id'].upper()}"
+        connection = (
+            f"export {variable}={_without_password(args.source)} (or an Airflow connection of that id), then "
+        )
+    else:
+        connection = ""
     return {
         "spec": str(spec_path),
         "suite": str(suite_path),
@@ -636,6 +736,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "features": [c for c, d in draft.spec["columns"].items() if d.get("role", "feature") == "feature"],
         "left_out": left_out,
         "window": draft.spec["window"],
-        "next": f"review {spec_path}, then: make run PIPELINE={spec_path} "
+        "next": f"review {spec_path}, then: {connection}make run PIPELINE={spec_path} "
         f"DATE={dt.date.fromisoformat(draft.spec['window']['data_end']) + dt.timedelta(days=1)}",
     }

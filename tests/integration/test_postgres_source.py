@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+import yaml
 
 from tests.conftest import ROOT, STEPS_BIN
 from tests.datasets import LEAN_MODEL, write_spec_variant
@@ -132,3 +133,48 @@ def test_training_dag_runs_end_to_end_on_the_postgres_source(tmp_path, postgres_
     registry = project.registry("bikeshare_postgres")
     assert [v["version"] for v in registry["versions"]] == ["1"]
     assert registry["versions"][0]["tags"]["mlcycle.window_end"] == "2011-03-07"
+
+
+def test_a_spec_drafted_from_the_table_trains_with_no_edit(tmp_path, postgres_dsn, table):
+    """`mlcycle draft-spec <dsn> --table ...`, then the training DAG on the draft as written (a
+    one-candidate variant `extends:` it): extract, ingest, validate, train, register."""
+    specs = tmp_path / "specs"
+    proc = subprocess.run(
+        [str(STEPS_BIN / "mlcycle"), "draft-spec", postgres_dsn, "--table", table, "--name", "drafted_pg",
+         "--target", "bikers", "--timestamp", "day,hr", "--year", "2011", "--out", str(specs)],
+        env=_step_env(tmp_path / "draft-home"), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    drafted = yaml.safe_load((specs / "drafted_pg.yaml").read_text())
+    assert drafted["source"] == {"kind": "postgres", "conn_id": "drafted_pg", "table": table,
+                                 "timestamp_column": "event_time"}
+    assert "event_time" not in drafted["columns"]  # the day selector is the table's, not a feature
+    assert f"export AIRFLOW_CONN_DRAFTED_PG={postgres_dsn}" in result["next"]
+
+    variant = tmp_path / "drafted_pg-lean.yaml"
+    variant.write_text(yaml.safe_dump({"extends": str(specs / "drafted_pg.yaml"), "model": LEAN_MODEL}))
+    project = AirflowProject.create(tmp_path / "home", AIRFLOW_CONN_DRAFTED_PG=postgres_dsn,
+                                    MLCYCLE_PIPELINES_DIR=str(specs))
+    run = project.dags_test("training_drafted_pg", "2011-03-07", {"pipeline": str(variant), "window_days": 14})
+    states = project.task_states("training_drafted_pg", "2011-03-07")
+    assert all(states.get(t) == "success" for t in TASKS), (states, run.stdout[-6000:], run.stderr[-3000:])
+    assert [v["version"] for v in project.registry("drafted_pg")["versions"]] == ["1"]
+
+
+def test_draft_spec_names_what_is_wrong_with_a_table(tmp_path, postgres_dsn, table):
+    def draft(*args: str) -> str:
+        proc = subprocess.run([str(STEPS_BIN / "mlcycle"), "draft-spec", *args, "--target", "bikers",
+                               "--out", str(tmp_path)], env=_step_env(tmp_path), cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+
+    assert "needs --table" in draft(postgres_dsn)
+    assert "no table 'nope'" in draft(postgres_dsn, "--table", "nope")
+    assert "a PostgreSQL source needs --table" in draft(postgres_dsn, "--table", "x; DROP TABLE y")
+    assert "--timestamp-column (candidates: event_time)" in draft(postgres_dsn, "--table", table,
+                                                                 "--timestamp-column", "hr")
+    wrong = postgres_dsn.replace("postgres@", "postgres:secret@").replace(":5432/", ":9/")
+    message = draft(wrong, "--table", table)
+    assert "cannot connect to" in message and "secret" not in message and ":***@" in message
