@@ -205,3 +205,56 @@ def test_nothing_here_imports_airflow():
     package = Path(__file__).resolve().parents[3] / "include" / "mlcycle" / "deploy"
     for module in package.glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+airflow", module.read_text(), re.M), module
+
+
+def _reading(statuses: dict, buckets: dict) -> dict:
+    return {"statuses": statuses, "buckets": buckets}
+
+
+def test_window_figures_count_only_what_happened_between_the_readings():
+    before = _reading({"200": 50.0}, {0.005: 40.0, 0.1: 50.0, float("inf"): 50.0})
+    # a status seen only after (503) and a bucket seen only after (0.25) count from zero
+    after = _reading({"200": 140.0, "503": 10.0}, {0.005: 40.0, 0.1: 139.0, 0.25: 149.0, float("inf"): 150.0})
+    figures = window_figures(before, after)
+    assert figures == {"requests": 100, "errors": 10, "error_rate": 0.1, "p99_ms": 250.0}
+
+
+def test_p99_is_the_first_bucket_holding_99_percent_exactly_at_the_share():
+    buckets = {0.01: 99.0, 0.05: 99.0, 0.5: 100.0, float("inf"): 100.0}
+    assert window_figures(_reading({}, {}), _reading({"200": 100.0}, buckets))["p99_ms"] == 10.0  # 99 of 100
+    just_under = {0.01: 98.0, 0.05: 99.0, 0.5: 100.0, float("inf"): 100.0}
+    assert window_figures(_reading({}, {}), _reading({"200": 100.0}, just_under))["p99_ms"] == 50.0
+
+
+def test_an_empty_window_has_no_rate_and_no_latency():
+    same = _reading({"200": 5.0}, {0.1: 5.0, float("inf"): 5.0})
+    assert window_figures(same, same) == {"requests": 0, "errors": 0, "error_rate": 0.0, "p99_ms": 0.0}
+    assert window_figures(_reading({}, {}), _reading({}, {})) == {
+        "requests": 0,
+        "errors": 0,
+        "error_rate": 0.0,
+        "p99_ms": 0.0,
+    }
+    only_4xx = window_figures(_reading({}, {}), _reading({"422": 30.0}, {0.1: 30.0, float("inf"): 30.0}))
+    assert (only_4xx["requests"], only_4xx["errors"], only_4xx["error_rate"]) == (30, 0, 0.0)
+
+
+def test_read_metrics_sums_every_series_of_the_served_endpoints(tmp_path):
+    text = (
+        'mlcycle_requests_total{endpoint="/predict",status="200"} 7\n'
+        'mlcycle_requests_total{endpoint="/invocations",status="200"} 3\n'
+        'mlcycle_requests_total{endpoint="/predict",status="500"} 2\n'
+        'mlcycle_requests_total{endpoint="/ready",status="200"} 99\n'
+        'mlcycle_request_latency_seconds_bucket{endpoint="/predict",le="0.1"} 8\n'
+        'mlcycle_request_latency_seconds_bucket{endpoint="/invocations",le="0.1"} 3\n'
+        'mlcycle_request_latency_seconds_bucket{endpoint="/predict",le="+Inf"} 9\n'
+        'mlcycle_request_latency_seconds_bucket{endpoint="/invocations",le="+Inf"} 3\n'
+        "mlcycle_requests_total 1000\n"
+        "# HELP nothing\n"
+    )
+    server = _serve_metrics(text)
+    try:
+        reading = read_metrics(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert reading == {"statuses": {"200": 10.0, "500": 2.0}, "buckets": {0.1: 11.0, float("inf"): 12.0}}
