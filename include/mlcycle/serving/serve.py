@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlcycle.errors import StepError
 from mlcycle.serving.model import limit_threads
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ def run(model_dir: Path, host: str, port: int, workers: int) -> int:
     from mlcycle.serving.settings import timeout_seconds
 
     limit_threads()
-    header_timeout = timeout_seconds("MLCYCLE_SERVING_HEADER_TIMEOUT_SECONDS", 10.0)
-    timeout_seconds("MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS", 30.0)  # a typo fails here, not in each worker
+    try:  # a typo in a setting fails here, with its name, not in each worker
+        header_timeout = timeout_seconds("MLCYCLE_SERVING_HEADER_TIMEOUT_SECONDS", 10.0)
+        timeout_seconds("MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS", 30.0)
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
     os.environ["MLCYCLE_SERVING_MODEL"] = str(model_dir)
     multiproc = None
     if workers > 1:
