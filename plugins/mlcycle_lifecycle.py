@@ -132,7 +132,14 @@ def versions_from_rest(base: str, pipeline: str) -> list[Version]:
         {"filter": f"tags.`mlcycle.pipeline` = '{pipeline}'", "max_results": 1000},
     )
     out = []
+    aliases: dict[str, dict[str, list[str]]] = {}  # model -> version -> its aliases
     for raw in found.get("model_versions", []):
+        name = raw.get("name", "")
+        if name not in aliases:  # a search of versions leaves their aliases out: the model holds them
+            model = _rest(base, "registered-models/get", {"name": name}).get("registered_model", {})
+            aliases[name] = {}
+            for entry in model.get("aliases", []):
+                aliases[name].setdefault(str(entry.get("version")), []).append(entry.get("alias", ""))
         tags = {t["key"]: t.get("value", "") for t in raw.get("tags", [])}
         run = (
             _rest(base, "runs/get", {"run_id": raw.get("run_id", "")}).get("run", {})
@@ -147,7 +154,9 @@ def versions_from_rest(base: str, pipeline: str) -> list[Version]:
             str(run.get("info", {}).get("experiment_id", "")),
             tags=tags,
         )
-        version.aliases = sorted(raw.get("aliases", []))
+        version.aliases = sorted(
+            set(raw.get("aliases", [])) | set(aliases[name].get(str(raw["version"]), []))
+        )
         out.append(
             _decorate(
                 version,

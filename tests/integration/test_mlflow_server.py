@@ -73,7 +73,7 @@ def tracking_server(postgres_dsn, tmp_path):
                     f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}"
                 )
             time.sleep(2)
-        yield url, artifacts
+        yield url, artifacts, backend
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -83,8 +83,8 @@ def tracking_server(postgres_dsn, tmp_path):
         admin.close()
 
 
-def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_server, tmp_path):
-    url, artifacts = tracking_server
+def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_server, tmp_path, monkeypatch):
+    url, artifacts, backend = tracking_server
     spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
     project = AirflowProject.create(tmp_path / "home", MLFLOW_TRACKING_URI=url, MLCYCLE_ARTIFACT_ROOT="")
     project.dags_test("training_bikeshare", "2011-06-30", {"pipeline": str(spec), "window_days": 14})
@@ -97,3 +97,15 @@ def test_the_training_dag_registers_and_promotes_on_a_tracking_server(tracking_s
     saved = {p.name for p in artifacts.rglob("*") if p.is_file()}
     assert "MLmodel" in saved and "residuals.png" in saved, "artifacts did not go to the server's store"
     assert not (tmp_path / "home" / "local" / "mlflow").exists(), "something was tracked locally"
+
+    # The lifecycle page reads a server over its REST API and a SQL store with queries: the same
+    # registry must read the same either way (the version, its gate decision and score, aliases).
+    import mlcycle_lifecycle
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    over_rest, problem = mlcycle_lifecycle.model_versions("bikeshare")
+    assert problem == "" and [v.version for v in over_rest] == [1]
+    assert over_rest == mlcycle_lifecycle.versions_from_sql(backend, "bikeshare")
+    champion = over_rest[0]
+    assert "champion" in champion.aliases and champion.blessed is True and champion.score is not None
+    assert champion.metric == "rmse" and champion.experiment_id and champion.run_id
