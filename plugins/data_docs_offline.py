@@ -1,9 +1,10 @@
 """Great Expectations' Data Docs without the internet: CDN addresses pointed at local copies.
 
 A Data Docs page loads Bootstrap, jQuery, Font Awesome, Vega and their plugins from public CDNs,
-and its logo from an S3 bucket; offline, it renders without styles, tables or charts. ``rewrite``
+and its logos from an S3 bucket; offline, it renders without styles, tables or charts. ``rewrite``
 points each such address at the copy in ``plugins/data_docs_assets/`` (served by the reports route)
-and the logo at the one Data Docs keep in their own ``static/images``. Standard library only.
+and each logo at the one Data Docs keep in their own ``static/images`` (or, for the dark-mode logo
+they do not keep, at the copy shipped with the assets). Standard library only.
 """
 
 import re
@@ -47,6 +48,9 @@ _ATTRIBUTE = re.compile(r"""(?P<attr>\b(?:src|href)=)(?P<q>["'])(?P<url>https?:/
 _LOGO = re.compile(
     r"https://great-expectations-web-assets\.s3\.[\w-]+\.amazonaws\.com/(?P<name>[\w.-]+\.png)(?:\?[^\"']*)?"
 )
+#: Logos the pages name that Data Docs do not keep in ``static/images``: shipped in data_docs_assets/
+#: (the dark-mode navbar logo: Data Docs' own logo-long.png with its lettering made light).
+SHIPPED_LOGOS = {"full_logo_dark.png": "great_expectations/full_logo_dark.png"}
 #: The page's link to the Data Docs home (``../../index.html``) says how deep below the site root it is.
 _HOME = re.compile(r"""href=["'](?P<up>(?:\.\./)*)index\.html["']""")
 
@@ -72,8 +76,11 @@ def rewrite(page: str, assets_url: str) -> str:
             return f"{match['attr']}{match['q']}{assets_url}/{target}{match['q']}"
         logo = _LOGO.fullmatch(url)
         if logo:
-            return f"{match['attr']}{match['q']}{static}{logo['name']}{match['q']}"
+            return f"{match['attr']}{match['q']}{logo_path(logo['name'])}{match['q']}"
         return match.group(0)
 
+    def logo_path(name: str) -> str:
+        return f"{assets_url}/{SHIPPED_LOGOS[name]}" if name in SHIPPED_LOGOS else f"{static}{name}"
+
     page = _ATTRIBUTE.sub(attribute, page)
-    return _LOGO.sub(lambda m: f"{static}{m['name']}", page)  # logos in inline styles and scripts
+    return _LOGO.sub(lambda m: logo_path(m["name"]), page)  # logos in inline styles and scripts

@@ -14,16 +14,21 @@ GX_HEAD = """<link href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/boo
 <link rel="stylesheet" href="https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css">
 <a href="../../index.html">Home</a>
 <img src="https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png?d=20261202T1">
-<a href="https://greatexpectations.io/newsletter">newsletter</a>"""
+<a href="https://greatexpectations.io/newsletter">newsletter</a>
+<style>@media (prefers-color-scheme: dark) { .navbar-brand a {
+  background: url('https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png') 0 0 no-repeat;
+} }</style>"""
 
 
 def test_every_cdn_asset_of_data_docs_has_a_local_copy_and_the_page_points_at_it():
     page = data_docs_offline.rewrite(GX_HEAD, "/mlcycle/reports/_assets")
     assert "cdn" not in page and "unpkg" not in page and "amazonaws" not in page
     assert 'src="../../static/images/logo-long.png"' in page  # Data Docs' own copy of the logo
+    # the dark-mode logo, which Data Docs do not keep: the copy shipped with the assets
+    assert "url('/mlcycle/reports/_assets/great_expectations/full_logo_dark.png')" in page
     assert 'href="https://greatexpectations.io/newsletter"' in page  # a link, not an asset: left as is
     for target in page.split("/mlcycle/reports/_assets/")[1:]:
-        path = target.split('"')[0]
+        path = target.split('"')[0].split("'")[0]
         assert (mlcycle_ui.ASSETS_DIR / path).is_file(), path
 
 
