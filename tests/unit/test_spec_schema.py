@@ -525,3 +525,10 @@ def test_an_explicit_start_or_end_is_kept_as_given():
     assert no_days.start == dt.date(2011, 1, 29) and problems == []
     week = spec_schema.parse_schedule({"schedule": {}}, problems, dt.date(2011, 1, 1), None, 7)
     assert week.start == dt.date(2011, 1, 8) and problems == []
+
+
+def test_an_unreadable_start_is_not_replaced_by_the_default():
+    """A start that is not a date is its own problem; no default start stands in to make others."""
+    window = {"data_start": "2011-01-01", "data_end": "2011-12-31"}
+    fields, problems = _schedule({"window": window, "schedule": {"start": "June", "end": "2011-01-05"}})
+    assert problems == ["schedule.start: an ISO date like 2011-01-01 (got 'June')"] and fields.start is None
