@@ -242,6 +242,18 @@ def test_deploy_serves_the_model_behind_the_proxy_and_prometheus_scrapes_it(stac
     )
     assert {"airflow_scheduler_heartbeat_total"} <= {m["metric"]["__name__"] for m in airflow}
 
+    # The lifecycle page, behind Airflow's login, takes its serving figures from that Prometheus.
+    page = urllib.request.Request(
+        f"{stack.url('AIRFLOW_PORT')}/mlcycle/lifecycle/bikeshare",
+        headers={"Authorization": f"Bearer {stack.api().token}"},
+    )
+    with urllib.request.urlopen(page, timeout=30) as resp:
+        html = resp.read().decode()
+    assert f"Prometheus {stack.url('PROMETHEUS_PORT')} (last 1h)" in html, html[-3000:]
+    assert "@production: <b><a" in html and "@champion: <b><a" in html, html[-3000:]
+    # the API server reads the store (mounted read-only): the deploy state names the live slot
+    assert "live slot: <b>blue</b>" in html, html[-3000:]
+
 
 def test_stack_down_leaves_nothing(stack):
     assert stack.leftovers()["containers"]  # the stack, and the proxy and slot the deploy started
