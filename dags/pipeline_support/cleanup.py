@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from pipeline_support import PROJECT_ROOT
+from pipeline_support.runner import steps_executable, steps_home
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ def close_killed_runs(context: Any) -> None:
         if not spec:
             log.info("close-runs: the run has no plan (its interval task did not run): no MLflow run to end")
             return
-        executable = (
-            Path(os.environ.get("MLCYCLE_STEPS_BIN", PROJECT_ROOT / ".venv-steps" / "bin")) / "mlcycle"
-        )
+        executable = steps_executable()
         command = [
             str(executable),
             "close-runs",
@@ -52,7 +50,7 @@ def close_killed_runs(context: Any) -> None:
             text=True,
             timeout=TIMEOUT,
             cwd=str(PROJECT_ROOT),
-            env={**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))},
+            env={**os.environ, "MLCYCLE_HOME": steps_home()},
         )
         if proc.returncode != 0:
             log.warning(

@@ -47,6 +47,16 @@ PIPELINE_ARGS = ["--pipeline", "{{ ti.xcom_pull(task_ids='interval')['spec'] }}"
 LINEAGE_ENV = {"MLCYCLE_DAG_ID": "{{ dag.dag_id }}", "MLCYCLE_RUN_ID": "{{ run_id }}"}
 
 
+def steps_executable() -> Path:
+    """The step environment's ``mlcycle`` (``MLCYCLE_STEPS_BIN``, default ``<project>/.venv-steps/bin``)."""
+    return Path(os.environ.get("MLCYCLE_STEPS_BIN", PROJECT_ROOT / ".venv-steps" / "bin")) / "mlcycle"
+
+
+def steps_home() -> str:
+    """``MLCYCLE_HOME`` as a step sees it (default ``<project>/.local``)."""
+    return os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
+
+
 class LocalStepOperator(BaseOperator):
     """Run a step command as a local subprocess in the step environment; its output streams to the log."""
 
@@ -64,12 +74,11 @@ class LocalStepOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.providers.standard.hooks.subprocess import SubprocessHook
 
-        steps_bin = Path(os.environ.get("MLCYCLE_STEPS_BIN", PROJECT_ROOT / ".venv-steps" / "bin"))
-        executable = steps_bin / "mlcycle"
+        executable = steps_executable()
         if not executable.exists():
             raise StepCannotStart(f"the step environment is missing: {executable} does not exist. Create it with "
                              f"`make setup` in {PROJECT_ROOT}, or point MLCYCLE_STEPS_BIN at its bin folder.")
-        env = {**os.environ, "MLCYCLE_HOME": os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local")),
+        env = {**os.environ, "MLCYCLE_HOME": steps_home(),
                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "MLCYCLE_THREADS": task_threads(), **self.env}
         self._hook = SubprocessHook()
         with tempfile.TemporaryDirectory(prefix="mlcycle-result-") as folder:

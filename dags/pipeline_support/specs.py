@@ -31,9 +31,6 @@ except ImportError:  # the Airflow environment does not install the step package
     sys.path.append(str(PROJECT_ROOT / "include"))
     from mlcycle import spec_schema
 
-DEFAULT_INTERVAL = spec_schema.ScheduleSection().interval
-is_daily_cron = spec_schema.is_daily_cron
-
 
 class SpecProblem(ValueError):
     """A spec cannot be used to build its DAGs; the message names the file and what to fix."""

@@ -36,6 +36,7 @@ import yaml
 
 from mlcycle.derive import CALENDAR_PARTS, Expression, calendar_parts
 from mlcycle.errors import SpecError
+from mlcycle.spec_schema import TABLE
 
 #: Categoricals up to this many distinct values; above it a text column is left out (an identifier).
 MAX_CATEGORIES = 255
@@ -133,9 +134,6 @@ def _flow(value: dict[str, Any]) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
 
 
-_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
-
-
 def read_table(
     dsn: str, table: str | None, conn_id: str, timestamp_column: str | None
 ) -> tuple[pd.DataFrame, dict]:
@@ -146,7 +144,7 @@ def read_table(
     import psycopg2
     from psycopg2 import sql
 
-    if not table or not _TABLE.match(table):
+    if not table or not TABLE.match(table):
         raise SpecError(
             f"draft-spec: a PostgreSQL source needs --table <name> (optionally schema.name; got {table!r})"
         )

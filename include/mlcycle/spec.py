@@ -773,7 +773,6 @@ def _monitoring_source(r: _Reader, raw: dict) -> Any:
 
 
 SCORING_KEYS = section_keys(_ScoringSection)
-_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
 
 def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
@@ -797,7 +796,7 @@ def _parse_scoring(r: _Reader, raw: Any) -> ScoringSpec | None:
         else:
             conn_id = r.need(pg, "conn_id", "scoring.postgres", str)
             table = r.need(pg, "table", "scoring.postgres", str)
-            if table is not None and not _TABLE.match(table):
+            if table is not None and not spec_schema.TABLE.match(table):
                 r.problems.append(f"scoring.postgres.table: a table name, optionally schema-qualified "
                                   f"(letters, digits, underscores; got {table!r})")
             if conn_id and table:

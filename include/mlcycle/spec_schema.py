@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: A pipeline's name: it names folders, DAGs and the registered model.
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+#: A PostgreSQL table name, optionally schema-qualified (``scoring.postgres.table``, a drafted source).
+TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
 
 class SpecFileError(ValueError):
