@@ -5,6 +5,8 @@ nothing was lost and that the system still serves.
   server's answer is lost: the step finds the version it made instead of making a second one.
 - The disk of the store fills up while `validate` publishes: no partial version, the day's
   ``CURRENT.json`` pointer unchanged, and the same command succeeds once there is room again.
+- The source's PostgreSQL (a server of the test's own) crashes before a training run reaches it:
+  the `extract` task is retried once the server is back, and the run registers its model.
 
 Every wait fails when progress stops (a service that no longer changes), never at a fixed total.
 """
@@ -19,6 +21,7 @@ import signal
 import socket
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -29,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from tests.conftest import STEPS_BIN
+from tests.conftest import AIRFLOW_BIN, ROOT, STEPS_BIN
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
 from tests.integration.airflow_env import AirflowProject, free_port
 
@@ -307,3 +310,99 @@ def test_store_disk_full_during_validate_publishes_nothing(small_disk, tmp_path)
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 DAG_ID = "training_bikeshare"
 BACKFILL = ("2011-03-01", "2011-03-02")  # two daily runs, one at a time
+
+
+# --- PostgreSQL, the source of a training run, goes down and comes back
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of this test's own (``initdb`` in a temporary folder, Debian's binaries),
+    so that crashing it breaks nothing else running beside it. Run as user ``postgres`` when the
+    tests run as root (PostgreSQL refuses root)."""
+
+    def __init__(self):
+        from tests.conftest import _unavailable
+
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        if not bins:
+            _unavailable("PostgreSQL", "no /usr/lib/postgresql/*/bin/initdb", "MLCYCLE_REQUIRE_POSTGRES")
+        self.bin = bins[-1].parent
+        self.folder = Path(tempfile.mkdtemp(prefix="mlcycle-pg-"))
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.data, self.log = self.folder / "data", self.folder / "server.log"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        proc = subprocess.run([*self.as_postgres, str(self.bin / tool), *args], capture_output=True,
+                              text=True, timeout=180)  # fmt: skip
+        assert proc.returncode == 0, f"{tool} {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+
+    def crash(self) -> None:
+        """Stop without a shutdown checkpoint (``immediate``): what a killed server leaves behind."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_postgresql_down_during_a_training_run_is_retried_and_the_run_succeeds(tmp_path):
+    """The source's PostgreSQL crashes before the run reaches it: `extract` fails with the lost
+    connection (a transient failure, so Airflow retries it), the server comes back while the task
+    waits for its retry, and the run ends with a registered model and every day of the window."""
+    from tests.integration.test_postgres_source import POSTGRES_SPEC, TASKS
+
+    server = PrivatePostgres()
+    try:
+        server.start()
+        table = f"bikeshare_{uuid.uuid4().hex[:8]}"
+        load = subprocess.run([str(STEPS_BIN / "python"), str(ROOT / "scripts" / "load_postgres.py"), "--dsn",
+                               server.dsn, "--table", table], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert load.returncode == 0, load.stderr[-3000:]
+        spec = write_spec_variant(POSTGRES_SPEC, tmp_path / "specs" / "bikeshare_postgres.yaml",
+                                  source={"table": table}, model=LEAN_MODEL)  # fmt: skip
+        project = AirflowProject.create(tmp_path / "home", AIRFLOW_CONN_BIKESHARE_POSTGRES=server.dsn,
+                                        MLCYCLE_RETRY_DELAY_SECONDS="15")  # fmt: skip
+        server.crash()
+        log = tmp_path / "dags-test.log"
+        conf = json.dumps({"pipeline": str(spec), "window_days": 14})
+        with log.open("wb") as out:
+            run = subprocess.Popen([str(AIRFLOW_BIN / "airflow"), "dags", "test", "training_bikeshare_postgres",
+                                    "2011-03-07", "--conf", conf], env=project.env, cwd=project.home,
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+        def extract_state() -> tuple | None:
+            try:
+                rows = project._metadata(
+                    "SELECT state, try_number FROM task_instance WHERE task_id = 'extract'"
+                )
+            except Exception:  # the database of `dags test` is not created yet
+                return None
+            return rows[0] if rows else None
+
+        _wait_for(lambda: (extract_state() or (None,))[0] == "up_for_retry", "extract to fail and wait",
+                  log, alive=lambda: run.poll() is None)  # fmt: skip
+        server.start()  # back before the retry
+        _wait_for(lambda: run.poll() is not None, "the run to end", log)
+        output = log.read_text(errors="replace")
+        states = project.task_states("training_bikeshare_postgres", "2011-03-07")
+        assert all(states.get(t) == "success" for t in TASKS), (states, output[-6000:])
+        assert extract_state() == ("success", 2), (extract_state(), output[-6000:])
+        assert "Connection refused" in output or "could not connect" in output, output[-6000:]
+        days = sorted(p.name for p in (project.store / "bikeshare_postgres" / "landing").iterdir())
+        assert len(days) == 14, days
+        registry = project.registry("bikeshare_postgres")
+        assert [v["version"] for v in registry["versions"]] == ["1"], registry
+        assert registry["aliases"].get("champion") == "1", registry
+    finally:
+        server.remove()
