@@ -5,7 +5,9 @@ order, like an operator's week:
 
 1. a training run that moves ``@champion`` queues exactly one deploy run; a run the gate rejects, none;
 2. v1 goes to production; then v2, while a load generator sends requests through the proxy at a
-   steady rate: no request fails, every answer names v1 before the switch and v2 after;
+   steady rate: no request fails, every answer names v1 before the switch and v2 after; the live
+   slot's process is then SIGKILLed during a burst: the standby slot answers, Docker restarts it,
+   and no request fails;
 3. a broken v3 (its container never gets ready) leaves v2 in production and ``@production`` on v2,
    and so does a v4 whose predictions differ from the registry's (the smoke test catches it);
 4. a manual rollback to v1 by Param is an instant switch to the slot that still serves it;
@@ -243,6 +245,59 @@ def test_v1_then_v2_under_load_without_a_failed_request(project, ports):
     assert live["version"] == "2" and status["production_version"] == "2"
     other = status["slots"]["green" if status["live"] == "blue" else "blue"]
     assert other["version"] == "1" and _served(other["port"]) == "1"  # drained, still up for a rollback
+
+
+def _slot_process(container: str) -> tuple[int, int, bool]:
+    """The host PID of the slot's main process, Docker's restart count, and whether it runs."""
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Pid}} {{.RestartCount}} {{.State.Running}}", container],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    return int(out[0]), int(out[1]), out[2] == "true"
+
+
+def test_a_live_slot_killed_during_a_burst_costs_no_request(project, ports):
+    """The live slot's process is SIGKILLed while requests arrive through the proxy: nginx sends
+    each request the dead slot cannot take to the standby slot (v1), Docker starts the live slot
+    again, and production serves v2 again from the same slot, with no failed request."""
+    load_module = _load_generator()
+    status = _status(project)
+    live = status["slots"][status["live"]]
+    assert live["version"] == "2", status
+    pid, restarts, alive = _slot_process(live["container"])
+    assert alive and pid > 0
+
+    load = load_module.Load(ports["production"], _rows(project), rate=40, threads=8).start()
+    time.sleep(2)
+    os.kill(pid, signal.SIGKILL)  # from the host: a crash to Docker, so its restart policy applies
+    killed = time.time()
+    # Until the slot is back and serves v2 again; fails when Docker stops making progress.
+    seen, quiet_since = None, time.monotonic()
+    while True:
+        state = (*_slot_process(live["container"])[1:], _served(live["port"]))
+        if state[0] > restarts and state[1] and state[2] == "2":
+            break
+        if state != seen:
+            seen, quiet_since = state, time.monotonic()
+        assert time.monotonic() - quiet_since < 120, f"the killed slot made no progress: {state}"
+        time.sleep(0.2)
+    back = time.time()
+    time.sleep(3)
+    samples = load.stop()
+
+    figures = load_module.summary(samples)
+    during = [s for s in samples if killed < s.sent < back]
+    after = {s.version for s in samples if s.sent > back + 1.5}  # past the 1 s the slot is benched
+    assert figures["failed"] == 0 and len(during) > 10, (figures, len(during))
+    assert "1" in {s.version for s in during}, "the standby slot answered nothing while the live one was down"
+    assert after == {"2"}, (figures, after)
+    status = _status(project)
+    assert status["slots"][status["live"]]["version"] == "2" and status["production_version"] == "2"
+    print(
+        f"slot killed: {len(during)} requests during the {back - killed:.1f} s restart, none failed: {figures}"
+    )
 
 
 def test_a_broken_v3_never_reaches_production(project, ports):

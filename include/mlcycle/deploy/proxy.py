@@ -3,7 +3,11 @@
 nginx runs in its own container (``docker/proxy``; the official ``nginx`` image works too) with the
 host network, and reads its configuration from ``<store>/<pipeline>/deploy/proxy/``, mounted
 read-only: ``nginx.conf`` (written once from the template below) includes ``upstream.conf``, which
-names the live slot's port. A switch rewrites ``upstream.conf`` atomically, checks the whole
+names the live slot's port and, when the other slot still runs, that slot as nginx's ``backup``.
+A request the live slot cannot take (its process died, its port refuses) is passed to the backup
+within the same request, so a crashed live slot costs no failed request while Docker restarts it
+(slots run with ``--restart on-failure``); the answer names the version that made it. A switch
+rewrites ``upstream.conf`` atomically, checks the whole
 configuration with ``nginx -t`` (restoring the previous file when it fails) and reloads nginx
 gracefully (``nginx -s reload``): new workers take new connections at once, the old ones finish
 the requests they hold, so no request is dropped.
@@ -55,6 +59,12 @@ http {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://serving;
+            # A prediction is a pure function of its body: a request the live slot did not answer
+            # (connection refused or reset, a timeout, 503 while a restarted slot loads its model)
+            # is sent to the backup slot, POST included.
+            proxy_next_upstream error timeout http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 2s;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
@@ -117,17 +127,36 @@ class Proxy:
 
     def upstream(self) -> int | None:
         """The slot port the configuration forwards to, or None before the first deploy."""
+        return self._ports()[0]
+
+    def backup(self) -> int | None:
+        """The port of the slot that takes the requests the live one cannot, or None."""
+        return self._ports()[1]
+
+    def _ports(self) -> tuple[int | None, int | None]:
         try:
             text = (self.folder / "upstream.conf").read_text()
         except FileNotFoundError:
-            return None
-        for word in text.replace(";", " ").split():
-            if word.startswith("127.0.0.1:"):
-                return int(word.split(":")[1])
-        return None
+            return None, None
+        live = backup = None
+        for line in text.splitlines():
+            words = line.replace(";", " ").split()
+            if len(words) < 2 or words[0] != "server" or not words[1].startswith("127.0.0.1:"):
+                continue
+            port = int(words[1].split(":")[1])
+            if "backup" in words:
+                backup = port
+            else:
+                live = port
+        return live, backup
 
-    def _write_upstream(self, port: int) -> None:
-        write_atomically(self.folder / "upstream.conf", f"server 127.0.0.1:{port} max_fails=0;\n")
+    def _write_upstream(self, port: int, backup: int | None = None) -> None:
+        # The live slot is out of the rotation for 1 s after a failed request (then tried again),
+        # so requests go straight to the backup while it restarts.
+        lines = [f"server 127.0.0.1:{port} max_fails=1 fail_timeout=1s;"]
+        if backup is not None and backup != port:
+            lines.append(f"server 127.0.0.1:{backup} backup;")
+        write_atomically(self.folder / "upstream.conf", "\n".join(lines) + "\n")
 
     def running(self) -> bool:
         return running(self.container)
@@ -140,15 +169,18 @@ class Proxy:
     def config(self) -> str:
         return f"{self._mount()[1]}/nginx.conf"
 
-    def start(self, pipeline: str, slot_port: int, image: str | None = None) -> None:
-        """Start the proxy forwarding to ``slot_port`` (replacing a stopped or stale container)."""
+    def start(
+        self, pipeline: str, slot_port: int, image: str | None = None, backup: int | None = None
+    ) -> None:
+        """Start the proxy forwarding to ``slot_port``, ``backup`` behind it (replacing a stopped or
+        stale container)."""
         image = ensure_image(image)
         self.folder.mkdir(parents=True, exist_ok=True)
         volume, inside = self._mount()
         write_atomically(
             self.folder / "nginx.conf", NGINX_CONF.format(pipeline=pipeline, port=self.port, mount=inside)
         )
-        self._write_upstream(slot_port)
+        self._write_upstream(slot_port, backup)
         remove(self.container)
         docker(
             "run",
@@ -211,13 +243,13 @@ class Proxy:
             time.sleep(0.05)
         log.warning("proxy %s: workers %s of the previous configuration still accept", self.container, old)
 
-    def switch(self, slot_port: int) -> float:
-        """Forward to ``slot_port`` from now on (graceful reload); the seconds the reload took, until
-        no worker of the previous configuration accepts a new connection."""
-        previous = self.upstream()
+    def switch(self, slot_port: int, backup: int | None = None) -> float:
+        """Forward to ``slot_port`` from now on, ``backup`` behind it (graceful reload); the seconds
+        the reload took, until no worker of the previous configuration accepts a new connection."""
+        previous, previous_backup = self._ports()
         began = time.monotonic()
         old = self.accepting_workers() or set()
-        self._write_upstream(slot_port)
+        self._write_upstream(slot_port, backup)
         for args, failure in (
             (("-t", "-q"), "nginx rejected the new configuration"),
             (("-s", "reload"), "nginx reload failed"),
@@ -225,7 +257,7 @@ class Proxy:
             done = docker("exec", self.container, "nginx", *args, "-c", self.config, check=False)
             if done.returncode != 0:
                 if previous is not None:
-                    self._write_upstream(previous)
+                    self._write_upstream(previous, previous_backup)
                 raise DeployError(
                     f"{failure}, kept forwarding to port {previous}: "
                     f"{(done.stderr or done.stdout).strip()[-500:]}"

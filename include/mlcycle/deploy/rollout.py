@@ -176,11 +176,14 @@ def rollout(spec: PipelineSpec, settings: Settings, version: str, image: str) ->
                 ready = wait_ready(container, url, version, deploy.ready_timeout_seconds)
                 slot = Slot(name, container, port, version, image, started.image_id, started.started_at)
             switch_began = time.time()
+            # The slot that served until now stays up behind the new one (nginx's backup): it takes
+            # the requests the new slot cannot while Docker restarts it, and makes a rollback instant.
+            backup = live.port if live and live.name != name and running(live.container) else None
             if proxy.running():
-                switched = proxy.switch(port)
+                switched = proxy.switch(port, backup)
             else:
                 began = time.monotonic()
-                proxy.start(spec.name, port)
+                proxy.start(spec.name, port, backup=backup)
                 switched = round(time.monotonic() - began, 3)
             _confirm(proxy, version)
             switch_done = time.time()

@@ -115,8 +115,10 @@ def start(container: str, image: str, port: int, workers: int, store: Path | Non
         container,
         "--network",
         "host",
+        # A slot whose process dies (SIGKILL, out of memory) is started again by Docker; the proxy
+        # sends its requests to the other slot meanwhile. A slot that is stopped stays stopped.
         "--restart",
-        "no",
+        "on-failure",
         "--user",
         f"{os.getuid()}:{os.getgid()}",
         "-e",

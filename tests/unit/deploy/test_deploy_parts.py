@@ -135,9 +135,19 @@ def test_the_proxy_config_forwards_to_the_upstream_file(tmp_path):
     proxy = Proxy("unused", tmp_path, 9000)
     assert proxy.upstream() is None
     proxy._write_upstream(8702)
-    assert proxy.upstream() == 8702
+    assert proxy.upstream() == 8702 and proxy.backup() is None
+    proxy._write_upstream(8701, backup=8702)  # the slot that served until now stays behind the new one
+    assert (proxy.upstream(), proxy.backup()) == (8701, 8702)
+    assert (tmp_path / "upstream.conf").read_text().splitlines() == [
+        "server 127.0.0.1:8701 max_fails=1 fail_timeout=1s;",
+        "server 127.0.0.1:8702 backup;",
+    ]
+    proxy._write_upstream(8701, backup=8701)  # never itself
+    assert proxy.backup() is None
     conf = NGINX_CONF.format(pipeline="p", port=9000, mount="/etc/mlcycle-proxy")
     assert "listen 127.0.0.1:9000;" in conf and "include /etc/mlcycle-proxy/upstream.conf;" in conf
+    # a request the live slot did not answer goes to the backup, a prediction (POST) included
+    assert "proxy_next_upstream error timeout http_503 non_idempotent;" in conf
 
 
 def test_a_folder_in_a_named_volume_is_reached_through_the_volume_at_its_own_path(tmp_path, monkeypatch):
