@@ -145,19 +145,10 @@ class AirflowProject:
         port = self.env["AIRFLOW__API__PORT"]
         (self.home / "services").mkdir(exist_ok=True)
         procs: dict[str, subprocess.Popen] = {}
-        logs = []
+        self._procs = procs
         try:
             for name in ("api-server", "scheduler", "dag-processor"):
-                log = (self.home / "services" / f"{name}.log").open("ab")
-                logs.append(log)
-                procs[name] = subprocess.Popen(
-                    [str(AIRFLOW_BIN / "airflow"), name],
-                    env=self.env,
-                    cwd=self.home,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+                self.start_service(name)
             deadline = time.monotonic() + timeout
             while True:
                 dead = [n for n, p in procs.items() if p.poll() is not None]
@@ -191,8 +182,40 @@ class AirflowProject:
                     _signal_group(proc, signal.SIGKILL)
                     proc.wait(timeout=10)
                 _signal_group(proc, signal.SIGKILL)  # stragglers of the group (task processes)
-            for log in logs:
-                log.close()
+            self._procs = {}
+
+    def start_service(self, name: str) -> subprocess.Popen:
+        """Start ``airflow <name>`` (inside ``serve``), replacing the process of that name; its log is
+        appended to ``<home>/services/<name>.log``."""
+        with (self.home / "services" / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [str(AIRFLOW_BIN / "airflow"), name],
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs[name] = proc
+        return proc
+
+    def kill_service(self, name: str) -> int:
+        """SIGKILL ``airflow <name>`` and every process under it (its executor's workers, their task
+        processes and the steps they run, whatever session they moved to), as a host that dies
+        would; the number of processes killed."""
+        import psutil
+
+        proc = self._procs[name]
+        victims = [psutil.Process(proc.pid)]
+        victims += victims[0].children(recursive=True)
+        for victim in victims:
+            try:
+                victim.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=30)
+        proc.wait(timeout=10)
+        return len(victims)
 
     def service_logs(self, lines: int = 40) -> str:
         out = []

@@ -3,8 +3,13 @@
 Airflow runs as in production: its metadata database is a fresh PostgreSQL database, the
 LocalExecutor runs the tasks, and scheduler, dag-processor and api-server (the Execution API the task
 processes report to) are separate processes. The backfill is created from the CLI, as an operator
-would; every run must succeed, the store must hold exactly one partition per day with no leftovers,
-and clearing one day makes the scheduler re-run it into byte-identical partitions.
+would. While the first day trains, the scheduler is SIGKILLed with everything under it (its
+executor's workers, the task process, the `mlcycle train` step), as a host that dies would, and a
+new scheduler is started: the backfill resumes by itself (the new scheduler resets the dead one's
+`running` task and runs it again; that try ends the MLflow run the killed one left RUNNING). Every
+run must succeed, the store must hold exactly one partition per day with no leftovers, no MLflow
+run is left RUNNING, and clearing one day makes the scheduler re-run it into byte-identical
+partitions.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ DAG_ID = "training_bikeshare"
 TASKS = {"interval", "extract", "ingest", "validate", "build_features", "train", "evaluate", "register"}
 #: Runs only when the gate moved ``@champion`` (it emits the champion asset); skipped otherwise.
 ANNOUNCE = "announce"
+#: The task the scheduler is killed during, in the first run.
+KILLED_DURING = "train"
+#: How often the scheduler looks for task instances of a dead scheduler (Airflow's default is 300 s;
+#: docs/operations.md): a new scheduler resets the killed one's `running` task once that scheduler's
+#: last heartbeat is ``scheduler_health_check_threshold`` (30 s) old, and runs it again.
+ORPHAN_CHECK_SECONDS = 10
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -99,6 +110,29 @@ def _wait_until(project: AirflowProject, done, what: str, stall: float = STALL) 
         time.sleep(5)
 
 
+def _kill_scheduler_during(project: AirflowProject, task_id: str, stall: float = STALL) -> tuple[str, int]:
+    """Wait until ``task_id`` of the earliest run is running, then SIGKILL the scheduler and all
+    under it; the run id and how many processes were killed. Fails when no run makes progress."""
+    last, changed = None, time.monotonic()
+    while True:
+        rows = project._metadata(
+            "SELECT ti.run_id, ti.state FROM task_instance ti JOIN dag_run r "
+            "ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
+            "WHERE ti.dag_id = :dag AND ti.task_id = :task ORDER BY r.logical_date LIMIT 1",
+            dag=DAG_ID,
+            task=task_id,
+        )
+        if rows and rows[0][1] == "running":
+            time.sleep(2)  # into the step itself, past the task's start-up
+            return rows[0][0], project.kill_service("scheduler")
+        assert not rows or rows[0][1] in (None, "scheduled", "queued"), (rows, project.service_logs())
+        marker = (rows, sum(1 for _ in project.store.rglob("*.parquet")) if project.store.exists() else 0)
+        if marker != last:
+            last, changed = marker, time.monotonic()
+        assert time.monotonic() - changed < stall, f"`{task_id}` never started:\n{project.service_logs()}"
+        time.sleep(0.5)
+
+
 def _partition_hashes(store: Path) -> dict[str, str]:
     return {
         str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -115,6 +149,7 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata_db,
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+        AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=str(ORPHAN_CHECK_SECONDS),
         **AirflowProject.server_settings(free_port()),
     )
     assert "postgresql" in project.airflow("config", "get-value", "database", "sql_alchemy_conn").stdout
@@ -141,12 +176,31 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
             "--dag-run-conf",
             json.dumps({"pipeline": str(spec), "window_days": WINDOW_DAYS}),
         )
+        killed_run, killed = _kill_scheduler_during(project, KILLED_DURING)
+        project.start_service("scheduler")
         runs = _wait_until(
             project,
             lambda rs: len(rs) == DAYS and all(r["state"] in ("success", "failed") for r in rs),
-            f"backfill of {DAYS} days",
+            f"backfill of {DAYS} days after the scheduler was killed",
         )
         wall = time.monotonic() - started
+        # The killed try was reset as an orphan of the dead scheduler and run again, which finished the run.
+        tries = project._metadata(
+            "SELECT try_number, state FROM task_instance WHERE dag_id = :dag AND run_id = :run AND task_id = :task",
+            dag=DAG_ID,
+            run=killed_run,
+            task=KILLED_DURING,
+        )
+        assert tries and tries[0][0] >= 2 and tries[0][1] == "success", (tries, project.service_logs())
+        # ... and that try closed the MLflow run the killed one left behind: none is left RUNNING.
+        running = project.steps_python("""
+            import json
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            ids = [e.experiment_id for e in c.search_experiments()]
+            print(json.dumps([r.info.run_id for r in c.search_runs(ids, "attributes.status = 'RUNNING'")]))
+        """)
+        assert running == [], (running, project.service_logs())
 
         # Every run succeeded, one per day, all created by the backfill.
         assert sorted(r["logical_date"][:10] for r in runs) == [
