@@ -139,8 +139,9 @@ def test_github_deploys_only_from_main_and_production_waits_for_staging():
 
 def _commands() -> list[str]:
     commands = []
-    for job in yaml.safe_load((WORKFLOWS / "ci.yml").read_text())["jobs"].values():
-        commands += [step["run"] for step in job["steps"] if "run" in step]
+    for workflow in sorted(WORKFLOWS.glob("*.yml")):  # ci.yml and the weekly audit.yml
+        for job in yaml.safe_load(workflow.read_text())["jobs"].values():
+            commands += [step["run"] for step in job["steps"] if "run" in step]
     for value in gitlab_config().values():
         if isinstance(value, dict):
             for key in ("before_script", "script", "after_script"):
