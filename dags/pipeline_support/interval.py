@@ -50,7 +50,9 @@ def plan_interval(entry: PipelineEntry, *, pipeline: str | None, window_days: An
         start, end = triggered_end - dt.timedelta(days=1), triggered_end
         log.info("triggered by drift: the drifted interval ends %s, so the training window ends there", end)
     elif interval_start is None or interval_end is None:
-        today = now.astimezone(dt.UTC).date()
+        # "today" in the schedule's zone: at 00:30 UTC, Los Angeles is still in yesterday, whose
+        # data is not complete yet, so the latest complete day there is the day before.
+        today = now.astimezone(ZoneInfo(schedule.timezone)).date()
         last = schedule.end if schedule.end and schedule.end < today - dt.timedelta(days=1) \
             else today - dt.timedelta(days=1)
         start, end = last, last + dt.timedelta(days=1)

@@ -89,3 +89,30 @@ def test_the_monitor_task_links_its_report(monkeypatch):
         == "http://reports.local/bikeshare/reports/drift/date=2011-03-10/report.html"
     )
     assert result_report_url({"pipeline": "bikeshare"}) == ""
+
+
+def test_a_run_without_a_logical_date_takes_the_latest_complete_day_of_the_schedule_s_zone(tmp_path):
+    """At 00:30 UTC it is still the evening before in Los Angeles: that day is not complete there,
+    so the run covers the day before it, not the UTC day that just ended."""
+    from tests.datasets import write_spec_variant
+
+    spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "bikeshare.yaml",
+                              schedule={"timezone": "America/Los_Angeles", "end": "2030-12-31"},
+                              window={"data_end": "2030-12-31"})  # fmt: skip
+    entry = load_entry(spec)
+
+    def plan(now: dt.datetime) -> tuple[str, str]:
+        got = plan_interval(entry, pipeline=None, window_days=None, interval_start=None, interval_end=None,
+                            run_type="manual", now=now)  # fmt: skip
+        return got["start"], got["end"]
+
+    assert plan(dt.datetime(2026, 11, 23, 0, 30, tzinfo=dt.UTC)) == ("2026-11-21", "2026-11-22")
+    assert plan(dt.datetime(2026, 11, 23, 8, 30, tzinfo=dt.UTC)) == (
+        "2026-11-22",
+        "2026-11-23",
+    )  # 00:30 there
+    utc = load_entry(write_spec_variant(BIKESHARE_SPEC, tmp_path / "utc.yaml", schedule={"end": "2030-12-31"},
+                                        window={"data_end": "2030-12-31"}))  # fmt: skip
+    got = plan_interval(utc, pipeline=None, window_days=None, interval_start=None, interval_end=None,
+                        run_type="manual", now=dt.datetime(2026, 11, 23, 0, 30, tzinfo=dt.UTC))  # fmt: skip
+    assert (got["start"], got["end"]) == ("2026-11-22", "2026-11-23")
