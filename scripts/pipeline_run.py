@@ -1,6 +1,7 @@
 """Which DAG and conf `make run PIPELINE=... DATE=...` runs; fails loudly when the date is not served.
 
-Prints three lines: the DAG id, its conf (JSON), and the MLCYCLE_PIPELINES_DIR the run needs.
+Prints four lines: the DAG id, its conf (JSON), the MLCYCLE_PIPELINES_DIR the run needs, and the
+logical date to give `airflow dags test` (DATE at the schedule's time, in its zone).
 
     python scripts/pipeline_run.py bikeshare 2011-06-30          ->  training_bikeshare / {} / (unchanged)
     python scripts/pipeline_run.py .ci/bikeshare-ci.yaml 2011-06-30  ->  training_bikeshare / {"pipeline": "..."}
@@ -11,7 +12,9 @@ as a file entry: the DAG files build its DAGs from it where it is, nothing is co
 neighbours in that folder are left alone. A spec that keeps the name of a known pipeline (a variant,
 e.g. a CI-sized search) runs through that pipeline's DAG with the `pipeline` Param.
 
-`airflow dags test <dag> D` is a manual run: it covers the day before D, [D-1, D).
+`airflow dags test <dag> D` is a manual run: it covers the interval that ended last before D. Given
+D at the schedule's time in its zone (the fourth line), that is the day before D, [D-1, D), in any
+zone; given a bare date (UTC midnight), a pipeline west of UTC would cover the local day before.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main(argv: list[str]) -> int:
     print(f"training_{entry.name}")
     print(json.dumps(conf))
     print(os.pathsep.join(str(e) for e in entries))
+    print(entry.schedule.run_after(day).isoformat())
     return 0
 
 

@@ -13,12 +13,13 @@ airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
 # The pipeline's DAG, and a check that its schedule serves DATE (a clear error instead of an empty run).
 # A spec of a new name, in any folder, joins MLCYCLE_PIPELINES_DIR as a file entry (nothing is copied).
 plan=$(.venv/bin/python scripts/pipeline_run.py "$PIPELINE" "$DATE")
-{ read -r DAG_ID; read -r CONF; read -r DIRS; } <<<"$plan"
+{ read -r DAG_ID; read -r CONF; read -r DIRS; read -r LOGICAL_DATE; } <<<"$plan"
 export MLCYCLE_PIPELINES_DIR="$DIRS"
 NAME=${DAG_ID#training_}
-echo "==> airflow dags test $DAG_ID $DATE (pipeline: $PIPELINE; a manual run covers the day before $DATE)"
+# DATE at the schedule's time in its zone, so that the run covers the day before DATE there.
+echo "==> airflow dags test $DAG_ID $LOGICAL_DATE (pipeline: $PIPELINE; a manual run covers the day before $DATE)"
 echo "    MLCYCLE_PIPELINES_DIR=$MLCYCLE_PIPELINES_DIR"
-.venv/bin/python scripts/run_dag.py "$DAG_ID" "$DATE" --conf "$CONF"  # dags test, with task logs and start time for the UI
+.venv/bin/python scripts/run_dag.py "$DAG_ID" "$LOGICAL_DATE" --conf "$CONF"  # dags test, with task logs and start time for the UI
 cat <<MSG
 
 ==> Done. Where to look:

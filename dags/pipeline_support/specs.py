@@ -111,6 +111,17 @@ class Schedule:
         until = f"to {self.end}" if self.end else "onwards (no end)"
         return f"data intervals starting {self.start} {until}, {self.interval} in {self.timezone}"
 
+    def run_after(self, day: dt.date) -> dt.datetime:
+        """When the interval of the day before ``day`` ends: ``day`` at the cron's time, in the
+        schedule's zone. A manual run given this moment covers ``[day-1, day)`` whatever the zone
+        (given UTC midnight, a pipeline west of UTC would cover the local day before that)."""
+        from zoneinfo import ZoneInfo
+
+        hour = minute = 0
+        if self.interval not in ("@daily", "@midnight"):
+            minute, hour = (int(f) for f in self.interval.split()[:2])
+        return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(self.timezone))
+
 
 @dataclass(frozen=True)
 class PipelineEntry:
