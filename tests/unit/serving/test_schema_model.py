@@ -71,6 +71,11 @@ def test_a_fast_path_outside_the_tolerance_is_not_used(bike_model, clf_model, tm
     shutil.copy(clf_folder / ONNX_FILE, broken / ONNX_FILE)  # another model's graph: wrong inputs
     model = ServedModel(broken)
     assert model.path == "pipeline" and "lacks inputs" in model.path_reason
+    import onnxruntime as ort
+
+    graph_inputs = {i.name for i in ort.InferenceSession(str(broken / ONNX_FILE)).get_inputs()}
+    missing = [n for n in model.names if n not in graph_inputs]
+    assert len(missing) > 1 and model.path_reason == f"{ONNX_FILE} lacks inputs for {', '.join(missing)}"
 
     forced = ServedModel(folder, force_path="pipeline")
     assert forced.path == "pipeline"
@@ -132,3 +137,55 @@ def test_the_serving_tolerance_is_an_inclusive_limit(bike_model, tmp_path):
         _with_tolerance(folder, tmp_path / "below", float(np.nextafter(measured.parity, 0)), shifted)
     )
     assert below.path == "pipeline" and "differs from the Pipeline" in below.path_reason
+
+
+def test_a_loaded_model_says_what_it_is_and_which_path_it_took(bike_model, clf_model, tmp_path, caplog):
+    """What `/ready`, `/metrics` and the start-up log show of a model: its name, version, signature,
+    class labels as plain values, the path and the reason for it, and how long loading took."""
+    import logging
+
+    import yaml
+
+    _, folder, _ = bike_model
+    with caplog.at_level(logging.INFO, logger="mlcycle.serving.model"):
+        model = ServedModel(folder)
+    assert model.info.name == model.schema.pipeline == "bikeshare" and model.info.version == "unregistered"
+    assert (
+        model.signature == yaml.safe_load((folder / "MLmodel").read_text())["signature"] and model.signature
+    )
+    assert model.classes is None and model.example and set(model.example[0]) == set(model.names)
+    assert model.parity is not None and model.path_reason.startswith("ONNX matches the Pipeline on ")
+    assert f"<= tolerance {model.schema.tolerance:g})" in model.path_reason
+    assert 0 < model.load_seconds < 600
+    (line,) = [r.getMessage() for r in caplog.records if "loaded from" in r.getMessage()]
+    assert line.startswith(f"model bikeshare version unregistered loaded from {folder} in ")
+    assert line.endswith(f" s; inference path: onnx ({model.path_reason})")
+
+    forced = ServedModel(folder, force_path="pipeline")
+    assert (forced.path, forced.session, forced.parity) == ("pipeline", None, None)
+    assert forced.path_reason == "forced by MLCYCLE_SERVING_PATH=pipeline"
+    plain = tmp_path / "no-onnx"
+    shutil.copytree(folder, plain)
+    (plain / ONNX_FILE).unlink()
+    bare = ServedModel(plain)
+    assert (bare.path, bare.session, bare.parity, bare.path_reason) == (
+        "pipeline",
+        None,
+        None,
+        "no ONNX model in the folder",
+    )
+
+    _, clf_folder, _ = clf_model
+    clf = ServedModel(clf_folder)
+    assert clf.classes == [0, 1] and all(type(c) is int for c in clf.classes)
+    assert clf._outputs == [o.name for o in clf.session.get_outputs()] and len(clf._outputs) == 2
+
+
+def test_a_graph_that_onnxruntime_cannot_load_or_run_leaves_the_pipeline(bike_model, tmp_path):
+    _, folder, _ = bike_model
+    garbage = tmp_path / "garbage"
+    shutil.copytree(folder, garbage)
+    (garbage / ONNX_FILE).write_bytes(b"not a graph")
+    model = ServedModel(garbage)
+    assert model.path == "pipeline" and model.session is None
+    assert model.path_reason.startswith(f"onnxruntime cannot load {ONNX_FILE}: ")
