@@ -243,6 +243,58 @@ def test_the_registry_s_view_of_the_model_comes_from_serving_json(tmp_path):
     assert (empty.name, empty.version, empty.run_id, empty.tags) == ("bikeshare", "unregistered", "r0", {})
 
 
+# --- which path answers, and the fast path's answers
+
+
+def test_predict_answers_from_the_graph_when_it_has_one_else_from_the_pipeline():
+    rows = [{"x": 1.0}]
+    stand_in = SimpleNamespace(
+        session=object(), _predict_onnx=lambda r: ("onnx", r), _predict_pipeline=lambda r: ("pipeline", r)
+    )
+    assert ServedModel.predict(stand_in, rows) == ("onnx", rows)
+    stand_in.session = None
+    assert ServedModel.predict(stand_in, rows) == ("pipeline", rows)
+
+
+def _onnx_answers(classification: bool, outputs, classes=None) -> Prediction:
+    schema = _schema(FeatureSchema("x", "numeric", "double"))
+    stand_in = SimpleNamespace(
+        classification=classification,
+        classes=classes,
+        session=SimpleNamespace(run=lambda names, feeds: outputs),
+        schema=schema,
+        _encoders=[("x", np.float64)],
+    )
+    stand_in.encode = lambda rows: ServedModel.encode(stand_in, rows)
+    return ServedModel._predict_onnx(stand_in, [{"x": 1.0}, {"x": 2.0}])
+
+
+def test_graph_labels_take_the_type_of_the_model_s_classes():
+    proba = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
+    text = _onnx_answers(True, [np.array([1, 0]), proba], classes=["0", "1"])
+    assert text.predictions == ["1", "0"] and text.probabilities == [[0.25, 0.75], [1.0, 0.0]]
+    numbers = _onnx_answers(True, [np.array([1, 0]), proba], classes=[0, 1])
+    assert numbers.predictions == [1, 0] and all(type(v) is int for v in numbers.predictions)
+    regression = _onnx_answers(False, [np.array([[1.5], [2.5]], dtype=np.float32)])
+    assert regression.predictions == [1.5, 2.5] and regression.probabilities is None
+
+
+def test_the_trusted_types_saved_with_the_model_are_the_only_ones_trusted(bike_model):
+    """The MLmodel file names the types its skops file may hold; nothing else is trusted, even when
+    the file holds more (what `get_untrusted_types` alone would accept)."""
+    import skops.io
+    import yaml
+
+    _, folder, _ = bike_model
+    conf = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["sklearn"]
+    assert conf["skops_trusted_types"]  # the bundled model needs some
+    _load_pipeline(folder, {"flavors": {"sklearn": conf}})
+    assert len(conf["skops_trusted_types"]) > 1
+    narrowed = {**conf, "skops_trusted_types": conf["skops_trusted_types"][:1]}
+    with pytest.raises(skops.io.exceptions.UntrustedTypesFoundException):
+        _load_pipeline(folder, {"flavors": {"sklearn": narrowed}})
+
+
 # --- the warm-up
 
 
