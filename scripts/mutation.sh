@@ -34,7 +34,7 @@ declare -A MODULES=(
   [rollout]=".venv-steps|include/mlcycle|deploy/figures.py|tests/unit/deploy/test_deploy_parts.py tests/unit/test_boundaries.py"
   [serving_schema]=".venv-steps|include/mlcycle|serving/schema.py|tests/unit/serving/test_schema_fields.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py"
   [serving_model]=".venv-steps|include/mlcycle|serving/model.py|tests/unit/serving/test_model_parts.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py tests/unit/serving/test_onnx_trees.py tests/unit/test_boundaries.py"
-  [validate]=".venv-steps|include/mlcycle|steps/validate.py|tests/unit/steps/test_restatement.py tests/unit/steps/test_validate.py tests/unit/steps/test_validate_plain_words.py tests/unit/test_integrity.py tests/unit/test_boundaries.py"
+  [validate]=".venv-steps|include/mlcycle|steps/validate.py|tests/unit/steps/test_restatement.py tests/unit/steps/test_validate_messages.py tests/unit/steps/test_validate.py tests/unit/steps/test_validate_plain_words.py tests/unit/test_integrity.py tests/unit/test_boundaries.py"
 )
 ORDER=(evaluate store contract spec expectations decision spec_schema rollout serving_schema serving_model validate)
 [ $# -gt 0 ] && ORDER=("$@")
