@@ -8,6 +8,7 @@ each part is recorded:
   tags ``gate.*``), the aliases ``@champion``, ``@production``, ``@staging`` and the deploy tags;
 - the drift ledger, ``<store>/<pipeline>/reports/drift/ledger.json`` (days, episodes, triggers);
 - the deploy state, ``<store>/<pipeline>/deploy/state.json`` (slots, the proxy's switches);
+  both opened as the reports route opens a report: no symlink is followed from the store down;
 - serving figures: Prometheus when ``MLCYCLE_PROMETHEUS_URL`` is set, else each slot's ``/metrics``.
 
 The Airflow environment has no MLflow library (by design: the plugin runs in every Airflow process),
@@ -182,9 +183,14 @@ def model_versions(pipeline: str) -> tuple[list[Version], str]:
         return [], f"cannot read the MLflow registry at {uri}: {type(exc).__name__}: {exc}"
 
 
-def read_json(path: Path) -> Any:
+def read_json(store: Path, *parts: str) -> Any:
+    """The JSON file ``store/parts...``, opened as the reports route opens a report (no symlink
+    followed from the store down, a regular file only); None when there is none or it is unreadable."""
+    from mlcycle_ui import open_regular
+
     try:
-        return json.loads(path.read_text())
+        with os.fdopen(open_regular(store, parts), "rb") as file:
+            return json.loads(file.read())
     except (OSError, ValueError):
         return None
 
@@ -385,8 +391,10 @@ def _page(title: str, body: str) -> str:
 
 
 def index_page(pipelines: list[str]) -> str:
+    """The list of the pipelines given: those whose DAG the user may read (plugins/mlcycle_ui.py)."""
     items = "".join(f"<li>{_a(f'/mlcycle/lifecycle/{p}', p)}</li>" for p in pipelines)
-    return _page("Model lifecycle", f"<h1>Model lifecycle</h1><ul>{items or '<li>no pipeline</li>'}</ul>")
+    empty = "<li>no pipeline whose DAG you may read</li>"
+    return _page("Model lifecycle", f"<h1>Model lifecycle</h1><ul>{items or empty}</ul>")
 
 
 def _pct(value: float | None) -> str:
@@ -396,10 +404,10 @@ def _pct(value: float | None) -> str:
 def lifecycle_page(pipeline: str, store: Path) -> str:
     versions, problem = model_versions(pipeline)
     holders = {alias: next((v for v in versions if alias in v.aliases), None) for alias in ALIASES}
-    ledger = read_json(store / pipeline / "reports" / "drift" / "ledger.json") or {}
+    ledger = read_json(store, pipeline, "reports", "drift", "ledger.json") or {}
     days = ledger.get("days", ledger) if isinstance(ledger, dict) else {}
     days = {k: v for k, v in days.items() if isinstance(v, dict)}
-    state = read_json(store / pipeline / "deploy" / "state.json")
+    state = read_json(store, pipeline, "deploy", "state.json")
     figures, source, serving_problem = serving_figures(state)
 
     parts = [f"<h1>Model lifecycle: {e(pipeline)}</h1>"]

@@ -14,9 +14,14 @@ The per-task "MLflow" and "Report" buttons are operator extra links of the step 
 
 Every route is behind Airflow's own login: the UI's session (the ``_token`` cookie) or an API token
 (``Authorization: Bearer``), checked by the API server's auth manager; a pipeline's pages need read
-access to its DAG ``training_<pipeline>``. The pipeline must be a known spec, each path segment is
-checked (no ``..``, no NUL, no backslash, no over-long name) and no symlink is followed: only regular
-files under that pipeline's ``reports/`` folder are served; raw, validated and quarantined data never are.
+access to its DAG ``training_<pipeline>``, and the lifecycle index lists only the pipelines whose DAG
+the user may read. Access is decided before existence: a user without access gets the same 403 for a
+pipeline that exists and for one that does not. The pipeline must be a known spec, each path segment
+is checked (no ``..``, no NUL, no backslash, no over-long name) and no symlink is followed: the file is
+opened one component at a time from the store's root (``<pipeline>``, ``reports``, then the path),
+each relative to its folder's descriptor with ``O_NOFOLLOW``, checked to be a regular file with
+``fstat`` and served from that descriptor, so what was checked is what is sent. Only regular files
+under that pipeline's ``reports/`` folder are served; raw, validated and quarantined data never are.
 
 Importing this module costs little (Airflow imports plugins in every process): the pages' own code
 is imported when a page is asked for.
@@ -26,6 +31,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +46,11 @@ PIPELINE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 #: Limits of a report path: a file name a filesystem accepts, and a sane depth.
 MAX_SEGMENT, MAX_SEGMENTS = 255, 32
 DAG_KINDS = ("training", "monitoring", "deploy")
+#: How each component on the way to a served file is opened: never through a symlink, never
+#: blocking on a FIFO (it would hold a server thread), never as a controlling terminal, never
+#: inherited by a process Airflow starts.
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+CHUNK = 64 * 1024
 #: The local copies of Data Docs' CDN assets (plugins/data_docs_assets/README.md lists them).
 ASSETS_DIR = Path(__file__).resolve().parent / "data_docs_assets"
 
@@ -65,8 +76,39 @@ def pipeline_of_dag(dag_id: str) -> str | None:
     return name if kind in DAG_KINDS and name else None
 
 
-def checked_file(folder: Path, path: str) -> Path:
-    """The regular file ``path`` names under ``folder``, never through a symlink; else HTTPException (4xx)."""
+def open_regular(root: Path, segments: Sequence[str]) -> int:
+    """A read-only descriptor of the regular file ``root/segments[0]/.../segments[-1]``.
+
+    Each component is opened relative to its folder's descriptor with ``O_NOFOLLOW`` (a folder also
+    with ``O_DIRECTORY``), so a symlink anywhere below ``root`` (a pipeline folder, its ``reports``
+    folder, a file) is refused, and a component renamed or swapped for a symlink after a check
+    cannot redirect the open: the descriptor returned is the file that was checked. OSError
+    (FileNotFoundError, ELOOP for a symlink, ENOTDIR, ...) otherwise; the caller closes the descriptor.
+    """
+    if not segments or any(s in ("", ".", "..") or "/" in s or "\0" in s for s in segments):
+        raise FileNotFoundError(f"not a path below {root}: {'/'.join(segments)[:200]!r}")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, segment in enumerate(segments):
+            folder = i < len(segments) - 1
+            child = os.open(segment, OPEN_FLAGS | (os.O_DIRECTORY if folder else 0), dir_fd=fd)
+            os.close(fd)
+            fd = child
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {'/'.join(segments)[:200]!r}")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def checked_file(root: Path, prefix: Sequence[str], path: str) -> int:
+    """A descriptor of the regular file ``path`` names under ``root/prefix``; else HTTPException (4xx).
+
+    ``prefix`` (a pipeline and ``reports``) and each segment of ``path`` are opened as in
+    :func:`open_regular`: no symlink is followed from ``root`` down.
+    """
     from fastapi import HTTPException
 
     def refuse(status: int, why: str) -> HTTPException:
@@ -82,27 +124,56 @@ def checked_file(folder: Path, path: str) -> Path:
             raise refuse(400, f"a path segment longer than {MAX_SEGMENT} bytes")
         if "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
             raise refuse(400, "a backslash or a control character in the path")
-    target = folder
     try:
-        for segment in segments:  # one component at a time, refusing any symlink on the way
-            target = target / segment
-            mode = os.lstat(target).st_mode
-            if stat.S_ISLNK(mode):
-                raise refuse(404, "a symbolic link is never followed")
-    except OSError:
-        raise refuse(404, "no such file") from None
-    if not stat.S_ISREG(mode):
-        raise refuse(404, "not a file")
-    return target
+        return open_regular(root, [*prefix, *segments])
+    except OSError:  # missing, a symlink on the way (ELOOP, ENOTDIR), or not a regular file
+        raise refuse(404, "no such file (a symbolic link is never followed)") from None
 
 
-def checked_report(pipeline: str, path: str) -> Path:
-    """The report file ``path`` names in the pipeline's reports folder (a known pipeline), else 4xx."""
+def checked_report(pipeline: str, path: str) -> int:
+    """A descriptor of the report ``path`` names in the pipeline's reports folder (a known pipeline), else 4xx."""
     from fastapi import HTTPException
 
     if not PIPELINE_NAME.match(pipeline) or pipeline not in known_pipelines():
         raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
-    return checked_file(store_root() / pipeline / "reports", path)
+    return checked_file(store_root(), (pipeline, "reports"), path)
+
+
+def file_response(fd: int, name: str, headers: dict[str, str] | None = None) -> Any:
+    """A response that streams the open file ``fd`` (closed when sent); its type guessed from ``name``."""
+    import mimetypes
+    from email.utils import formatdate
+
+    from fastapi.responses import StreamingResponse
+
+    info = os.fstat(fd)
+    file = os.fdopen(fd, "rb")  # owns the descriptor from here: closed when sent, or when dropped
+
+    def chunks():
+        with file:
+            left = info.st_size  # never more than the Content-Length announced
+            while left > 0:
+                chunk = file.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                yield chunk
+
+    return StreamingResponse(
+        chunks(),
+        media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+        headers={
+            "Content-Length": str(info.st_size),
+            "Last-Modified": formatdate(info.st_mtime, usegmt=True),
+            **(headers or {}),
+        },
+    )
+
+
+def read_text(fd: int) -> str:
+    """The whole text of the open file ``fd`` (undecodable bytes replaced), closing it."""
+    with os.fdopen(fd, "rb") as file:
+        return file.read().decode(errors="replace")
 
 
 def request_token(request: Any) -> str | None:
@@ -120,15 +191,25 @@ async def current_user(request: Any) -> Any:
     return await resolve_user_from_token(request_token(request))
 
 
-def authorize(user: Any, pipeline: str, method: str = "GET") -> None:
-    """403 unless ``user`` may read the pipeline's training DAG (the auth manager decides)."""
+def may_read(user: Any, pipeline: str, method: str = "GET") -> bool:
+    """Whether ``user`` may read the pipeline's training DAG (the auth manager decides)."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    details = DagDetails(id=f"training_{pipeline}")
+    return get_auth_manager().is_authorized_dag(method=method, details=details, user=user)
+
+
+def authorize(user: Any, pipeline: str, method: str = "GET") -> None:
+    """403 unless ``user`` may read the pipeline's training DAG.
+
+    Called before the pipeline is looked up, so that a user without access gets the same answer
+    whether the pipeline exists or not.
+    """
     from fastapi import HTTPException
 
-    dag_id = f"training_{pipeline}"
-    if not get_auth_manager().is_authorized_dag(method=method, details=DagDetails(id=dag_id), user=user):
-        raise HTTPException(status_code=403, detail=f"no read access to the DAG {dag_id}")
+    if not may_read(user, pipeline, method):
+        raise HTTPException(status_code=403, detail=f"no read access to the DAG training_{pipeline}")
 
 
 def offline_data_docs(page: str) -> str:
@@ -141,7 +222,7 @@ def offline_data_docs(page: str) -> str:
 def reports_app():
     """A FastAPI app serving ``<store>/<pipeline>/reports/**`` (HTML, JSON, images) to Airflow users."""
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, HTMLResponse, Response
+    from fastapi.responses import HTMLResponse, Response
 
     app = FastAPI(title="mlcycle reports", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -151,20 +232,22 @@ def reports_app():
     User = Annotated[Any, Depends(user_of)]
 
     @app.get("/_assets/{path:path}")
-    def asset(path: str, user: User) -> FileResponse:
+    def asset(path: str, user: User) -> Response:
         if path.endswith(".md"):
             raise HTTPException(status_code=404, detail="not an asset")
-        return FileResponse(checked_file(ASSETS_DIR, path), headers={"Cache-Control": "max-age=86400"})
+        fd = checked_file(ASSETS_DIR, (), path)
+        return file_response(fd, path, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/{pipeline}/reports/{path:path}")
     def report(pipeline: str, path: str, user: User) -> Response:
         if not PIPELINE_NAME.match(pipeline):
             raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         authorize(user, pipeline)
-        target = checked_report(pipeline, path)
-        if target.suffix == ".html" and "data_docs" in target.parts:
-            return HTMLResponse(offline_data_docs(target.read_text(errors="replace")))
-        return FileResponse(target)
+        fd = checked_report(pipeline, path)
+        name = path or "index.html"
+        if name.endswith(".html") and "data_docs" in name.split("/"):
+            return HTMLResponse(offline_data_docs(read_text(fd)))
+        return file_response(fd, name)
 
     return app
 
@@ -190,12 +273,15 @@ def lifecycle_app():
     def index(user: User) -> str:
         import mlcycle_lifecycle
 
-        return mlcycle_lifecycle.index_page(known_pipelines())
+        return mlcycle_lifecycle.index_page([p for p in known_pipelines() if may_read(user, p)])
 
     @app.get("/dag/{dag_id}")
     def for_dag(dag_id: str, user: User) -> RedirectResponse:
         pipeline = pipeline_of_dag(dag_id)
-        if not pipeline or pipeline not in known_pipelines():
+        if not pipeline or not PIPELINE_NAME.match(pipeline):
+            raise HTTPException(status_code=404, detail=f"the DAG {dag_id[:100]!r} belongs to no pipeline")
+        authorize(user, pipeline)
+        if pipeline not in known_pipelines():
             raise HTTPException(status_code=404, detail=f"the DAG {dag_id[:100]!r} belongs to no pipeline")
         return RedirectResponse(f"{LIFECYCLE_PREFIX}/{pipeline}", status_code=307)
 
@@ -203,9 +289,11 @@ def lifecycle_app():
     def lifecycle(pipeline: str, user: User) -> str:
         import mlcycle_lifecycle
 
-        if not PIPELINE_NAME.match(pipeline) or pipeline not in known_pipelines():
+        if not PIPELINE_NAME.match(pipeline):
             raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         authorize(user, pipeline)
+        if pipeline not in known_pipelines():
+            raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         return mlcycle_lifecycle.lifecycle_page(pipeline, store_root())
 
     return app

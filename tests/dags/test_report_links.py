@@ -44,9 +44,9 @@ def store(tmp_path, monkeypatch):
     return SimpleNamespace(root=root, page=page, raw=raw, outside=outside)
 
 
-@pytest.fixture(scope="module")
-def tokens():
-    """JWTs of the API server's own auth manager: an admin, and a user with no role (no DAG access)."""
+def airflow_tokens() -> dict[str, str]:
+    """JWTs of the API server's own auth manager: an admin, a viewer (reads every DAG, changes
+    nothing) and a user with no role (no DAG access)."""
     import os
 
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "t" * 86)
@@ -60,8 +60,14 @@ def tokens():
     manager = create_auth_manager()
     return {
         "admin": manager.generate_jwt(SimpleAuthManagerUser(username="admin", role="admin")),
+        "viewer": manager.generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer")),
         "nobody": manager.generate_jwt(SimpleAuthManagerUser(username="nobody", role="")),
     }
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return airflow_tokens()
 
 
 @pytest.fixture
@@ -159,6 +165,90 @@ def test_a_symlink_planted_in_a_reports_folder_is_not_followed(store, client):
     for path in ("/bikeshare/reports/leak.parquet", "/bikeshare/reports/linked/data.parquet"):
         response = client.get(path)
         assert response.status_code in (400, 404) and "PAR1" not in response.text, path
+
+
+@pytest.mark.parametrize("linked", ["reports", "pipeline"])
+def test_a_reports_or_pipeline_folder_that_is_a_symlink_is_not_followed(store, client, tmp_path, linked):
+    """``<store>/<pipeline>/reports`` and ``<store>/<pipeline>`` are opened without following a
+    symlink too, wherever it points (here: a look-alike reports folder outside the store)."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "reports" / "drift").mkdir(parents=True)
+    (elsewhere / "reports" / "drift" / "report.html").write_text("LEAKED drift report")
+    pipeline = store.root / "bikeshare"
+    if linked == "reports":
+        (pipeline / "reports").rename(tmp_path / "moved")
+        (pipeline / "reports").symlink_to(elsewhere / "reports", target_is_directory=True)
+    else:
+        pipeline.rename(tmp_path / "moved")
+        pipeline.symlink_to(elsewhere, target_is_directory=True)
+    response = client.get("/bikeshare/reports/drift/report.html")
+    assert response.status_code == 404 and "LEAKED" not in response.text
+
+
+def test_a_fifo_in_a_reports_folder_is_refused_without_holding_the_request(store, client):
+    """Opening a FIFO for reading waits for a writer: the route opens without blocking, then
+    refuses what is not a regular file."""
+    import os
+    import threading
+
+    fifo = store.root / "bikeshare" / "reports" / "pipe.html"
+    os.mkfifo(fifo)
+    answers = []
+    request = threading.Thread(target=lambda: answers.append(client.get("/bikeshare/reports/pipe.html")))
+    request.start()
+    request.join(timeout=5)
+    waited = request.is_alive()
+    if waited:  # a writer unblocks the route's open, so that the test ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        request.join(timeout=10)
+    assert not waited, "the request waited on the FIFO for a writer"
+    assert answers and answers[0].status_code == 404
+
+
+PAGE = "validation/data_docs/validations/s/2011-06-29/p.html"
+
+
+@pytest.mark.parametrize("path", [PAGE, "drift/report.json"])
+def test_a_report_swapped_for_a_symlink_after_its_check_is_not_what_is_served(
+    store, client, monkeypatch, path
+):
+    """The file is opened once, without following a symlink, and served from that descriptor: a
+    report replaced by a symlink to the data between the check and the read (a race an attacker
+    with write access to the reports folder can try) still serves the report, never the data."""
+    import os
+
+    target = store.root / "bikeshare" / "reports" / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("<html>GX page</html>" if path.endswith(".html") else '{"drift": "report"}')
+    original, inode = target.read_bytes(), target.stat().st_ino
+    lstat, fstat, swapped = os.lstat, os.fstat, []
+
+    def swap() -> None:  # the attacker's move, made right after the route has looked at the file
+        if not swapped:
+            swapped.append(True)
+            target.rename(target.with_name("old"))
+            target.symlink_to(store.raw)
+
+    def checking_lstat(path, *args, **kwargs):  # a check by path
+        result = lstat(path, *args, **kwargs)
+        if result.st_ino == inode:
+            swap()
+        return result
+
+    def checking_fstat(fd):  # a check of an open file
+        result = fstat(fd)
+        if result.st_ino == inode:
+            swap()
+        return result
+
+    monkeypatch.setattr(os, "lstat", checking_lstat)
+    monkeypatch.setattr(os, "fstat", checking_fstat)
+    response = client.get(f"/bikeshare/reports/{path}")
+    monkeypatch.undo()
+    assert swapped, "the route never looked at the file"
+    assert target.is_symlink()
+    assert "PAR1" not in response.text, "the data behind the symlink was served"
+    assert response.status_code == 200 and original.decode() in response.text
 
 
 @pytest.mark.parametrize("name", ["a%00b.html", "%00", "a" * 5000, "/".join(["d"] * 40)])
