@@ -305,13 +305,6 @@ def test_store_disk_full_during_validate_publishes_nothing(small_disk, tmp_path)
     assert (store / "validated" / day / current["file"]).exists()
 
 
-# --- PostgreSQL (Airflow's metadata database) restarted, and the scheduler killed, during a backfill
-
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
-DAG_ID = "training_bikeshare"
-BACKFILL = ("2011-03-01", "2011-03-02")  # two daily runs, one at a time
-
-
 # --- PostgreSQL, the source of a training run, goes down and comes back
 
 
