@@ -4,21 +4,26 @@
   task, class labels) for the MLmodel ``metadata``.
 - ``to_onnx``: the fitted Pipeline converted with skl2onnx, tree ensembles rewritten in double
   precision (``ai.onnx.ml`` 5, mlcycle.serving.onnx_trees), and its parity with the Pipeline on the evaluation slice.
+- ``write_export_report``: the export's outcome as ``onnx_export.json``, to log beside the model, so
+  the server can say why a model folder has no ONNX graph (``/metadata``'s ``inference_path_reason``).
 
 Runs in the step environment only (skl2onnx and onnx are not in the serving image).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlcycle.serving.onnx_trees import double_trees
+from mlcycle.serving.model import ONNX_EXPORT_FILE
+from mlcycle.serving.onnx_trees import Unsupported, double_trees
 from mlcycle.serving.schema import METADATA_KEY, FeatureSchema, ServingSchema, schema_from_spec
 
 log = logging.getLogger(__name__)
@@ -176,6 +181,10 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
         opts.intra_op_num_threads = 1
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         out = session.run(None, _feeds(schema, x_eval))
+    except Unsupported as exc:
+        reason = f"no exact ONNX graph for {type(model.steps[-1][1]).__name__}: {exc}"
+        log.warning("no ONNX fast path: %s", reason)
+        return OnnxExport(None, None, None, len(x_eval), reason[:500])
     except Exception as exc:  # noqa: BLE001 - skl2onnx raises many untyped errors; the Pipeline is still served
         reason = (
             f"skl2onnx could not convert {type(model.steps[-1][1]).__name__}: {type(exc).__name__}: {exc}"
@@ -202,3 +211,12 @@ def to_onnx(schema: ServingSchema, model: Any, x_eval) -> OnnxExport:
     )
     log.info("ONNX export: %s", reason)
     return OnnxExport(data, diff, mismatches, len(x_eval), reason)
+
+
+def write_export_report(export: OnnxExport, folder: Path | str, logged: bool) -> Path:
+    """``folder/onnx_export.json``: whether the graph was logged beside the model, and why (the
+    server reports it when the model folder has no ``model.onnx``)."""
+    report = {k: v for k, v in asdict(export).items() if k != "model"}
+    path = Path(folder) / ONNX_EXPORT_FILE
+    path.write_text(json.dumps({"logged": logged, **report}, indent=2, sort_keys=True) + "\n")
+    return path

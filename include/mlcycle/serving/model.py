@@ -32,6 +32,9 @@ from mlcycle.serving.schema import METADATA_KEY, ServingSchema
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+#: Training's ONNX export report beside the model (mlcycle.serving.export.write_export_report): why
+#: there is no ``model.onnx`` when there is none.
+ONNX_EXPORT_FILE = "onnx_export.json"
 SERVING_INFO = "serving.json"
 PARITY_SAMPLE_ROWS = 256
 
@@ -90,6 +93,22 @@ def read_info(folder: Path, mlmodel: dict[str, Any], default_name: str) -> Model
         code_version=raw.get("code_version"),
         tags=dict(raw.get("tags") or {}),
     )
+
+
+def missing_onnx_reason(folder: Path, info: ModelInfo) -> str:
+    """Why ``folder`` holds no ONNX model: training's export report, else the registry's
+    ``mlcycle.onnx`` tag (copied into ``serving.json``), else only that it is missing."""
+    reason = None
+    report = folder / ONNX_EXPORT_FILE
+    if report.is_file():
+        try:
+            reason = json.loads(report.read_text()).get("reason")
+        except (OSError, ValueError, AttributeError):
+            log.warning("%s is not a readable export report: ignored", report)
+    tag = info.tags.get("mlcycle.onnx", "")
+    if not reason and tag.startswith("not logged: "):
+        reason = tag.removeprefix("not logged: ")
+    return f"no ONNX model in the folder: {reason}" if reason else "no ONNX model in the folder"
 
 
 def _load_pipeline(folder: Path, mlmodel: dict[str, Any]):
@@ -165,7 +184,7 @@ class ServedModel:
         self.session = None
         self.parity: float | None = None
         self.path = "pipeline"
-        self.path_reason = "no ONNX model in the folder"
+        self.path_reason = missing_onnx_reason(self.folder, self.info)
         self.example = _input_example(self.folder, self.names)
         if force_path != "pipeline" and (self.folder / ONNX_FILE).is_file():
             self._try_fast_path()

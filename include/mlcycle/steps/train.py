@@ -137,7 +137,7 @@ def _log_fast_path(spec: PipelineSpec, model, x_train: pd.DataFrame, x_eval: pd.
     import mlflow
     from mlflow import MlflowClient
 
-    from mlcycle.serving.export import serving_schema, to_onnx
+    from mlcycle.serving.export import serving_schema, to_onnx, write_export_report
     from mlcycle.serving.model import ONNX_FILE
 
     schema = serving_schema(spec, model, x_train)
@@ -149,11 +149,13 @@ def _log_fast_path(spec: PipelineSpec, model, x_train: pd.DataFrame, x_eval: pd.
     mlflow.set_tags(tags)
     client = MlflowClient()
     client.set_logged_model_tags(model_id, tags)
-    if usable:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the export's outcome beside the model, for /metadata
+        client.log_model_artifact(model_id, str(write_export_report(export, tmp, usable)))
+        if usable:
             path = Path(tmp) / ONNX_FILE
             path.write_bytes(export.model)
             client.log_model_artifact(model_id, str(path))
+    if usable:
         mlflow.log_metric("onnx_max_abs_diff", export.max_abs_diff)
     else:
         log.warning("no ONNX fast path for this model (%s): the server will use the Pipeline", export.reason)

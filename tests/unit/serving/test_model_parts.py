@@ -22,6 +22,7 @@ from mlcycle.serving.model import (
     _load_pipeline,
     _read_mlmodel,
     limit_threads,
+    missing_onnx_reason,
     read_info,
     read_schema,
     sample_rows,
@@ -241,6 +242,24 @@ def test_the_registry_s_view_of_the_model_comes_from_serving_json(tmp_path):
     )
     empty = read_info(tmp_path, {"run_id": "r0"}, "bikeshare")
     assert (empty.name, empty.version, empty.run_id, empty.tags) == ("bikeshare", "unregistered", "r0", {})
+
+
+def test_a_folder_without_a_graph_says_why_training_made_none(tmp_path):
+    bare = read_info(tmp_path, {}, "p")
+    assert missing_onnx_reason(tmp_path, bare) == "no ONNX model in the folder"
+    registered = read_info(tmp_path, {}, "p").__class__(
+        **{**bare.__dict__, "tags": {"mlcycle.onnx": "not logged: skl2onnx could not convert X: E: e"}}
+    )
+    assert missing_onnx_reason(tmp_path, registered) == (
+        "no ONNX model in the folder: skl2onnx could not convert X: E: e"
+    )
+    logged = bare.__class__(**{**bare.__dict__, "tags": {"mlcycle.onnx": "logged: max abs difference 0"}})
+    assert missing_onnx_reason(tmp_path, logged) == "no ONNX model in the folder"
+    (tmp_path / "onnx_export.json").write_text(json.dumps({"logged": False, "reason": "from the report"}))
+    assert missing_onnx_reason(tmp_path, registered) == "no ONNX model in the folder: from the report"
+    (tmp_path / "onnx_export.json").write_text("[not an object")
+    assert missing_onnx_reason(tmp_path, bare) == "no ONNX model in the folder"
+    assert missing_onnx_reason(tmp_path, registered).endswith("skl2onnx could not convert X: E: e")
 
 
 # --- which path answers, and the fast path's answers

@@ -13,6 +13,7 @@ import pytest
 
 from mlcycle.modeling import build_pipeline
 from mlcycle.serving.export import serving_schema, to_onnx
+from mlcycle.serving.onnx_trees import Unsupported, double_trees
 from mlcycle.sources.file import read_table
 from mlcycle.spec import MODEL_FAMILIES, load_spec
 from tests.conftest import BIKESHARE_CSV
@@ -60,9 +61,41 @@ def test_a_row_exactly_on_a_forest_threshold_takes_the_pipelines_branch(tmp_path
     assert export.max_abs_diff < 1e-9, export.reason
 
 
-def test_native_categoricals_keep_the_pipeline_with_a_reason(tmp_path):
-    spec, model, x = _fitted(
-        tmp_path, "classification", "hist_gradient_boosting", categorical_encoding="native"
-    )
+@pytest.mark.parametrize("task", list(MODEL_FAMILIES))
+def test_native_categoricals_have_a_fast_path_equal_to_their_pipeline(tmp_path, task):
+    """Every categorical split on the estimator's own codes: bikeshare's month, weekday, weather...
+    (integers and strings), the generated set's color. More cases: test_onnx_native_categoricals."""
+    spec, model, x = _fitted(tmp_path, task, "hist_gradient_boosting", categorical_encoding="native")
+    assert model.steps[-1][1]._preprocessor is not None
     export = to_onnx(serving_schema(spec, model, x), model, x)
-    assert export.model is None and "could not convert HistGradientBoostingClassifier" in export.reason
+    assert export.model is not None, export.reason
+    assert export.max_abs_diff < 1e-9, export.reason
+    assert export.label_mismatches in (None, 0), export.reason
+
+
+def test_categories_the_rewrite_cannot_express_raise_with_the_reason(tmp_path):
+    """Categories that reach the estimator as strings (no encoder in front of it): skl2onnx's own tree
+    node would ignore the estimator's encoding of them, so the rewrite refuses and says what to do."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    spec, model, x = _fitted(tmp_path, "regression", "hist_gradient_boosting")
+    onx = _skl2onnx_graph(spec, model, x)
+    frame = pd.DataFrame({"color": pd.Categorical(["red", "blue"] * 50), "x": np.arange(100.0)})
+    strings = HistGradientBoostingRegressor(categorical_features="from_dtype", max_iter=3).fit(
+        frame, frame["x"]
+    )
+    with pytest.raises(Unsupported, match="encode them with an OrdinalEncoder"):
+        double_trees(onx, strings)
+
+
+def _skl2onnx_graph(spec, model, x):
+    from skl2onnx import convert_sklearn
+
+    from mlcycle.serving.export import TARGET_OPSET, _boolean_attribute_fix, _initial_types
+
+    with _boolean_attribute_fix():
+        return convert_sklearn(
+            model,
+            initial_types=_initial_types(serving_schema(spec, model, x).features),
+            target_opset=TARGET_OPSET,
+        )

@@ -118,6 +118,7 @@ def test_the_model_carries_what_serving_needs(lifecycle):
     """The serving schema in the MLmodel metadata, model.onnx in the model folder, the parity as tags."""
     import mlflow
 
+    from mlcycle.serving.export import ONNX_EXPORT_FILE
     from mlcycle.serving.model import ONNX_FILE, ServedModel
 
     name = lifecycle.spec.model.registered_name
@@ -127,6 +128,9 @@ def test_the_model_carries_what_serving_needs(lifecycle):
                                                  dst_path=str(lifecycle.tmp / "served"))
     model = ServedModel(folder)
     assert (model.folder / ONNX_FILE).is_file() and model.path == "onnx", model.path_reason
+    # the export's outcome travels with the model, for /metadata when a graph is refused
+    report = json.loads((model.folder / ONNX_EXPORT_FILE).read_text())
+    assert report["logged"] is True and report["max_abs_diff"] <= 1e-6, report
     assert model.schema.task == "classification" and model.schema.classes == (0, 1)
     assert [f.name for f in model.schema.features] == lifecycle.spec.feature_names
 
