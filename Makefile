@@ -89,9 +89,9 @@ serve:            ## serve the embedded default's @champion on http://127.0.0.1:
 serving-image:    ## build the serving image of @champion: mlcycle-serving-<pipeline>:v<version>
 	bash scripts/serving-image.sh $(PIPELINE)
 
-bench-serving:    ## mlflow models serve vs mlcycle serve on @champion (needs wrk)
+bench-serving:    ## mlcycle serve vs mlflow models serve, MLServer and BentoML on @champion (needs wrk); MODEL_URI=... for another model
 	bash scripts/setup.sh && . scripts/env.sh && .venv-steps/bin/python scripts/bench_serving.py \
-	  --model-uri models:/$(or $(PIPELINE),bikeshare)@champion
+	  --model-uri "$(or $(MODEL_URI),models:/$(or $(PIPELINE),bikeshare)@champion)"
 
 .PHONY: audit
 audit:            ## pip-audit of every pinned environment (needs PyPI's JSON API or OSV; not part of make test)
