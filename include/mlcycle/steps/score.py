@@ -15,7 +15,9 @@ refused, so a quarantined batch is never scored), and writes per day::
 
 The ONNX model is used where the folder has one that matches the Pipeline (``ServedModel``'s check
 at load), in batches of ``scoring.batch_rows`` read row group by row group, so memory is bounded by
-the batch, not the day. Every file is written under a temporary name and renamed: the same rows and
+the batch, not the day: only the model's inputs and the key columns are read, an I/O thread reads
+the next batch and writes the previous one while a batch is scored, and the graph runs on chunks of
+at most ``CHUNK_ROWS`` rows shared among one session per core. Every file is written under a temporary name and renamed: the same rows and
 version give the same bytes, and a killed run leaves nothing half-written.
 """
 
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,10 @@ LINEAGE_FILE = "lineage.json"
 PATH_ENV = "MLCYCLE_SCORING_PATH"
 #: Batches of at least this many rows are shared among the ONNX sessions (one per task thread).
 PARALLEL_MIN_ROWS = 20_000
+#: Rows per ONNX run: a batch is cut into chunks of at most this many rows, taken by the sessions in
+#: turn. The graph's one-hot matrix (about 1 KiB a row for the taxi model) lives per chunk, not per
+#: batch, and a session held up by a busy core delays one chunk, not half the batch.
+CHUNK_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -176,8 +183,6 @@ def _model(resolved_uri: str, settings: Settings):
     if model.session is not None:
         # One single-threaded session per task thread, each on its share of a batch (onnxruntime
         # releases the GIL): measured 10-15% faster on two cores than one session with two threads.
-        from concurrent.futures import ThreadPoolExecutor
-
         from mlcycle.threads import thread_count
 
         model.sessions = [model.session] + [_session(folder) for _ in range(thread_count() - 1)]
@@ -196,18 +201,19 @@ def _session(folder: Path):
 
 
 def _run_onnx(model, frame: pd.DataFrame) -> list[np.ndarray]:
-    """The ONNX outputs of ``frame``, its rows shared among the sessions (in order)."""
-    parts = len(model.sessions) if model.pool is not None and len(frame) >= PARALLEL_MIN_ROWS else 1
-    if parts == 1:
+    """The ONNX outputs of ``frame``, run in chunks of rows shared among the sessions (in order)."""
+    n, sessions = len(frame), model.sessions or [model.session]
+    shared = model.pool is not None and n >= PARALLEL_MIN_ROWS
+    size = min(CHUNK_ROWS, -(-n // len(sessions))) if shared else min(CHUNK_ROWS, n)
+    jobs = [(sessions[i % len(sessions)], frame.iloc[a : a + size]) for i, a in enumerate(range(0, n, size))]
+    if len(jobs) == 1:
         return model.session.run(None, _onnx_inputs(model, frame))
-    bounds = np.linspace(0, len(frame), parts + 1).astype(int)
-    chunks = [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    outs = list(
-        model.pool.map(
-            lambda job: job[0].run(None, _onnx_inputs(model, job[1])),
-            zip(model.sessions, chunks, strict=True),
-        )
-    )
+
+    def run(job: tuple[Any, pd.DataFrame]) -> list[np.ndarray]:
+        # onnxruntime releases the GIL in run() and allows concurrent runs of one session
+        return job[0].run(None, _onnx_inputs(model, job[1]))
+
+    outs = list(model.pool.map(run, jobs) if shared else map(run, jobs))
     return [np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0]))]
 
 
@@ -259,12 +265,23 @@ def _constant(value: str, n: int) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
 
 
+def _features(model, batch: pa.RecordBatch) -> pd.DataFrame:
+    return batch.select([n for n in model.names if n in batch.schema.names]).to_pandas()
+
+
 def _batch_table(
-    spec: PipelineSpec, model, batch: pa.RecordBatch, settings: Settings, version: str
+    spec: PipelineSpec,
+    model,
+    batch: pa.RecordBatch,
+    settings: Settings,
+    version: str,
+    features: pd.DataFrame | None = None,
 ) -> pa.Table:
-    """One batch's predictions; the key columns are taken from the batch as they are (Arrow, no pandas)."""
-    names = [n for n in model.names if n in batch.schema.names]
-    predictions, probabilities = _predict(model, batch.select(names).to_pandas())
+    """One batch's predictions; the key columns are taken from the batch as they are (Arrow, no pandas).
+
+    ``features``: the batch's model inputs as a frame, when the reader made it already.
+    """
+    predictions, probabilities = _predict(model, _features(model, batch) if features is None else features)
     out: dict[str, Any] = {name: batch.column(name) for name in _key_columns(spec)}
     out["prediction"] = predictions
     if probabilities is not None:
@@ -359,40 +376,63 @@ def _score_day(
     target, load = folder / SCORES_FILE, folder / LOAD_FILE
     source = pq.ParquetFile(version.path)
     total, done, began = source.metadata.num_rows, 0, time.perf_counter()
-    schema = None
+    wanted = {*model.names, *_key_columns(spec)}
+    columns = [c for c in source.schema_arrow.names if c in wanted]  # only what is scored or kept
     batches = (
-        source.iter_batches(batch_size=batch_rows)
+        source.iter_batches(batch_size=batch_rows, columns=columns)
         if total
-        else iter([pa.RecordBatch.from_pylist([], schema=source.schema_arrow)])
+        else iter([pa.RecordBatch.from_pylist([], schema=source.schema_arrow).select(columns)])
     )
+    out: dict[str, Any] = {"schema": None, "writer": None, "csv": None}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(target))
         # The load file only when the spec names a table: the DAG's load_postgres copies it in.
         tmp_csv = stack.enter_context(atomic_path(load)) if _loads_postgres(spec) else None
-        writer = csv_writer = None
-        for batch in batches:
-            table = _batch_table(spec, model, batch, settings, resolved.version)
-            if writer is None:
-                schema = table.schema
-                writer = stack.enter_context(
-                    pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True)
+
+        def read() -> tuple[pa.RecordBatch, pd.DataFrame] | None:
+            batch = next(batches, None)
+            return None if batch is None else (batch, _features(model, batch))
+
+        def write(table: pa.Table) -> None:
+            if out["writer"] is None:
+                out["schema"] = table.schema
+                out["writer"] = stack.enter_context(
+                    pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True)
                 )
                 if tmp_csv is not None:
-                    csv_schema = pa.schema([pa.field("date", pa.date32()), *schema])
-                    csv_writer = stack.enter_context(pacsv.CSVWriter(str(tmp_csv), csv_schema))
-            writer.write_table(table, row_group_size=batch_rows)
-            if csv_writer is not None:
-                csv_writer.write_table(table.add_column(0, "date", _dates(day, table.num_rows)))
-            done += table.num_rows
-            elapsed = time.perf_counter() - began
-            log.info(
-                "scoring progress %s: %d/%d rows (%.0f rows/s, %s path)",
-                day,
-                done,
-                total,
-                done / elapsed if elapsed else 0.0,
-                model.path,
-            )
+                    csv_schema = pa.schema([pa.field("date", pa.date32()), *table.schema])
+                    out["csv"] = stack.enter_context(pacsv.CSVWriter(str(tmp_csv), csv_schema))
+            out["writer"].write_table(table, row_group_size=batch_rows)
+            if out["csv"] is not None:
+                out["csv"].write_table(table.add_column(0, "date", _dates(day, table.num_rows)))
+
+        # Reading (and converting) the next batch and writing the previous one overlap the scoring of
+        # this one: one I/O thread does both, in order, so at most three batches are held at a time.
+        io = ThreadPoolExecutor(1, thread_name_prefix="score-io")
+        reading, writing = io.submit(read), None
+        try:
+            while (item := reading.result()) is not None:
+                reading = io.submit(read)
+                batch, features = item
+                table = _batch_table(spec, model, batch, settings, resolved.version, features)
+                if writing is not None:
+                    writing.result()
+                writing = io.submit(write, table)
+                done += table.num_rows
+                elapsed = time.perf_counter() - began
+                log.info(
+                    "scoring progress %s: %d/%d rows (%.0f rows/s, %s path)",
+                    day,
+                    done,
+                    total,
+                    done / elapsed if elapsed else 0.0,
+                    model.path,
+                )
+            if writing is not None:
+                writing.result()
+        finally:
+            io.shutdown(wait=True, cancel_futures=True)  # no write still running when the stack closes
+    schema = out["schema"]
     # (the stack closes the writers before it renames their files into place, or removes them on error)
     fingerprint = fingerprint_of([version])
     record = {

@@ -163,6 +163,33 @@ def test_a_batch_shared_among_sessions_scores_as_one(trained, monkeypatch):
     pd.testing.assert_frame_equal(before, after)
 
 
+def test_batches_run_in_bounded_chunks_read_ahead_and_written_in_order(trained, monkeypatch):
+    """Each ONNX run holds at most CHUNK_ROWS rows; with the next batch read ahead and the previous one
+    written behind, on one thread or shared among sessions, the partition is the one a batch at a time gives."""
+    from mlcycle.steps import score as step
+
+    day = dt.date(2011, 3, 22)
+    interval = _validated(trained, day)  # in any test order
+    score(trained.spec, trained.settings, interval, "1", "champion")
+    before = pd.read_parquet(scores_dir(trained.store, day) / "data.parquet")
+    sizes: list[int] = []
+    encode = step._onnx_inputs
+    monkeypatch.setattr(
+        step, "_onnx_inputs", lambda model, frame: (sizes.append(len(frame)), encode(model, frame))[1]
+    )
+    monkeypatch.setattr(step, "CHUNK_ROWS", 3)
+    for threads, shared_from in (("1", 20_000), ("2", 2)):
+        monkeypatch.setenv("MLCYCLE_THREADS", threads)
+        monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", shared_from)
+        sizes.clear()
+        (scores_dir(trained.store, day) / "lineage.json").unlink()
+        result = score(trained.spec, trained.settings, interval, "1", "champion")
+        after = pd.read_parquet(scores_dir(trained.store, day) / "data.parquet")
+        assert result.path == "onnx" and sum(sizes) == 24
+        assert max(sizes) <= 3, f"an ONNX run of {max(sizes)} rows with CHUNK_ROWS 3 ({threads} thread(s))"
+        pd.testing.assert_frame_equal(before, after)
+
+
 def test_a_rejected_batch_is_not_scored(trained):
     day = dt.date(2011, 3, 23)
     interval = _validated(trained, day)
