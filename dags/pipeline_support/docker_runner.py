@@ -94,6 +94,7 @@ class StepDockerOperator(DockerOperator):
     def __init__(self, *, step: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.step = step
+        self._given_mounts = list(self.mounts)
 
     def _prepare(self, task_key: str) -> None:
         from docker.types import Mount
@@ -171,6 +172,9 @@ class StepDockerOperator(DockerOperator):
         # Outside a task instance (the operator run by hand) there are no earlier tries to find.
         task_key = (f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}" if ti is not None
                     else f"{self.task_id}/{uuid.uuid4().hex}")
+        # Each try mounts its own folders: `airflow dags test` runs every try with this same object,
+        # and the mounts of an earlier try (its result folder, already removed) must not come back.
+        self.mounts = list(self._given_mounts)
         self._prepare(task_key)
         self._check_engine()
         self._remove_earlier_tries(task_key)
