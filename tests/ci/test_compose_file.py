@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,53 @@ def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def _config(tmp_path, **variables: str) -> dict:
+    """The stack's configuration as docker-compose resolves it with the example settings and ``variables``."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    env = (ROOT / "docker" / ".env.example").read_text()
+    env = re.sub(
+        r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID)=$", r"\1=x", env, flags=re.M
+    )
+    (tmp_path / ".env").write_text(env)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MLCYCLE_")}
+    done = subprocess.run(
+        [binary, "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environ, **variables},
+    )
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+#: The services that read specs: the DAG processor parses them, the workers run their steps, the API
+#: server's pages name the pipelines (the scheduler and the triggerer share the same block).
+SPEC_READERS = ("airflow-dag-processor", "airflow-scheduler", "airflow-apiserver", "worker")
+
+
+def test_specs_outside_the_repository_are_mounted_at_their_own_path(tmp_path):
+    default = _config(tmp_path)
+    for name in SPEC_READERS:
+        service = default["services"][name]
+        assert service["environment"]["MLCYCLE_PIPELINES_DIR"] == "/opt/mlcycle/include/pipelines", name
+        assert "specs:/opt/mlcycle/specs:ro" in service["volumes"], name
+
+    own = _config(
+        tmp_path,
+        MLCYCLE_SPECS_HOST_DIR="/srv/specs",
+        MLCYCLE_PIPELINES_DIR="/opt/mlcycle/include/pipelines:/srv/specs",
+    )
+    for name in SPEC_READERS:
+        service = own["services"][name]
+        # The same path on the host and in the worker: the worker names it to the Docker daemon,
+        # which bind-mounts the spec's folder into the step container.
+        assert "/srv/specs:/srv/specs:ro" in service["volumes"], name
+        assert service["environment"]["MLCYCLE_PIPELINES_DIR"] == "/opt/mlcycle/include/pipelines:/srv/specs"
 
 
 def test_without_secrets_the_stack_refuses_to_start_and_says_how(tmp_path):
