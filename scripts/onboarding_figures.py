@@ -83,7 +83,7 @@ def main() -> int:
         "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'home' / 'mlflow.db'}",
     }
     (out / "home").mkdir(parents=True, exist_ok=True)
-    print("| data set | rows | drafted spec | draft to first champion | hold-out metric |")
+    print("| data set | rows | drafted spec | time to a first champion | hold-out metric |")
     print("|---|---|---|---|---|")
     for name, (title, args) in DRAFTS.items():
         began = time.perf_counter()

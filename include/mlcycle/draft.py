@@ -13,8 +13,9 @@ that selects each day (``--timestamp-column``, default the only one).
 The data is profiled once: each column's type, range (with a margin), allowed categories and null
 share; the timestamp's kind and format; whether there is one row per timestamp or many (events: no
 key); the data's first and last day, and a window, hold-out and schedule that fit them. Columns that
-would leak the target (those a derived label reads, and those almost equal to the target) are
-flagged and left out of the features, identifiers and free text too, each with a comment saying why.
+would leak the target (those a derived label reads, those that move with a column the label reads,
+and those almost equal to the target) are flagged and left out of the features, identifiers and free
+text too, each with a comment saying why.
 The draft is meant to train as it is; the person onboarding the data reviews it and edits what they
 know better (a threshold that means something to the business, a feature that is not known in time).
 """
@@ -71,6 +72,9 @@ CALENDAR_RANGES = {
 }
 #: |correlation| with the target above which a numeric column is flagged as leaking it.
 LEAK_CORRELATION = 0.98
+#: |correlation| with a column a derived label reads above which a numeric column is flagged as
+#: measured with the outcome (a flight's departure delay, for a label read from its arrival delay).
+LABEL_SOURCE_CORRELATION = 0.9
 
 
 @dataclass
@@ -348,6 +352,7 @@ def draft_spec(
     derive: dict[str, str] = {}
     filters: list[str] = []
     leaks: dict[str, str] = {}
+    label_sources: list[str] = []
     label_name = target
     if label:
         label_name, _, expression = (part.strip() for part in label.partition(":"))
@@ -370,7 +375,8 @@ def draft_spec(
             **{label_name: pd.Series(np.asarray(parsed_label.evaluate(scope))).astype("int64")}
         )
         derive[label_name] = expression
-        for column in sorted(parsed_label.names & set(frame.columns)):
+        label_sources = sorted(parsed_label.names & set(frame.columns))
+        for column in label_sources:
             leaks[column] = f"the label `{label_name}` is computed from it: it would leak the target"
             if frame[column].isna().any():
                 filters.append(f"notnull({column})")
@@ -385,6 +391,14 @@ def draft_spec(
     kept = y.notna() & event_time.notna()
     for column in re.findall(r"notnull\((\w+)\)", " ".join(filters)):
         kept &= frame[column].notna()  # the rows the drafted filter keeps are the ones profiled
+    for source_column in label_sources:  # what moves with the label's source is measured with the outcome
+        for column, corr in _correlations(frame.loc[kept], source_column, skip={target, ts_column, *leaks}):
+            if abs(corr) >= LABEL_SOURCE_CORRELATION:
+                leaks[column] = (
+                    f"correlation {corr:.3f} with `{source_column}`, which the label `{label_name}` reads: "
+                    "measured with the outcome, it would leak the target (keep it only if it is known "
+                    "at prediction time)"
+                )
     numeric_target = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     task = (
         "regression"
@@ -393,18 +407,9 @@ def draft_spec(
     )
 
     if numeric_target:  # numeric columns almost equal to the target leak it
-        for column in frame.columns:
-            if (
-                column in (target, ts_column)
-                or column in leaks
-                or not pd.api.types.is_numeric_dtype(frame[column])
-            ):
-                continue
-            both = frame.loc[kept, [column, target]].dropna()
-            if len(both) > 10 and both[column].std() > 0 and both[target].std() > 0:
-                corr = float(np.corrcoef(both[column], both[target])[0, 1])
-                if abs(corr) >= LEAK_CORRELATION:
-                    leaks[column] = f"correlation {corr:.3f} with the target: it would leak it"
+        for column, corr in _correlations(frame.loc[kept], target, skip={ts_column, *leaks}):
+            if abs(corr) >= LEAK_CORRELATION:
+                leaks[column] = f"correlation {corr:.3f} with the target: it would leak it"
 
         numeric = [
             c
@@ -616,6 +621,25 @@ def _declare(column: str, values: pd.Series, is_target: bool, task: str) -> tupl
         {"type": "string", "role": "ignore", **nulls},
         f"{distinct:,} distinct values: an identifier or free text, not a categorical feature",
     )
+
+
+def _is_number(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def _correlations(rows: pd.DataFrame, column: str, skip: set[str]) -> list[tuple[str, float]]:
+    """Pearson correlation of every other numeric column of ``rows`` with ``column`` (none when it is
+    not numeric); a pair with fewer than 11 complete rows or a constant side is left out."""
+    if not _is_number(rows[column]):
+        return []
+    found = []
+    for other in rows.columns:
+        if other == column or other in skip or not _is_number(rows[other]):
+            continue
+        both = rows[[other, column]].dropna()
+        if len(both) > 10 and both[other].std() > 0 and both[column].std() > 0:
+            found.append((other, float(np.corrcoef(both[other], both[column])[0, 1])))
+    return found
 
 
 def _gate(task: str, y: pd.Series) -> tuple[str, float]:

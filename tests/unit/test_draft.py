@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -59,12 +63,62 @@ def test_one_row_per_timestamp_keeps_the_default_key(tmp_path):
     assert draft.spec["window"]["data_start"] == "2011-03-01" and draft.spec["window"]["days"] == 9
 
 
+def test_a_csv_at_an_http_url_is_drafted_with_an_http_source(tmp_path):
+    csv = make_classification_dataset(tmp_path, days=3).with_suffix(".csv")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(csv.parent))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]  # keep the test output quiet
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{csv.name}"
+        frame, source = read_data(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert source == {"kind": "http", "url": url, "format": "csv"}
+    assert frame.equals(pd.read_csv(csv))
+    draft = draft_spec(frame, source, target="label", name="clf")
+    assert draft.spec["source"] == source and draft.spec["task"] == "classification"
+    assert draft.spec["window"]["data_start"] == "2011-03-01"
+
+
 def test_a_column_almost_equal_to_the_target_is_flagged():
     times = pd.date_range("2024-01-01", periods=24 * 20, freq="h").strftime("%Y-%m-%d %H:%M:%S")
     y = pd.Series(range(len(times))) % 97 * 1.5
     frame = pd.DataFrame({"ts": times, "x": (y * 7) % 13, "copy": y * 2 + 1, "y": y})
     draft = draft_spec(frame, {"kind": "file", "path": "x.csv", "format": "csv"}, target="y", name="r")
     assert draft.spec["columns"]["copy"]["role"] == "ignore" and "leak" in draft.comments["copy"]
+
+
+def test_a_column_that_moves_with_what_the_label_reads_is_flagged():
+    """A departure delay for a label read from the arrival delay: measured with the outcome."""
+    rng = np.random.default_rng(3)
+    times = pd.date_range("2024-01-01", periods=24 * 20, freq="h").strftime("%Y-%m-%d %H:%M:%S")
+    arrival = rng.normal(10, 30, len(times))
+    frame = pd.DataFrame(
+        {
+            "ts": times,
+            "dep_delay": 0.9 * arrival + rng.normal(0, 8, len(times)),  # correlation about 0.96
+            "taxi_out": 0.3 * arrival + rng.normal(0, 30, len(times)),  # about 0.3: a feature
+            "distance": rng.integers(100, 2000, len(times)),
+            "arr_delay": arrival,
+        }
+    )
+    draft = draft_spec(
+        frame,
+        {"kind": "file", "path": "f.csv", "format": "csv"},
+        target="late",
+        label="late: arr_delay > 15",
+        name="f",
+    )
+    columns = draft.spec["columns"]
+    assert columns["dep_delay"]["role"] == "ignore"
+    assert "with `arr_delay`, which the label `late` reads" in draft.comments["dep_delay"]
+    assert "known at prediction time" in draft.comments["dep_delay"]
+    assert columns["taxi_out"].get("role") != "ignore" and columns["distance"].get("role") != "ignore"
+    assert columns["arr_delay"]["role"] == "ignore"  # read by the label itself
 
 
 @pytest.mark.parametrize(
