@@ -287,6 +287,16 @@ class AirflowProject:
     def _asset_rows(self, query: str, pipeline: str) -> list[tuple]:
         return self._metadata(query, uri=f"mlcycle://{pipeline}/champion")
 
+    def steps_cli(self, *args: str, timeout: int = 900) -> dict:
+        """Run ``mlcycle <args>`` with this project's environment; its JSON result (exit 0 required)."""
+        proc = subprocess.run(
+            [str(STEPS_BIN / "mlcycle"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert proc.returncode == 0, (
+            f"mlcycle {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     def steps_python(self, code: str) -> dict:
         """Run ``code`` in the step environment; it must print one JSON line last."""
         proc = subprocess.run(

@@ -120,14 +120,6 @@ def stop_deployment(project: AirflowProject, spec: Path, namespace: str) -> None
         subprocess.run(["docker", "image", "rm", "--no-prune", *images], capture_output=True, timeout=300)
 
 
-def _step(project: AirflowProject, *args: str) -> dict:
-    proc = subprocess.run(
-        [str(STEPS_BIN / "mlcycle"), *args], env=project.env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _deploy(project: AirflowProject, conf: dict) -> tuple[dict[str, str], str]:
     """One run of the deploy DAG (its own logical date); the task states and the run's output."""
     project.runs += 1
@@ -138,7 +130,7 @@ def _deploy(project: AirflowProject, conf: dict) -> tuple[dict[str, str], str]:
 
 
 def _status(project: AirflowProject) -> dict:
-    return _step(project, "deploy-status", "--pipeline", str(project.spec))
+    return project.steps_cli("deploy-status", "--pipeline", str(project.spec))
 
 
 def _served(port: int) -> str | None:

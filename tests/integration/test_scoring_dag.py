@@ -162,3 +162,30 @@ def test_monitoring_watches_the_batch_predictions_and_their_performance(project,
     """)
     assert figures["source"] == "scoring" and figures["rows"] == 24
     assert figures["performance"]["current"] == pytest.approx(expected["rmse"], rel=1e-9)
+
+
+def test_a_champion_that_moves_between_runs_is_recorded_by_each_run(project, database):
+    """Each run scores with the version its `model` task resolved at the start, and says so: a day
+    scored before the champion moved keeps version 1 in its lineage, its table rows and its event."""
+    proc = project.dags_test("training_bikeshare", "2011-07-01", {"window_days": 14})
+    assert project.task_states("training_bikeshare", "2011-07-01").get("register") == "success", proc.stdout[
+        -4000:
+    ]
+    # v2 is registered; whatever its gate said, make it @champion, as a person repairing the registry would
+    project.steps_cli("alias", "--pipeline", "bikeshare", "--alias", "champion", "--version", "2")
+    assert project.registry("bikeshare")["aliases"]["champion"] == "2"
+
+    later = "2011-07-05"
+    proc = project.dags_test("scoring_bikeshare", "2011-07-06")
+    states = project.task_states("scoring_bikeshare", "2011-07-06")
+    assert all(states.get(t) == "success" for t in TASKS), (states, proc.stdout[-6000:])
+
+    def lineage(day: str) -> dict:
+        return json.loads(
+            (project.store / "bikeshare" / "scores" / f"date={day}" / "lineage.json").read_text()
+        )
+
+    assert lineage(DAY)["model"]["version"] == "1" and lineage(later)["model"]["version"] == "2"
+    versions = {(r[0].isoformat(), r[4]) for r in _rows(database)}
+    assert versions == {(DAY, "1"), (later, "2")}, versions
+    assert [e["version"] for e in _events(project)] == ["1", "1", "2"]
