@@ -44,7 +44,8 @@ ERROR_DESCRIPTIONS = {
     408: "the request body did not arrive within MLCYCLE_SERVING_BODY_TIMEOUT_SECONDS (a slow client)",
     413: "body or row count over the limit",
     415: f"a content type other than {JSON}",
-    422: "invalid rows: each bad field",
+    422: "invalid rows: each bad field, a derived column that differs from the computed one, or a row "
+    "a `filter` rule of the spec drops",
     503: "the model is still loading",
 }
 
@@ -190,7 +191,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         version="1",
         description=f"Predicts `{schema.target}` ({schema.task}) for the `{schema.pipeline}` pipeline. "
         "`/predict` takes one row or a list of rows; `/invocations` speaks MLflow's "
-        "scoring protocol.",
+        "scoring protocol."
+        + (
+            " A row may be sent as the source writes it: the server computes the spec's derived "
+            "features (checking any that are sent) and refuses a row a `filter` rule drops."
+            if schema.derive or schema.filters
+            else ""
+        ),
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry asks the global providers on every request whether it is
         # on (tens of microseconds); the server's metrics are Prometheus', on /metrics.
@@ -400,6 +407,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 "features": [
                     f.__dict__ | {"values": list(f.values) if f.values else None} for f in schema.features
                 ],
+                "source_columns": [i.__dict__ | {"used_by": list(i.used_by)} for i in schema.inputs],
+                "derive": [{"column": name, "expression": rule} for name, rule in schema.derive],
+                "filters": list(schema.filters),
+                "timestamp": schema.timestamp,
                 "load_seconds": round(model.load_seconds, 3),
                 "prediction_log": str(server.predlog.folder) if server.predlog else None,
                 "tags": info.tags,

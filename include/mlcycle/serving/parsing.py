@@ -59,9 +59,9 @@ def parse_predict(rows: RowValidator, body: bytes) -> tuple[list[dict[str, Any]]
     text = body.lstrip()[:1]
     try:
         if text == b"{":
-            return [rows.one.validate_json(body)], True
+            return rows.derive([rows.one.validate_json(body)], single=True), True
         if text == b"[":
-            return rows.many.validate_json(body), False
+            return rows.derive(rows.many.validate_json(body)), False
     except ValidationError as exc:
         errors = field_errors(exc)
         if errors and errors[0]["type"] == "json_invalid":

@@ -7,12 +7,13 @@ Every problem is a :class:`BadRequest` naming each bad field (``loc``, ``field``
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from mlcycle.serving.schema import ServingSchema, _camel, _feature_field
+from mlcycle.serving.derivation import RowDerivation
+from mlcycle.serving.schema import ServingSchema, _camel, request_fields, row_description
 
 
 class BadRequest(Exception):
@@ -24,10 +25,18 @@ class BadRequest(Exception):
 
 
 def row_typeddict(schema: ServingSchema) -> type:
-    """One row as a TypedDict: validation returns a plain dict keyed by the real feature names."""
-    fields = {f.name: _feature_field(f, schema)[0] for f in schema.features}
+    """One row as a TypedDict: validation returns a plain dict keyed by the real column names."""
+    fields = {
+        name: annotation if required else NotRequired[annotation]
+        for name, annotation, required in request_fields(schema)
+    }
     row = TypedDict(f"{_camel(schema.pipeline)}Row", fields)  # type: ignore[operator]
-    return with_config(ConfigDict(extra="forbid", title=f"{_camel(schema.pipeline)}Row"))(row)
+    config = ConfigDict(
+        extra="forbid",
+        title=f"{_camel(schema.pipeline)}Row",
+        json_schema_extra={"description": row_description(schema)},
+    )
+    return with_config(config)(row)
 
 
 def field_errors(exc: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
@@ -69,14 +78,41 @@ def reason_of(errors: list[dict[str, Any]]) -> str:
     return "wrong_type"
 
 
+#: The reason a derivation problem is counted under, most telling first.
+_DERIVATION_REASONS = (
+    ("filtered", "filtered"),
+    ("unparseable_timestamp", "unparseable_timestamp"),
+    ("timestamp_out_of_range", "timestamp_out_of_range"),
+    ("missing", "missing_field"),
+    ("derived_mismatch", "derived_mismatch"),
+    ("derive_failed", "derive_failed"),
+)
+
+
 class RowValidator:
-    """The row and the list-of-rows validators of one schema (a row comes back as a plain dict)."""
+    """The row and the list-of-rows validators of one schema (a row comes back as a plain dict), and
+    the spec's derive and filter rules that turn a source row into the model's features."""
 
     def __init__(self, schema: ServingSchema):
         self.schema = schema
         self.row_type = row = row_typeddict(schema)
         self.one = TypeAdapter(row)
         self.many = TypeAdapter(Annotated[list[row], Field(min_length=1, max_length=schema.max_rows)])
+        self.derivation = RowDerivation(schema) if schema.derive or schema.filters else None
+
+    def derive(
+        self, rows: list[dict[str, Any]], prefix: tuple = (), single: bool = False
+    ) -> list[dict[str, Any]]:
+        """Validated rows with the features the spec derives computed; 422 for a row the rules refuse."""
+        if self.derivation is None:
+            return rows
+        errors = self.derivation.apply(rows, prefix, single)
+        if errors:
+            kinds = {e["type"] for e in errors}
+            reason = next((r for kind, r in _DERIVATION_REASONS if kind in kinds), None) or reason_of(errors)
+            more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+            raise BadRequest(422, errors[0]["msg"] + more, errors, reason)
+        return rows
 
     def validate_rows(self, raw: Any, prefix: tuple = ()) -> list[dict[str, Any]]:
         if isinstance(raw, list):
@@ -89,12 +125,13 @@ class RowValidator:
                     reason="too_many_rows",
                 )
             try:
-                return self.many.validate_python(raw)
+                rows = self.many.validate_python(raw)
             except ValidationError as exc:
                 errors = field_errors(exc, prefix)
                 raise BadRequest(
                     422, f"{len(errors)} problem(s) in the rows", errors, reason_of(errors)
                 ) from None
+            return self.derive(rows, prefix)
         raise BadRequest(
             422, "expected a JSON object (one row) or a list of objects (rows)", reason="wrong_type"
         )

@@ -102,7 +102,7 @@ def test_schema_from_spec_takes_the_serving_section_and_plain_class_labels():
     )
     assert (got.unknown_categories, got.tolerance, got.max_rows) == ("accept", 0.001, 25)
     assert got.classes == (0, 1) and all(type(c) is int for c in got.classes)
-    assert got.task == "classification" and got.version == SCHEMA_VERSION == 1
+    assert got.task == "classification" and got.version == SCHEMA_VERSION == 2
 
 
 def test_a_spec_without_a_serving_section_gets_the_defaults():
