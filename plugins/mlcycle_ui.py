@@ -28,7 +28,6 @@ is imported when a page is asked for.
 """
 
 import os
-import re
 import stat
 import sys
 from collections.abc import Sequence
@@ -41,8 +40,6 @@ MLFLOW_UI_URL = os.environ.get("MLCYCLE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REPORTS_PREFIX = "/mlcycle/reports"
 LIFECYCLE_PREFIX = "/mlcycle/lifecycle"
-#: A pipeline name as specs allow it (dags/pipeline_support/specs.py).
-PIPELINE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 #: Limits of a report path: a file name a filesystem accepts, and a sane depth.
 MAX_SEGMENT, MAX_SEGMENTS = 255, 32
 DAG_KINDS = ("training", "monitoring", "deploy")
@@ -61,11 +58,24 @@ def store_root() -> Path:
     return (Path(os.environ.get("MLCYCLE_HOME", PROJECT_ROOT / ".local")) / "store").resolve()
 
 
-def known_pipelines() -> list[str]:
-    """The names of the loadable specs in the specs folder (what the DAG files build DAGs from)."""
+def _dag_helpers_on_path() -> None:
+    """``dags/`` importable, for its ``pipeline_support`` (imported when a page is asked for)."""
     dags = str(PROJECT_ROOT / "dags")
     if dags not in sys.path:
         sys.path.append(dags)
+
+
+def valid_pipeline_name(name: str) -> bool:
+    """Whether ``name`` is a pipeline name as specs allow it (``mlcycle.spec_schema.NAME``)."""
+    _dag_helpers_on_path()
+    from pipeline_support.specs import spec_schema
+
+    return bool(spec_schema.NAME.match(name))
+
+
+def known_pipelines() -> list[str]:
+    """The names of the loadable specs in the specs folder (what the DAG files build DAGs from)."""
+    _dag_helpers_on_path()
     from pipeline_support.specs import discover
 
     return sorted(entry.name for entry in discover()[0])
@@ -134,7 +144,7 @@ def checked_report(pipeline: str, path: str) -> int:
     """A descriptor of the report ``path`` names in the pipeline's reports folder (a known pipeline), else 4xx."""
     from fastapi import HTTPException
 
-    if not PIPELINE_NAME.match(pipeline) or pipeline not in known_pipelines():
+    if not valid_pipeline_name(pipeline) or pipeline not in known_pipelines():
         raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
     return checked_file(store_root(), (pipeline, "reports"), path)
 
@@ -240,7 +250,7 @@ def reports_app():
 
     @app.get("/{pipeline}/reports/{path:path}")
     def report(pipeline: str, path: str, user: User) -> Response:
-        if not PIPELINE_NAME.match(pipeline):
+        if not valid_pipeline_name(pipeline):
             raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         authorize(user, pipeline)
         fd = checked_report(pipeline, path)
@@ -278,7 +288,7 @@ def lifecycle_app():
     @app.get("/dag/{dag_id}")
     def for_dag(dag_id: str, user: User) -> RedirectResponse:
         pipeline = pipeline_of_dag(dag_id)
-        if not pipeline or not PIPELINE_NAME.match(pipeline):
+        if not pipeline or not valid_pipeline_name(pipeline):
             raise HTTPException(status_code=404, detail=f"the DAG {dag_id[:100]!r} belongs to no pipeline")
         authorize(user, pipeline)
         if pipeline not in known_pipelines():
@@ -289,7 +299,7 @@ def lifecycle_app():
     def lifecycle(pipeline: str, user: User) -> str:
         import mlcycle_lifecycle
 
-        if not PIPELINE_NAME.match(pipeline):
+        if not valid_pipeline_name(pipeline):
             raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         authorize(user, pipeline)
         if pipeline not in known_pipelines():

@@ -77,8 +77,10 @@ def resolve_spec(pipeline: str) -> Path:
     if not path.is_file():
         known = sorted({p.stem for p in spec_files()})
         where = os.pathsep.join(str(e) for e in pipelines_entries())
-        raise SpecProblem(f"no pipeline spec {pipeline!r}: looked for {path}; known specs in "
-                          f"{where}: {', '.join(known) or 'none'}; or pass a path to a YAML file")
+        raise SpecProblem(
+            f"no pipeline spec {pipeline!r}: looked for {path}; known specs in "
+            f"{where}: {', '.join(known) or 'none'}; or pass a path to a YAML file"
+        )
     return path.resolve()
 
 
@@ -147,8 +149,13 @@ def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, l
         problems.append("schedule.start: required when window.data_start is not given")
     if problems or fields.start is None:
         return None, problems
-    return Schedule(interval=fields.interval, timezone=fields.timezone, start=fields.start, end=fields.end,
-                    catchup=fields.catchup), problems
+    return Schedule(
+        interval=fields.interval,
+        timezone=fields.timezone,
+        start=fields.start,
+        end=fields.end,
+        catchup=fields.catchup,
+    ), problems
 
 
 def load_entry(path: Path) -> PipelineEntry:
@@ -168,10 +175,18 @@ def load_entry(path: Path) -> PipelineEntry:
     data_start = _date(window.get("data_start"), "window.data_start", []) or schedule.start
     scoring = raw.get("scoring")
     if scoring is not None and not isinstance(scoring, dict):
-        raise SpecProblem(f"pipeline spec {path} has 1 problem(s):\n  - scoring: a mapping (or {{}} for the defaults)")
-    return PipelineEntry(name=name, path=path.resolve(), description=str(raw.get("description") or "").strip(),
-                         schedule=schedule, window_days=int(window.get("days", 28)), data_start=data_start,
-                         scoring=scoring)
+        raise SpecProblem(
+            f"pipeline spec {path} has 1 problem(s):\n  - scoring: a mapping (or {{}} for the defaults)"
+        )
+    return PipelineEntry(
+        name=name,
+        path=path.resolve(),
+        description=str(raw.get("description") or "").strip(),
+        schedule=schedule,
+        window_days=int(window.get("days", 28)),
+        data_start=data_start,
+        scoring=scoring,
+    )
 
 
 def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path, str]]:
@@ -191,9 +206,11 @@ def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path
             broken[path] = str(exc)
             continue
         if entry.name in seen:
-            broken[path] = (f"pipeline spec {path}: name {entry.name!r} is already used by {seen[entry.name]}; "
-                            "each spec in the folder needs its own name (a variant belongs outside it); "
-                            "across MLCYCLE_PIPELINES_DIR entries, too")
+            broken[path] = (
+                f"pipeline spec {path}: name {entry.name!r} is already used by {seen[entry.name]}; "
+                "each spec in the folder needs its own name (a variant belongs outside it); "
+                "across MLCYCLE_PIPELINES_DIR entries, too"
+            )
             continue
         seen[entry.name] = path
         entries.append(entry)
@@ -201,12 +218,9 @@ def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path
 
 
 def training_window(window: dict[str, Any], end: dt.date, window_days: int | None) -> tuple[dt.date, dt.date]:
-    """The same arithmetic as ``mlcycle.steps._common.training_window``: [start, end) clipped to the data."""
+    """The steps' window (``spec_schema.clipped_window``): [start, end) clipped to the data."""
     problems: list[str] = []
-    days = window_days or int(window.get("days") or 28)
-    data_start = _date(window.get("data_start"), "window.data_start", problems)
-    data_end = _date(window.get("data_end"), "window.data_end", problems)
+    data_start, data_end, days = spec_schema.window_bounds({"window": window}, problems)
     if problems or data_start is None:
         raise SpecProblem("; ".join(problems) or "window.data_start: required")
-    stop = min(end, data_end + dt.timedelta(days=1)) if data_end else end
-    return max(end - dt.timedelta(days=days), data_start), stop
+    return spec_schema.clipped_window(end, window_days or days, data_start, data_end)

@@ -423,6 +423,15 @@ def window_bounds(raw: dict[str, Any], problems: list[str]) -> tuple[dt.date | N
     return data_start, data_end, days
 
 
+def clipped_window(
+    end: dt.date, days: int, data_start: dt.date, data_end: dt.date | None
+) -> tuple[dt.date, dt.date]:
+    """The days a run ending ``end`` trains on, ``[start, stop)``: the ``days`` before ``end``,
+    clipped to the data's bounds. The steps and the DAG side's extract both use it."""
+    stop = min(end, data_end + dt.timedelta(days=1)) if data_end is not None else end
+    return max(end - dt.timedelta(days=days), data_start), stop
+
+
 def parse_schedule(
     raw: dict[str, Any],
     problems: list[str],
@@ -454,7 +463,8 @@ def parse_schedule(
         problems.append(f"schedule.timezone: an IANA time zone name like Europe/Paris (got {timezone!r})")
     start = parse_date(section.get("start"), "schedule.start", problems)
     if start is None and data_start is not None and "start" not in section:
-        start = data_start + dt.timedelta(days=window_days or 28)  # the first day with a full window
+        days = window_days or WindowSection.model_fields["days"].default
+        start = data_start + dt.timedelta(days=days)  # the first day with a full window
         if data_end is not None and "end" not in section:
             start = min(start, data_end)  # a data set shorter than its window: its last day at least
     end = parse_date(section.get("end"), "schedule.end", problems) if "end" in section else data_end

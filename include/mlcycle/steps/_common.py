@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from mlcycle.spec import PipelineSpec
+from mlcycle.spec_schema import clipped_window
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,7 @@ def training_window(
     spec: PipelineSpec, interval: Interval, window_days: int | None
 ) -> tuple[dt.date, dt.date]:
     """The days a run trains on: ``window_days`` before the interval end, clipped to the data's bounds."""
-    days = window_days or spec.window_days
-    end = interval.end
-    if spec.data_end is not None:
-        end = min(end, spec.data_end + dt.timedelta(days=1))
-    start = max(interval.end - dt.timedelta(days=days), spec.data_start)
-    return start, end
+    return clipped_window(interval.end, window_days or spec.window_days, spec.data_start, spec.data_end)
 
 
 class Result:
