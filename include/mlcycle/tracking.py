@@ -12,7 +12,7 @@ from pathlib import Path
 from mlcycle.errors import ServiceUnavailable
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
-from mlcycle.store import locked
+from mlcycle.store import atomic_path, locked
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,28 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
     # pipelines' first runs, a backfill's first days) would both run MLflow's migrations ("table ...
     # already exists") and both create the experiment. A server serialises both itself.
     with locked(database_folder) if embedded else nullcontext():
+        if embedded:
+            _create_embedded_store(Path(settings.tracking_uri.removeprefix("sqlite:///")), settings.artifact_root)
         return _experiment_id(settings, spec)
+
+
+def _create_embedded_store(database: Path, artifact_root: str | None) -> None:
+    """Create a missing embedded SQLite store under a temporary name, then rename it into place.
+
+    MLflow's migrations take several seconds on a busy machine; a step killed during them (a lost
+    worker, a killed scheduler) would leave a half-migrated database that every later step refuses
+    ("table ... already exists"). Built aside and renamed, the store is either absent or whole.
+    Call it holding the database folder's lock.
+    """
+    if database.is_file() and database.stat().st_size > 0:
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    began = time.monotonic()
+    with atomic_path(database) as tmp:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root or database.parent.as_uri())
+        store.engine.dispose()
+    log.info("created the MLflow store %s in %.1f s", database, time.monotonic() - began)
 
 
 def _experiment_id(settings: Settings, spec: PipelineSpec) -> str:
