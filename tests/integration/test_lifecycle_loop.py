@@ -37,7 +37,6 @@ from tests.integration.test_deploy import (  # noqa: F401 - docker_ready: the fi
 )
 from tests.integration.test_monitoring_backfill import (
     _asset_triggered,
-    _step,
     _training_windows,
     seed_champion,
 )
@@ -148,8 +147,7 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
             load = load_module.Load(production, rows, rate=10, threads=4).start()
 
             # 2. the drifted day's traffic through the proxy, logged by the production slot
-            replayed = _step(
-                project,
+            replayed = project.steps_cli(
                 "replay",
                 "--pipeline",
                 str(spec),
