@@ -14,6 +14,8 @@ how it is bounded (``LIMITS``) is documented in ``mlcycle.derive``. The rules of
   holds the same kind of missing value;
 - arithmetic on text with a missing value gives a missing value;
 - ``x / 0``, ``x // 0`` and ``x % 0`` are NaN in the rows whose divisor is 0, never an infinity;
+- a condition in arithmetic is a number, 0 or 1 (``(a > 0) + (b > 0)`` counts the conditions that
+  hold), as a derived condition is stored;
 - ``clip`` ignores a missing bound, ``isnull`` is true for NaN, None and NaT.
 """
 
@@ -491,9 +493,12 @@ _SPECIAL: dict[type, Callable[[Any, Any], Any]] = {
 
 
 def _number(value: Any) -> Any:
-    """A condition used as a number is 0/1, like a derived flag."""
+    """A condition used as a number is 0/1, like a derived flag: ``(a > 0) + (b > 0)`` counts the
+    conditions that hold (0, 1 or 2), ``-(a > 0)`` is 0 or -1."""
     if isinstance(value, _BOOLS):
         return int(value)
+    if value.__class__ is np.ndarray and value.dtype == bool:
+        return value.astype(np.int64)
     return value
 
 
@@ -529,11 +534,7 @@ def _eval(node: ast.AST, values: Mapping[str, Any], depth: int) -> Any:
         if isinstance(node.op, ast.Not):
             return ~np.asarray(operand, dtype=bool) if np.ndim(operand) else not operand
         operand = _number(operand)
-        if not isinstance(node.op, ast.USub):
-            return operand
-        if isinstance(operand, np.ndarray) and operand.dtype == bool:
-            return ~operand  # the negation of a condition, as pandas takes it
-        return -operand
+        return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BoolOp):
         raw = [_eval(v, values, depth) for v in node.values]
         if not _known(*raw):

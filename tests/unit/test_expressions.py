@@ -91,6 +91,16 @@ _REF_COMPARE = {
 }
 
 
+def _counted(value):
+    """A condition in arithmetic is 0/1 (the documented rule; pandas' own ``+`` of two boolean Series
+    is their logical or, its ``-`` a negation)."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, pd.Series | np.ndarray) and value.dtype == bool:
+        return value.astype("int64")
+    return value
+
+
 def reference(source: str, columns: dict[str, pd.Series]):
     def ev(node):
         if isinstance(node, ast.Constant):
@@ -100,14 +110,13 @@ def reference(source: str, columns: dict[str, pd.Series]):
         if isinstance(node, ast.List | ast.Tuple):
             return [ev(e) for e in node.elts]
         if isinstance(node, ast.BinOp):
-            left, right = ev(node.left), ev(node.right)
-            left, right = (int(v) if isinstance(v, bool | np.bool_) else v for v in (left, right))
+            left, right = _counted(ev(node.left)), _counted(ev(node.right))
             return _REF_BINARY[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp):
             operand = ev(node.operand)
             if isinstance(node.op, ast.Not):
                 return ~np.asarray(operand, dtype=bool) if np.ndim(operand) else not operand
-            operand = int(operand) if isinstance(operand, bool | np.bool_) else operand
+            operand = _counted(operand)
             return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.BoolOp):
             parts = [np.asarray(ev(v), dtype=bool) for v in node.values]
@@ -215,8 +224,13 @@ CASES = [
     "a < b < c",
     "0 < b <= 2",
     "(a > 0) + (b > 0)",
+    "(a > 0) + (b > 0) + isnull(c)",
+    "(a > 0) - (b > 0)",
     "(a > 0) * b",
+    "(a > 0) * (b > 0)",
+    "(a > 0 or c > 0) + 1",
     "-(a > 0)",
+    "+(a > 0)",
     "b == 2.0",
     "c == c",
     "a > 15",
@@ -274,8 +288,9 @@ def test_generated_expressions_give_the_same_values_over_numpy_and_pandas(source
         with np.errstate(all="ignore"):
             want = reference(source, frame)
     except (TypeError, ValueError, ArithmeticError) as exc:
-        # Where pandas refuses and the language does not: `-` of a combined condition (negated), and a
-        # bound of `clip` that is a constant computed by `where` (a 0-d array pandas cannot size).
+        # Where pandas refuses and the language does not: `-` of a combined condition (a numpy boolean
+        # array, which numpy does not negate), and a bound of `clip` that is a constant computed by
+        # `where` (a 0-d array pandas cannot size).
         if "boolean negative" in str(exc) or "unsized object" in str(exc):
             return
         with pytest.raises(type(exc)):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -249,6 +250,52 @@ def test_openapi_documents_the_source_columns_with_their_types(fclient):
     assert props["dow"]["maximum"] == 6
 
 
+def test_conditions_in_arithmetic_count_as_0_1_at_ingest_and_on_the_server(tmp_path):
+    """``(a > 0) + (b > 0)`` counts the conditions that hold (a comparison is 0/1), the same number in
+    ingest's derive.apply and in the server's derivation of the same rows; a filter reads the count."""
+    from mlcycle import derive
+    from mlcycle.serving.schema import FeatureSchema, InputSchema, ServingSchema
+    from mlcycle.serving.validation import BadRequest, RowValidator
+
+    rules = {"flags": "(a > 0) + (b > 0)", "sign": "-(a > 0)", "both": "(a > 0) * (b > 0) + 0"}
+    problems: list[str] = []
+    parsed = derive.parse_derivations(
+        {"derive": rules, "filter": ["(a > 0) + (b > 0) < 2"]}, tmp_path, problems
+    )
+    assert problems == []
+    a, b = [-1.0, 2.0, -3.0, 4.0, None, 5.0], [-1.0, -2.0, 3.0, 4.0, 1.0, None]
+    frame = pd.DataFrame({"event_time": pd.Timestamp("2024-01-01", tz="UTC"), "a": a, "b": b})
+    ingested, _ = derive.apply(frame, derive.Derivations(derive=parsed.derive), "UTC", "event_time")
+    want = {"flags": [0, 1, 1, 2, 1, 1], "sign": [0, -1, 0, -1, 0, -1], "both": [0, 0, 0, 1, 0, 0]}
+    assert {k: ingested[k].tolist() for k in rules} == want
+    assert all(ingested[k].dtype == "int64" for k in rules)
+    _, dropped = derive.apply(frame, parsed, "UTC", "event_time")
+    assert dropped == {"filter: (a > 0) + (b > 0) < 2": 1}
+
+    used = tuple(f"derive.{k}" for k in rules)
+    schema = ServingSchema(
+        pipeline="flags",
+        task="regression",
+        target="y",
+        features=tuple(FeatureSchema(k, "integer", "long") for k in rules),
+        inputs=(InputSchema("a", "numeric", "double", used), InputSchema("b", "numeric", "double", used)),
+        derive=tuple(rules.items()),
+        filters=("(a > 0) + (b > 0) < 2",),
+    )
+    rows = RowValidator(schema)
+    sent = [{"a": x, "b": y} for x, y in zip(a, b, strict=True)]
+    kept = [r for i, r in enumerate(sent) if i != 3]
+    served = rows.derive(rows.many.validate_python([dict(r) for r in kept]))
+    assert {k: [r[k] for r in served] for k in rules} == {
+        k: [v for i, v in enumerate(want[k]) if i != 3] for k in rules
+    }
+    one = rows.derive([dict(sent[1])], single=True)[0]
+    assert (one["flags"], one["sign"], one["both"]) == (1, -1, 0)
+    with pytest.raises(BadRequest) as refused:
+        rows.derive([dict(sent[3])], single=True)
+    assert refused.value.reason == "filtered"
+
+
 # --- bikeshare: no derivations, a source row with its other columns
 
 
@@ -272,28 +319,38 @@ def test_bikeshare_source_rows_go_in_as_the_file_holds_them(bike_model, bclient)
     )
 
 
-# --- the cost of the derivation on the one-row path
+# --- the one-row path runs without pandas (its cost is measured by scripts/bench_derivation.py)
 
 
-def test_the_one_row_derivation_costs_microseconds(flights, fclient):
-    """The in-process cost of deriving one source row (timestamp read in New York time, two calendar
-    parts, the filter, the computed features checked): the median of single calls, so that a busy
-    machine's preemptions do not count. The goal is 20 us a row on a quiet machine; the bound here
-    catches a fall back to pandas or a per-request rebuild."""
+def test_the_one_row_derivation_uses_no_pandas(flights, fclient, monkeypatch):
+    """Deriving one source row (timestamp read in New York time, two calendar parts, the filter, the
+    computed features checked) never builds a pandas object: pandas would cost more than the rest of
+    the path. The rows include the day the clocks go forward and a time that does not exist."""
     rows = fclient.app.state.server.rows
-    _, _, raw, _ = flights
-    sources = _plain(raw.loc[raw["cancelled"] == 0].to_dict("records"))
-    for row in sources[:200]:
-        rows.derive([dict(row)], single=True)
-    costs = []
-    for row in sources[:2000]:
-        row = dict(row)
-        started = time.perf_counter_ns()
-        rows.derive([row], single=True)
-        costs.append(time.perf_counter_ns() - started)
-    median = sorted(costs)[len(costs) // 2] / 1000
-    print(f"derivation on the one-row path: median {median:.1f} us a row")
-    assert median < 100
+    _, _, raw, ingested = flights
+    kept = raw.loc[raw["cancelled"] == 0].reset_index(drop=True)
+    sunday = np.flatnonzero(kept["ts"].str.startswith("2023-03-12").to_numpy())
+    picked = sorted({*range(200), *sunday[:150].tolist()})
+    sources = _plain(kept.iloc[picked].to_dict("records"))
+    sources.append({**sources[0], "ts": "2023-03-12 02:30:00"})  # moved forward to 03:00
+    rows.derivation.clock._cache.clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pandas called on the one-row derivation path")
+
+    for name in ("DataFrame", "Series", "to_datetime", "Timestamp", "DatetimeIndex"):
+        monkeypatch.setattr(pd, name, refuse)
+    derived = [rows.derive([dict(row)], single=True)[0] for row in sources]
+    monkeypatch.undo()
+    assert len(sunday) > 50
+    assert [(r["dow"], r["hour"]) for r in derived[:-1]] == list(
+        zip(ingested["dow"].iloc[picked], ingested["hour"].iloc[picked], strict=True)
+    )
+    assert (derived[-1]["dow"], derived[-1]["hour"]) == (6, 3)
+    # nor does the path import pandas where a patched name would not be seen
+    probe = "import sys, mlcycle.serving.derivation; print('pandas' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False", "mlcycle.serving.derivation imports pandas"
 
 
 def test_metadata_says_how_source_rows_are_read(fclient):
