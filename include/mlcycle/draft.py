@@ -758,6 +758,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "features": [c for c, d in draft.spec["columns"].items() if d.get("role", "feature") == "feature"],
         "left_out": left_out,
         "window": draft.spec["window"],
-        "next": f"review {spec_path}, then: {connection}make run PIPELINE={spec_path} "
+        # absolute: `make run` runs from the repository, wherever draft-spec was run
+        "next": f"review {spec_path}, then: {connection}make run PIPELINE={spec_path.resolve()} "
         f"DATE={dt.date.fromisoformat(draft.spec['window']['data_end']) + dt.timedelta(days=1)}",
     }

@@ -20,8 +20,9 @@ from mlcycle.spec_schema import PipelineSpecSchema
 from tests.datasets import make_classification_dataset, make_events_dataset
 
 
-def test_events_get_no_key_a_filtered_label_and_their_leaks_left_out(tmp_path, capsys):
+def test_events_get_no_key_a_filtered_label_and_their_leaks_left_out(tmp_path, capsys, monkeypatch):
     csv = make_events_dataset(tmp_path / "data", days=5).with_suffix(".csv")
+    monkeypatch.chdir(tmp_path)  # --out relative to where the user is, not where `make run` runs
     code = main(
         [
             "draft-spec",
@@ -33,11 +34,12 @@ def test_events_get_no_key_a_filtered_label_and_their_leaks_left_out(tmp_path, c
             "--timezone",
             "America/New_York",
             "--out",
-            str(tmp_path / "specs"),
+            "specs",
         ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert f"make run PIPELINE={tmp_path / 'specs' / 'flights.yaml'} DATE=" in result["next"], result["next"]
     raw = yaml.safe_load(open(result["spec"]))
     assert raw["key"] == [] and raw["filter"] == ["notnull(arr_delay)"] and raw["task"] == "classification"
     assert raw["columns"]["arr_delay"]["role"] == "ignore" and raw["columns"]["cancelled"]["role"] == "ignore"
