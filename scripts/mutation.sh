@@ -32,8 +32,8 @@ declare -A MODULES=(
   [decision]=".venv-steps|include/mlcycle|monitoring/decision.py|tests/unit/monitoring/test_decision.py tests/unit/test_boundaries.py"
   [spec_schema]=".venv-steps|include/mlcycle|spec_schema.py|tests/unit/test_spec_schema.py tests/unit/test_spec_rules.py tests/unit/test_spec_strict.py tests/unit/test_spec.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
   [rollout]=".venv-steps|include/mlcycle|deploy/figures.py|tests/unit/deploy/test_deploy_parts.py tests/unit/test_boundaries.py"
-  [serving_schema]=".venv-steps|include/mlcycle|serving/schema.py|tests/unit/serving/test_schema_fields.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py"
-  [serving_model]=".venv-steps|include/mlcycle|serving/model.py|tests/unit/serving/test_model_parts.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py tests/unit/serving/test_onnx_trees.py tests/unit/test_boundaries.py"
+  [serving_schema]=".venv-steps|include/mlcycle|serving/schema.py|tests/unit/serving/test_schema_fields.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py tests/unit/serving/test_raw_rows.py"
+  [serving_model]=".venv-steps|include/mlcycle|serving/model.py|tests/unit/serving/test_model_parts.py tests/unit/serving/test_schema_model.py tests/unit/serving/test_app.py tests/unit/serving/test_onnx_trees.py tests/unit/serving/test_export_report.py tests/unit/test_boundaries.py"
   [validate]=".venv-steps|include/mlcycle|steps/validate.py|tests/unit/steps/test_restatement.py tests/unit/steps/test_validate_messages.py tests/unit/steps/test_validate.py tests/unit/steps/test_validate_plain_words.py tests/unit/test_integrity.py tests/unit/test_boundaries.py"
 )
 ORDER=(evaluate store contract spec expectations decision spec_schema rollout serving_schema serving_model validate)
