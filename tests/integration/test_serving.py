@@ -137,6 +137,32 @@ def _wait(url: str, seconds: float, proc_alive=lambda: True) -> None:
     raise AssertionError(f"{url} did not answer 200 within {seconds} s")
 
 
+def _run_serving_container(tag: str, container: str, port: int, *options: str) -> None:
+    """Start the serving image ``tag`` as ``container`` on 127.0.0.1:``port`` (host network, this
+    user), with extra ``docker run`` options."""
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            container,
+            "--network",
+            "host",
+            "--user",
+            f"{os.getuid()}:{os.getgid()}",
+            "-e",
+            "MLCYCLE_SERVING_HOST=127.0.0.1",
+            "-e",
+            f"MLCYCLE_SERVING_PORT={port}",
+            *options,
+            tag,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def _close(expected, got, classification: bool) -> None:
     assert len(expected) == len(got)
     if classification:
@@ -204,33 +230,18 @@ def test_image_answers_like_mlflow_and_logs_every_row(case, tmp_path, docker_eng
         )
         assert again["reused"] is True and again["image_id"] == built["image_id"]
 
-        subprocess.run(
-            [
-                "docker",
-                "run",
-                "-d",
-                "--name",
-                container,
-                "--network",
-                "host",
-                "--user",
-                f"{os.getuid()}:{os.getgid()}",
-                "-v",
-                f"{store}:/store",
-                "-e",
-                "MLCYCLE_STORE=/store",
-                "-e",
-                "MLCYCLE_SERVING_HOST=127.0.0.1",
-                "-e",
-                f"MLCYCLE_SERVING_PORT={port}",
-                "-e",
-                "MLCYCLE_SERVING_WORKERS=2",
-                "-e",
-                "MLCYCLE_SERVING_LOG_FLUSH_SECONDS=3600",
-                tag,
-            ],
-            check=True,
-            capture_output=True,
+        _run_serving_container(
+            tag,
+            container,
+            port,
+            "-v",
+            f"{store}:/store",
+            "-e",
+            "MLCYCLE_STORE=/store",
+            "-e",
+            "MLCYCLE_SERVING_WORKERS=2",
+            "-e",
+            "MLCYCLE_SERVING_LOG_FLUSH_SECONDS=3600",
         )
         base = f"http://127.0.0.1:{port}"
         _wait(f"{base}/ready", 120)

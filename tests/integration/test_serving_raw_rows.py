@@ -12,7 +12,6 @@ derived column that differs from the computed one gets a 422 naming both values.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -21,7 +20,16 @@ import pytest
 
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, make_events_dataset, write_spec_variant
 from tests.integration.airflow_env import free_port
-from tests.integration.test_serving import _close, _env, _http, _probe, _step, _train_champion, _wait
+from tests.integration.test_serving import (
+    _close,
+    _env,
+    _http,
+    _probe,
+    _run_serving_container,
+    _step,
+    _train_champion,
+    _wait,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -78,28 +86,7 @@ def test_source_rows_in_answer_like_mlflow_on_the_derived_rows(case, tmp_path, d
     port = free_port()
     container = f"serving-raw-test-{uuid.uuid4().hex[:8]}"
     try:
-        subprocess.run(
-            [
-                "docker",
-                "run",
-                "-d",
-                "--name",
-                container,
-                "--network",
-                "host",
-                "--user",
-                f"{os.getuid()}:{os.getgid()}",
-                "-e",
-                "MLCYCLE_SERVING_HOST=127.0.0.1",
-                "-e",
-                f"MLCYCLE_SERVING_PORT={port}",
-                "-e",
-                "MLCYCLE_SERVING_LOG=off",
-                tag,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        _run_serving_container(tag, container, port, "-e", "MLCYCLE_SERVING_LOG=off")
         base = f"http://127.0.0.1:{port}"
         _wait(f"{base}/ready", 120)
 
