@@ -20,7 +20,9 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
+def _compose_with_example_settings(tmp_path) -> str:
+    """docker-compose (skips without it), with the example settings and their secrets filled in as
+    ``tmp_path/.env``."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (.ci/run installs it)")
@@ -29,6 +31,11 @@ def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
         r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID)=$", r"\1=x", env, flags=re.M
     )
     (tmp_path / ".env").write_text(env)
+    return binary
+
+
+def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
+    binary = _compose_with_example_settings(tmp_path)
     done = subprocess.run(
         [binary, "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE), "config", "-q"],
         capture_output=True,
@@ -40,14 +47,7 @@ def test_docker_compose_accepts_the_file_with_the_example_settings(tmp_path):
 
 def _config(tmp_path, **variables: str) -> dict:
     """The stack's configuration as docker-compose resolves it with the example settings and ``variables``."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose is not installed (.ci/run installs it)")
-    env = (ROOT / "docker" / ".env.example").read_text()
-    env = re.sub(
-        r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID)=$", r"\1=x", env, flags=re.M
-    )
-    (tmp_path / ".env").write_text(env)
+    binary = _compose_with_example_settings(tmp_path)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MLCYCLE_")}
     done = subprocess.run(
         [binary, "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE), "config"],
