@@ -39,6 +39,18 @@ def wait_ready(proc: subprocess.Popen, url: str, what: str = "the server") -> No
     pytest.fail(f"{what} at {url} was not ready after 600 tries")
 
 
+def app_client(folder: Path, store: Path, **settings):
+    """A TestClient of the serving app on the model ``folder`` (enter it to start the app), with the
+    prediction log under ``store``; ``settings`` override the ServingSettings below."""
+    from fastapi.testclient import TestClient
+
+    from mlcycle.serving.app import create_app
+    from mlcycle.serving.settings import ServingSettings
+
+    defaults = {"log_enabled": False, "flush_rows": 100_000, "flush_seconds": 3600, "path": "auto"}
+    return TestClient(create_app(ServingSettings(model_dir=folder, store=store, **{**defaults, **settings})))
+
+
 def save_model_folder(spec, model, x_train, x_eval, folder: Path) -> Path:
     """Save like ``mlcycle.steps.train``: the Pipeline plus what the server needs, ONNX when it matches."""
     import mlflow

@@ -14,27 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.serving.conftest import app_client
+
 JSON_CT = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def client(bike_model, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from mlcycle.serving.app import create_app
-    from mlcycle.serving.settings import ServingSettings
-
     _, folder, x_eval = bike_model
-    settings = ServingSettings(
-        model_dir=folder,
-        store=tmp_path_factory.mktemp("store"),
-        log_enabled=True,
-        flush_rows=100_000,
-        flush_seconds=3600,
-        max_body_bytes=256 * 1024,
-        path="auto",
-    )
-    with TestClient(create_app(settings)) as c:
+    store = tmp_path_factory.mktemp("store")
+    with app_client(folder, store, log_enabled=True, max_body_bytes=256 * 1024) as c:
         c.rows = x_eval.to_dict("records")
         c.x_eval = x_eval
         c.app_server = c.app.state.server

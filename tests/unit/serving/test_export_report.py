@@ -24,26 +24,16 @@ def test_the_export_report_holds_the_outcome_without_the_graph(tmp_path):
 
 
 def test_metadata_says_why_training_made_no_graph(bike_model, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from mlcycle.serving.app import create_app
-    from mlcycle.serving.settings import ServingSettings
+    from tests.unit.serving.conftest import app_client
 
     _, folder, _ = bike_model
     served = tmp_path / "model"
     shutil.copytree(folder, served, ignore=shutil.ignore_patterns(ONNX_FILE))
     reason = "skl2onnx could not convert SomeRegressor: TypeError: no converter"
     write_export_report(OnnxExport(None, None, None, 400, reason), served, logged=False)
-    settings = ServingSettings(
-        model_dir=served,
-        store=tmp_path / "store",
-        log_enabled=False,
-        flush_rows=1000,
-        flush_seconds=60,
-        max_body_bytes=64 * 1024,
-        path="auto",
-    )
-    with TestClient(create_app(settings)) as client:
+    with app_client(
+        served, tmp_path / "store", flush_rows=1000, flush_seconds=60, max_body_bytes=64 * 1024
+    ) as client:
         meta = client.get("/metadata").json()
     assert meta["inference_path"] == "pipeline"
     assert meta["inference_path_reason"] == f"no ONNX model in the folder: {reason}"

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.datasets import BIKESHARE_CSV, EVENT_ZONE, make_events_dataset
-from tests.unit.serving.conftest import save_model_folder
+from tests.unit.serving.conftest import app_client, save_model_folder
 
 JSON_CT = {"content-type": "application/json"}
 
@@ -63,21 +63,7 @@ def flights(tmp_path_factory):
 
 
 def _client(folder, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from mlcycle.serving.app import create_app
-    from mlcycle.serving.settings import ServingSettings
-
-    settings = ServingSettings(
-        model_dir=folder,
-        store=tmp_path_factory.mktemp("store"),
-        log_enabled=False,
-        flush_rows=100_000,
-        flush_seconds=3600,
-        max_body_bytes=4 * 1024 * 1024,
-        path="auto",
-    )
-    return TestClient(create_app(settings))
+    return app_client(folder, tmp_path_factory.mktemp("store"), max_body_bytes=4 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
