@@ -47,17 +47,17 @@ def connect(settings: Settings, spec: PipelineSpec) -> str:
 
     embedded = settings.tracking_uri.startswith("sqlite:///")
     if embedded:
-        database_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
-        database_folder.mkdir(parents=True, exist_ok=True)
+        database = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
     bound_http_waits(settings.mlflow_timeout)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     # The first touch of an embedded SQLite store creates its tables; two steps starting at once (two
     # pipelines' first runs, a backfill's first days) would both run MLflow's migrations ("table ...
     # already exists") and both create the experiment. A server serialises both itself.
-    with locked(database_folder) if embedded else nullcontext():
+    with locked(database.parent) if embedded else nullcontext():
         if embedded:
-            _create_embedded_store(Path(settings.tracking_uri.removeprefix("sqlite:///")), settings.artifact_root)
+            _create_embedded_store(database, settings.artifact_root)
         return _experiment_id(settings, spec)
 
 
