@@ -62,3 +62,34 @@ def postgres_dsn() -> str:
     except OSError as exc:
         _unavailable("PostgreSQL", f"nothing listens on 127.0.0.1:5432 ({exc})", "MLCYCLE_REQUIRE_POSTGRES")
     return dsn
+
+
+@pytest.fixture(scope="session")
+def s3_env() -> dict[str, str]:
+    """The client environment of a real S3-compatible server (SeaweedFS) and its test bucket.
+
+    What it holds: ``AWS_ENDPOINT_URL_S3``, the credentials, ``AWS_REGION`` and
+    ``MLCYCLE_TEST_S3_BUCKET``. Uses the server the environment names (as `.ci/run` exports after
+    ``scripts/seaweedfs.sh start``); otherwise starts SeaweedFS through that script when its binary
+    is installed. Skips where there is none (fails with MLCYCLE_REQUIRE_S3=1). ``os.environ`` is
+    left as it is: tests hand this mapping to what they start.
+    """
+    import os
+    import subprocess
+
+    names = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+             "MLCYCLE_TEST_S3_BUCKET")
+    if os.environ.get("AWS_ENDPOINT_URL_S3") and os.environ.get("MLCYCLE_TEST_S3_BUCKET"):
+        return {name: os.environ[name] for name in names if name in os.environ}
+    if not (ROOT / ".local" / "seaweedfs" / "bin" / "weed").exists():
+        _unavailable("S3", "no server named by AWS_ENDPOINT_URL_S3 and SeaweedFS is not installed "
+                     "(scripts/seaweedfs.sh start installs and starts it)", "MLCYCLE_REQUIRE_S3")
+    started = subprocess.run(["bash", str(ROOT / "scripts" / "seaweedfs.sh"), "start"],
+                             capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        _unavailable("S3", f"scripts/seaweedfs.sh start failed: {started.stderr[-2000:]}", "MLCYCLE_REQUIRE_S3")
+    env = {}
+    for line in started.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value
+    return env

@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mlcycle.objects import LocalObjects, encode_document, update_document
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,7 @@ def write_bytes(data: bytes, target: Path) -> None:
 
 
 def write_json(payload: dict[str, Any], target: Path) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    write_bytes(encode_document(payload), target)
 
 
 def write_text(text: str, target: Path) -> None:
@@ -245,57 +246,69 @@ class Store:
     def current_validated(self, day: dt.date) -> ValidatedVersion | None:
         pointer = self.validated_dir(day) / POINTER_FILE
         try:
-            current = json.loads(pointer.read_text())
+            return self._version(day, json.loads(pointer.read_text()))
         except FileNotFoundError:
             return None
-        return ValidatedVersion(
-            day=day,
-            sha256=current["sha256"],
-            rows=int(current["rows"]),
-            path=self.validated_version_path(day, current["sha256"]),
-        )
 
     def validated(self, day: dt.date) -> Path:
         """The current validated file of ``day``; a path that does not exist when there is none."""
         current = self.current_validated(day)
         return current.path if current else self.validated_dir(day) / PARTITION_FILE
 
-    @contextmanager
-    def day_lock(self, day: dt.date) -> Iterator[None]:
-        """Serialise the compare-and-publish of one day's validated version across processes."""
-        with locked(self.validated_dir(day)):
-            yield
-
     def publish_validated(
-        self, day: dt.date, data: bytes, sha256: str, rows: int, replaces: str | None = None
-    ) -> ValidatedVersion:
+        self,
+        day: dt.date,
+        data: bytes,
+        sha256: str,
+        rows: int,
+        accept: Callable[[ValidatedVersion | None], bool] = lambda current: True,
+    ) -> ValidatedVersion | None:
         """Keep ``data`` (bytes that passed the suite) as a version of ``day`` and make it current.
 
-        Call it holding ``day_lock``. The version file is content-addressed and written once; the
-        pointer is replaced atomically, so a reader sees the old version or the new one.
+        ``accept`` sees the current version (None when there is none) and says whether these bytes
+        may replace it; the decision and the pointer's replacement are one compare-and-swap
+        (``mlcycle.objects.update_document``), so of two runs publishing the same day one wins and
+        the other decides again against the winner's version. The version file is content-addressed
+        and written once, only when accepted; a reader sees the old version or the new one. Returns
+        the published version, or None when ``accept`` refused or these bytes are current already.
         """
         path = self.validated_version_path(day, sha256)
-        if not path.exists():
-            write_bytes(data, path)
-        write_json(
-            {"sha256": sha256, "rows": rows, "file": path.name, "replaces": replaces},
-            self.validated_dir(day) / POINTER_FILE,
+        published: list[ValidatedVersion] = []
+
+        def change(pointer: dict[str, Any] | None) -> dict[str, Any] | None:
+            published.clear()
+            current = self._version(day, pointer)
+            if (current is not None and current.sha256 == sha256) or not accept(current):
+                return None
+            if not path.exists():
+                write_bytes(data, path)
+            published.append(ValidatedVersion(day=day, sha256=sha256, rows=rows, path=path))
+            return {
+                "sha256": sha256,
+                "rows": rows,
+                "file": path.name,
+                "replaces": current.sha256 if current else None,
+            }
+
+        update_document(LocalObjects(self.validated_dir(day)), POINTER_FILE, change)
+        return published[0] if published else None
+
+    def _version(self, day: dt.date, pointer: dict[str, Any] | None) -> ValidatedVersion | None:
+        if pointer is None:
+            return None
+        return ValidatedVersion(
+            day=day,
+            sha256=pointer["sha256"],
+            rows=int(pointer["rows"]),
+            path=self.validated_version_path(day, pointer["sha256"]),
         )
-        return ValidatedVersion(day=day, sha256=sha256, rows=rows, path=path)
 
     def publish(self, day: dt.date) -> Path:
         """Publish the raw partition of ``day`` as it is (no checks): for tests and repairs."""
         data = self.raw(day).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        with self.day_lock(day):
-            current = self.current_validated(day)
-            return self.publish_validated(
-                day,
-                data,
-                sha,
-                pq.read_metadata(self.raw(day)).num_rows,
-                replaces=current.sha256 if current else None,
-            ).path
+        self.publish_validated(day, data, sha, pq.read_metadata(self.raw(day)).num_rows)
+        return self.validated_version_path(day, sha)
 
     def quarantine(self, day: dt.date, attempt: str, data: bytes | None = None) -> Path:
         """A folder for a rejected batch, holding the exact bytes that were judged; return it."""

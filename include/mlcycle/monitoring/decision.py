@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlcycle.objects import LocalObjects, update_document
 from mlcycle.spec import MonitoringSpec
-from mlcycle.store import locked, write_json
+from mlcycle.store import write_json
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,17 @@ class Ledger:
 def decide_and_record(
     folder: Path, day: dt.date, verdict: Verdict, cooldown_days: int, report: str = ""
 ) -> Decision:
-    """Read the ledger in ``folder``, decide ``day`` and write it back, all under the folder's lock."""
-    with locked(folder):
-        ledger = Ledger.load(folder / LEDGER_FILE)
-        decision = ledger.decide(day, verdict, cooldown_days, report)
-        if not decision.replayed:
-            ledger.save()
-    return decision
+    """Read the ledger in ``folder``, decide ``day`` and write it back as one compare-and-swap.
+
+    Two monitoring runs deciding days at once (a backfill on two workers) never lose each other's
+    days: the one whose write finds the ledger changed decides again on the other's ledger.
+    """
+    decided: list[Decision] = []
+
+    def change(document: dict[str, Any] | None) -> dict[str, Any] | None:
+        ledger = Ledger(folder / LEDGER_FILE, dict((document or {}).get("days", {})))
+        decided[:] = [ledger.decide(day, verdict, cooldown_days, report)]
+        return None if decided[0].replayed else {"days": dict(sorted(ledger.days.items()))}
+
+    update_document(LocalObjects(folder), LEDGER_FILE, change)
+    return decided[0]

@@ -282,26 +282,39 @@ def _restatement(spec: PipelineSpec, old: ValidatedVersion, new: pd.DataFrame) -
 
 def _publish(spec: PipelineSpec, store: Store, day: dt.date, batch: _Batch
              ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Publish a passing batch as the day's current version; return (restatement, failure)."""
-    with store.day_lock(day):
-        current = store.current_validated(day)
-        if current is not None and current.sha256 == batch.sha256:
-            return None, None  # a concurrent run published these very bytes
+    """Publish a passing batch as the day's current version; return (restatement, failure).
+
+    The restatement is judged against the version current at the moment of publishing: when a
+    concurrent run publishes the day first, the judgement runs again against its version.
+    """
+    outcome: dict[str, Any] = {}
+
+    def accept(current: ValidatedVersion | None) -> bool:
+        outcome.clear()
         change = _restatement(spec, current, batch.frame) if current is not None else None
-        if change is not None:
-            shrink = 1 - change["rows_after"] / change["rows_before"] if change["rows_before"] else 0.0
-            allowed = spec.integrity.max_restatement_shrink
-            if shrink > allowed:
-                return change, {"success": False,
-                                "expectation": f"a restatement shrinks the day by at most {allowed:.0%} "
-                                               f"(validation.max_restatement_shrink)",
-                                "observed": f"{change['rows_before']} rows validated before, {change['rows_after']} "
-                                            f"now ({shrink:.0%} fewer); the validated version is kept"}
-            log.warning("restatement of %s: %s", day, ", ".join(f"{k} {v}" for k, v in change.items()
-                                                             if k not in ("partition", "previous_sha256")))
-        store.publish_validated(day, batch.data, batch.sha256, len(batch.frame),
-                                replaces=current.sha256 if current else None)
-        return change, None
+        outcome["change"] = change
+        if change is None:
+            return True
+        shrink = 1 - change["rows_after"] / change["rows_before"] if change["rows_before"] else 0.0
+        allowed = spec.integrity.max_restatement_shrink
+        if shrink > allowed:
+            outcome["failure"] = {
+                "success": False,
+                "expectation": f"a restatement shrinks the day by at most {allowed:.0%} "
+                               f"(validation.max_restatement_shrink)",
+                "observed": f"{change['rows_before']} rows validated before, {change['rows_after']} "
+                            f"now ({shrink:.0%} fewer); the validated version is kept"}
+            return False
+        return True
+
+    published = store.publish_validated(day, batch.data, batch.sha256, len(batch.frame), accept)
+    if published is None and "failure" not in outcome:
+        return None, None  # a concurrent run published these very bytes
+    change = outcome.get("change")
+    if published is not None and change is not None:
+        log.warning("restatement of %s: %s", day, ", ".join(f"{k} {v}" for k, v in change.items()
+                                                         if k not in ("partition", "previous_sha256")))
+    return change, outcome.get("failure")
 
 
 def _read_pending(store: Store, window: list[dt.date]) -> tuple[dict[dt.date, _Batch], int]:
