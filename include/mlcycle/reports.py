@@ -32,9 +32,9 @@ def validation_report(
     parts = []
     for part in partitions:
         status = '<span class="pass">passed</span>' if part["success"] else '<span class="fail">FAILED</span>'
-        pages = [Path(p) for p in part.get("data_docs", [])]
+        pages = [p if hasattr(p, "parent") else Path(p) for p in part.get("data_docs", [])]
         links = " · ".join(
-            f'<a href="{esc(os.path.relpath(page, folder) if folder else page.as_uri())}">'
+            f'<a href="{esc(os.path.relpath(str(page), str(folder)) if folder else page.as_uri())}">'
             f"{esc(page.parent.parent.name)}</a>"
             for page in pages
         )

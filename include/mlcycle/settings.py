@@ -2,7 +2,8 @@
 
 Every step reads its locations from here, so the DAG (or a person at a shell) only chooses values:
 - ``MLCYCLE_HOME``: project-local state (default ``./.local``).
-- ``MLCYCLE_STORE``: the partitioned data store (default ``$MLCYCLE_HOME/store``).
+- ``MLCYCLE_STORE``: the partitioned data store (default ``$MLCYCLE_HOME/store``): a folder, or
+  ``s3://bucket/prefix`` on S3 or a compatible server (``mlcycle.objects`` says how it is reached).
 - ``MLFLOW_TRACKING_URI``: MLflow tracking and registry (default: SQLite under ``$MLCYCLE_HOME/mlflow``).
 - ``MLCYCLE_ARTIFACT_ROOT``: where new MLflow experiments keep artifacts (default: a folder beside a
   local store; the server's own artifact store when tracking is a server).
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlcycle import __version__
+from mlcycle.storepath import StorePath, store_root
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PIPELINES_DIR = PACKAGE_DIR.parent / "pipelines"
@@ -42,7 +44,7 @@ def _code_version() -> str:
 @dataclass(frozen=True)
 class Settings:
     home: Path
-    store: Path
+    store: StorePath
     tracking_uri: str
     artifact_root: str | None
     pipelines_dir: Path
@@ -62,7 +64,7 @@ class Settings:
         local = not tracking_uri.startswith(("http://", "https://", "databricks"))
         return cls(
             home=home,
-            store=Path(env.get("MLCYCLE_STORE", home / "store")).resolve(),
+            store=store_root(env.get("MLCYCLE_STORE") or home / "store"),
             tracking_uri=tracking_uri,
             artifact_root=env.get("MLCYCLE_ARTIFACT_ROOT") or ((mlflow_dir / "artifacts").as_uri() if local else None),
             pipelines_dir=_first_folder(env.get("MLCYCLE_PIPELINES_DIR")),

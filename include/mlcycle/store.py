@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,9 +44,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mlcycle.objects import LocalObjects, encode_document, update_document
+from mlcycle.objects import LocalObjects, Objects, encode_document, update_document
+from mlcycle.storepath import RemotePath, StorePath, parquet_source
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,14 @@ _STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "repor
 def days(start: dt.date, end: dt.date) -> list[dt.date]:
     """The days of the half-open range [start, end)."""
     return [start + dt.timedelta(days=i) for i in range((end - start).days)]
+
+
+def objects_at(folder: StorePath) -> Objects:
+    """The ``Objects`` of a folder of the store, for compare-and-swap of the documents in it."""
+    if isinstance(folder, RemotePath):
+        bucket, _, prefix = folder.fs_path.partition("/")
+        return type(folder.objects)(bucket, prefix, folder.objects.settings)
+    return LocalObjects(folder)
 
 
 def _locked_temp(target: Path, directory: bool = False) -> tuple[Path, int]:
@@ -90,8 +101,19 @@ def _locked_temp(target: Path, directory: bool = False) -> tuple[Path, int]:
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it into place only if the block succeeds."""
+def atomic_path(target: StorePath) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it into place only if the block succeeds.
+
+    In object storage the temporary file is local and is uploaded in one request once the block
+    succeeds: a reader sees the whole old object or the whole new one, never a part.
+    """
+    if isinstance(target, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="mlcycle-upload-") as folder:
+            tmp = Path(folder) / target.name
+            yield tmp
+            pafs.copy_files(str(tmp), target.fs_path, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=target.filesystem)
+        return
     tmp_path, fd = _locked_temp(target)
     try:
         yield tmp_path
@@ -101,10 +123,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Remove temporaries under ``root`` that no live writer holds (a killed step's); return how many."""
+def remove_stale_temporaries(root: StorePath) -> int:
+    """Remove temporaries under ``root`` that no live writer holds (a killed step's); return how many.
+
+    Object storage holds none: its writes are single uploads of finished files.
+    """
     removed = 0
-    if not root.is_dir():
+    if isinstance(root, RemotePath) or not root.is_dir():
         return removed
     for folder, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
@@ -134,8 +159,11 @@ def remove_stale_temporaries(root: Path) -> int:
 
 
 @contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: StorePath) -> Iterator[None]:
     """Hold an exclusive flock on ``folder`` (created if missing) for the block."""
+    if isinstance(folder, RemotePath):
+        raise TypeError(f"{folder} is in object storage, which has no locks: publish through "
+                        f"mlcycle.objects.update_document (compare-and-swap) instead")
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -145,34 +173,77 @@ def locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_parquet(df: pd.DataFrame, target: Path) -> str:
+def write_parquet(df: pd.DataFrame, target: StorePath) -> str:
     """Write ``df`` deterministically (same frame, same bytes) and return its sha256."""
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-    return file_sha256(target)
+        return file_sha256(tmp)
 
 
-def write_bytes(data: bytes, target: Path) -> None:
+def write_bytes(data: bytes, target: StorePath) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
 
-def write_json(payload: dict[str, Any], target: Path) -> None:
+def write_json(payload: dict[str, Any], target: StorePath) -> None:
     write_bytes(encode_document(payload), target)
 
 
-def write_text(text: str, target: Path) -> None:
+def write_text(text: str, target: StorePath) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
 
 
-def file_sha256(path: Path) -> str:
+def read_parquet(path: StorePath, **options: Any) -> pd.DataFrame:
+    """``pandas.read_parquet`` of a file of the store, on disk or in object storage (pruned reads)."""
+    return pd.read_parquet(parquet_source(path), **options)
+
+
+@contextmanager
+def local_file(path: StorePath) -> Iterator[Path]:
+    """A local path holding ``path``'s bytes, for a library that opens files itself (MLflow)."""
+    if not isinstance(path, RemotePath):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mlcycle-download-") as folder:
+        local = Path(folder) / path.name
+        local.write_bytes(path.read_bytes())
+        yield local
+
+
+def upload_tree(local: Path, target: StorePath, keep_existing: bool = False) -> int:
+    """Copy every file under the folder ``local`` to the same place under ``target``; return how many.
+
+    With ``keep_existing``, files already at ``target`` are not copied again (a site's static
+    assets, the same on every run).
+    """
+    present = {str(p) for p in target.rglob("*")} if keep_existing else set()
+    count = 0
+    for file in sorted(f for f in local.rglob("*") if f.is_file()):
+        destination = target / file.relative_to(local).as_posix()
+        if str(destination) in present:
+            continue
+        with atomic_path(destination) as tmp:
+            shutil.copyfile(file, tmp)
+        count += 1
+    return count
+
+
+def file_sha256(path: StorePath) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """The name of a feature folder: the first 16 hex digits of the hash of its files' names and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir()):
+        digest.update(f"{name}:{file_sha256(folder / name)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def fingerprint_of(versions: list[ValidatedVersion]) -> str:
@@ -188,9 +259,9 @@ class ValidatedVersion:
     day: dt.date
     sha256: str
     rows: int
-    path: Path
+    path: StorePath
 
-    def to_dict(self, base: Path) -> dict[str, Any]:
+    def to_dict(self, base: StorePath) -> dict[str, Any]:
         return {
             "date": self.day.isoformat(),
             "sha256": self.sha256,
@@ -205,30 +276,30 @@ class LineageError(LookupError):
 
 @dataclass(frozen=True)
 class Store:
-    root: Path
+    root: StorePath
     pipeline: str
 
     @property
-    def base(self) -> Path:
+    def base(self) -> StorePath:
         return self.root / self.pipeline
 
-    def landing(self, day: dt.date) -> Path:
+    def landing(self, day: dt.date) -> StorePath:
         return self.base / "landing" / f"date={day.isoformat()}" / "data.csv"
 
-    def raw(self, day: dt.date) -> Path:
+    def raw(self, day: dt.date) -> StorePath:
         return self.base / "raw" / f"date={day.isoformat()}" / PARTITION_FILE
 
-    def quarantine_dir(self, day: dt.date, attempt: str) -> Path:
+    def quarantine_dir(self, day: dt.date, attempt: str) -> StorePath:
         return self.base / "quarantine" / f"date={day.isoformat()}" / attempt
 
-    def validation_report(self, end: dt.date) -> Path:
+    def validation_report(self, end: dt.date) -> StorePath:
         return self.base / "reports" / "validation" / f"end={end.isoformat()}" / "report.html"
 
-    def validation_docs(self) -> Path:
+    def validation_docs(self) -> StorePath:
         """The pipeline's Great Expectations Data Docs site: a page per validation of every run."""
         return self.base / "reports" / "validation" / "data_docs"
 
-    def ingest_record(self, end: dt.date) -> Path:
+    def ingest_record(self, end: dt.date) -> StorePath:
         return self.base / "reports" / "ingest" / f"end={end.isoformat()}.json"
 
     def remove_stale_temporaries(self) -> int:
@@ -237,10 +308,10 @@ class Store:
 
     # --- validated partitions: every version kept, one current --------------------------------
 
-    def validated_dir(self, day: dt.date) -> Path:
+    def validated_dir(self, day: dt.date) -> StorePath:
         return self.base / "validated" / f"date={day.isoformat()}"
 
-    def validated_version_path(self, day: dt.date, sha256: str) -> Path:
+    def validated_version_path(self, day: dt.date, sha256: str) -> StorePath:
         return self.validated_dir(day) / f"{sha256[:16]}.parquet"
 
     def current_validated(self, day: dt.date) -> ValidatedVersion | None:
@@ -250,7 +321,7 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def validated(self, day: dt.date) -> Path:
+    def validated(self, day: dt.date) -> StorePath:
         """The current validated file of ``day``; a path that does not exist when there is none."""
         current = self.current_validated(day)
         return current.path if current else self.validated_dir(day) / PARTITION_FILE
@@ -290,7 +361,7 @@ class Store:
                 "replaces": current.sha256 if current else None,
             }
 
-        update_document(LocalObjects(self.validated_dir(day)), POINTER_FILE, change)
+        update_document(objects_at(self.validated_dir(day)), POINTER_FILE, change)
         return published[0] if published else None
 
     def _version(self, day: dt.date, pointer: dict[str, Any] | None) -> ValidatedVersion | None:
@@ -303,14 +374,14 @@ class Store:
             path=self.validated_version_path(day, pointer["sha256"]),
         )
 
-    def publish(self, day: dt.date) -> Path:
+    def publish(self, day: dt.date) -> StorePath:
         """Publish the raw partition of ``day`` as it is (no checks): for tests and repairs."""
         data = self.raw(day).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        self.publish_validated(day, data, sha, pq.read_metadata(self.raw(day)).num_rows)
+        self.publish_validated(day, data, sha, pq.read_metadata(parquet_source(self.raw(day))).num_rows)
         return self.validated_version_path(day, sha)
 
-    def quarantine(self, day: dt.date, attempt: str, data: bytes | None = None) -> Path:
+    def quarantine(self, day: dt.date, attempt: str, data: bytes | None = None) -> StorePath:
         """A folder for a rejected batch, holding the exact bytes that were judged; return it."""
         folder = self.quarantine_dir(day, attempt)
         folder.mkdir(parents=True, exist_ok=True)
@@ -320,10 +391,10 @@ class Store:
 
     # --- feature tables: one folder per build, one current --------------------------------------
 
-    def _features_base(self, end: dt.date) -> Path:
+    def _features_base(self, end: dt.date) -> StorePath:
         return self.base / "features" / f"end={end.isoformat()}"
 
-    def features_dir(self, end: dt.date) -> Path:
+    def features_dir(self, end: dt.date) -> StorePath:
         """The current feature folder of the window ending ``end`` (one that may not exist yet)."""
         base = self._features_base(end)
         try:
@@ -335,17 +406,24 @@ class Store:
     def new_features(self, end: dt.date) -> Iterator[Path]:
         """Yield an empty folder; once the block succeeds, publish all its files as one unit.
 
-        The folder is named by the hash of its files, renamed into place and made current by
+        The folder is named by the hash of its files, renamed into place (uploaded file by file in
+        object storage, where nothing reads it before the pointer names it) and made current by
         replacing the pointer: readers see the whole previous table or the whole new one.
         """
         base = self._features_base(end)
+        if isinstance(base, RemotePath):
+            with tempfile.TemporaryDirectory(prefix="mlcycle-features-") as folder:
+                yield Path(folder)
+                version = _folder_digest(Path(folder))
+                for file in sorted(Path(folder).iterdir()):
+                    with atomic_path(base / version / file.name) as tmp:
+                        shutil.copyfile(file, tmp)
+            write_json({"folder": version}, base / POINTER_FILE)
+            return
         tmp, fd = _locked_temp(base / "build", directory=True)
         try:
             yield tmp
-            digest = hashlib.sha256()
-            for name in sorted(p.name for p in tmp.iterdir()):
-                digest.update(f"{name}:{file_sha256(tmp / name)}\n".encode())
-            version = digest.hexdigest()[:16]
+            version = _folder_digest(tmp)
             try:
                 os.rename(tmp, base / version)
             except OSError as exc:  # the same table exists already: keep it
@@ -358,7 +436,7 @@ class Store:
 
     # --- lineage: a data fingerprint back to its exact files ------------------------------------
 
-    def record_lineage(self, fingerprint: str, versions: list[ValidatedVersion]) -> Path:
+    def record_lineage(self, fingerprint: str, versions: list[ValidatedVersion]) -> StorePath:
         target = self.base / "lineage" / f"{fingerprint}.json"
         if not target.exists():
             write_json(
@@ -366,7 +444,7 @@ class Store:
             )
         return target
 
-    def files_for_fingerprint(self, fingerprint: str, verify: bool = True) -> list[Path]:
+    def files_for_fingerprint(self, fingerprint: str, verify: bool = True) -> list[StorePath]:
         """The validated files a data fingerprint (a model's ``mlcycle.data_fingerprint``) names.
 
         With ``verify``, each file's bytes are hashed and checked against the recorded sha256.

@@ -24,7 +24,7 @@ import pandas as pd
 from mlcycle.errors import NothingToDo, StepError
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
-from mlcycle.store import LineageError, Store, days
+from mlcycle.store import LineageError, Store, days, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Reference:
 
 
 def _read_all(files: list[Path]) -> pd.DataFrame:
-    frames = [pd.read_parquet(f) for f in files]
+    frames = [read_parquet(f) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -90,8 +90,8 @@ def scored_data(
             lineage = json.loads((folder / "lineage.json").read_text())
         except FileNotFoundError:
             continue
-        scores = pd.read_parquet(folder / "data.parquet")
-        rows = pd.read_parquet(store.base / lineage["data"]["validated_file"])
+        scores = read_parquet(folder / "data.parquet")
+        rows = read_parquet(store.base / lineage["data"]["validated_file"])
         predicted = [c for c in scores.columns if c == "prediction" or c.startswith("proba_")]
         frame = pd.concat([rows.reset_index(drop=True), scores[predicted].reset_index(drop=True)], axis=1)
         frames.append(frame)
@@ -102,7 +102,7 @@ def scored_data(
         if current.sha256 == lineage["data"]["validated_sha256"] or not key:
             with_labels = frame
         else:  # restated since scoring: the new version's labels, by key, for the rows that were scored
-            labels = pd.read_parquet(current.path)[[*key, spec.target]]
+            labels = read_parquet(current.path)[[*key, spec.target]]
             with_labels = frame.drop(columns=[spec.target]).merge(labels, on=key, how="inner")
         labelled.append(with_labels[with_labels[spec.target].notna()])
     if not frames:

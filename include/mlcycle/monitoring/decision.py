@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcycle.objects import LocalObjects, update_document
+from mlcycle.objects import update_document
 from mlcycle.spec import MonitoringSpec
-from mlcycle.store import write_json
+from mlcycle.store import objects_at, write_json
 
 log = logging.getLogger(__name__)
 
@@ -205,5 +205,5 @@ def decide_and_record(
         decided[:] = [ledger.decide(day, verdict, cooldown_days, report)]
         return None if decided[0].replayed else {"days": dict(sorted(ledger.days.items()))}
 
-    update_document(LocalObjects(folder), LEDGER_FILE, change)
+    update_document(objects_at(folder), LEDGER_FILE, change)
     return decided[0]

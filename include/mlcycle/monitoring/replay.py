@@ -24,7 +24,7 @@ from mlcycle.errors import SourceError, StepError
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Result
-from mlcycle.store import Store
+from mlcycle.store import Store, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ReplayResult(Result):
 def _day_rows(spec: PipelineSpec, store: Store, day: dt.date) -> pd.DataFrame:
     for path in (store.validated(day), store.raw(day)):
         if path.is_file():
-            return pd.read_parquet(path)
+            return read_parquet(path)
     raise SourceError(
         f"no validated or raw partition of {day} in {store.base}: ingest that day first "
         f"(a training or monitoring run that covers it)"

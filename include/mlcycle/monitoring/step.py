@@ -26,7 +26,7 @@ from mlcycle.monitoring.decision import Figures, decay_of, decide_and_record, ju
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Interval, Result
-from mlcycle.store import Store, write_json, write_text
+from mlcycle.store import Store, local_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -266,5 +266,6 @@ def _track(
     ) as run:
         mlflow.set_tags(tags)
         mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(metrics_path))
+        with local_file(metrics_path) as local:
+            mlflow.log_artifact(str(local))
     return run.info.run_id, experiment_id

@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import pandas as pd
-
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store
+from mlcycle.store import Store, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +100,7 @@ def evaluate(
     from mlcycle.tracking import champion_version, connect
 
     _, end = training_window(spec, interval, window_days)
-    eval_df = pd.read_parquet(Store(settings.store, spec.name).features_dir(end) / "eval.parquet")
+    eval_df = read_parquet(Store(settings.store, spec.name).features_dir(end) / "eval.parquet")
     x_eval, y_eval = eval_df[spec.feature_names], eval_df[spec.target]
     experiment_id = connect(settings, spec)
     client = MlflowClient()

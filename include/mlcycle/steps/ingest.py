@@ -26,7 +26,7 @@ from mlcycle.settings import Settings
 from mlcycle.sources import reader_for
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store, days, write_json, write_parquet, write_text
+from mlcycle.store import Store, atomic_path, days, write_json, write_parquet, write_text
 from mlcycle.timestamps import local_days
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def _quarantine_unreadable(spec: PipelineSpec, store: Store, interval: Interval,
     folder.mkdir(parents=True, exist_ok=True)
     failure = {"expectation": "source is readable", "observed": str(error)}
     if spec.source.kind == "file" and spec.source.path().is_file():
-        shutil.copyfile(spec.source.path(), folder / spec.source.path().name)
+        with atomic_path(folder / spec.source.path().name) as tmp:
+            shutil.copyfile(spec.source.path(), tmp)
     write_json({"pipeline": spec.name, "partition": interval.start.isoformat(), "failures": [failure]},
                folder / "failures.json")
     report = folder / "report.html"

@@ -45,6 +45,7 @@ from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec, ScoringSpec
 from mlcycle.steps._common import Interval, Result
 from mlcycle.store import Store, ValidatedVersion, atomic_path, days, file_sha256, fingerprint_of, write_json
+from mlcycle.storepath import parquet_source
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def _score_day(
 ) -> tuple[dict[str, Any], pa.Schema]:
     folder = scores_dir(store, day)
     target, load = folder / SCORES_FILE, folder / LOAD_FILE
-    source = pq.ParquetFile(version.path)
+    source = pq.ParquetFile(parquet_source(version.path))
     total, done, began = source.metadata.num_rows, 0, time.perf_counter()
     wanted = {*model.names, *_key_columns(spec)}
     columns = [c for c in source.schema_arrow.names if c in wanted]  # only what is scored or kept
@@ -514,7 +515,7 @@ def score(
     partitions, schema, paths = [], None, set()
     for day, validated in zip(wanted, versions, strict=True):
         if kept[day] is not None:
-            record, day_schema = kept[day], pq.read_schema(scores_dir(store, day) / SCORES_FILE)
+            record, day_schema = kept[day], pq.read_schema(parquet_source(scores_dir(store, day) / SCORES_FILE))
             log.info(
                 "%s was scored before from the same validated rows with %s version %s and the same code "
                 "(run %s): kept as it is",

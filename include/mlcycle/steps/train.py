@@ -25,7 +25,7 @@ import pandas as pd
 from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store
+from mlcycle.store import Store, read_parquet
 from mlcycle.timestamps import local_days
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,8 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
     start, end = training_window(spec, interval, window_days)
     folder = Store(settings.store, spec.name).features_dir(end)
     manifest = json.loads((folder / "manifest.json").read_text())
-    train_df = pd.read_parquet(folder / "train.parquet")
-    eval_df = pd.read_parquet(folder / "eval.parquet")
+    train_df = read_parquet(folder / "train.parquet")
+    eval_df = read_parquet(folder / "eval.parquet")
     features = spec.feature_names
     x_train, y_train = train_df[features], train_df[spec.target]
     x_eval, y_eval = eval_df[features], eval_df[spec.target]

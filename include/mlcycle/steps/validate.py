@@ -24,6 +24,8 @@ import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
-from mlcycle.store import Store, ValidatedVersion, days, write_json, write_text
+from mlcycle.store import Store, ValidatedVersion, days, read_parquet, upload_tree, write_json, write_text
+from mlcycle.storepath import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +105,13 @@ class SuiteRunner:
         # Progress bars are for notebooks; in a task log they are noise.
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.docs = docs
+        # GX renders into a folder; a store in object storage gets the rendered pages uploaded.
+        self._render_dir = tempfile.mkdtemp(prefix="mlcycle-data-docs-") if is_remote(docs) else None
         if docs is not None:
             self.context.add_data_docs_site(DATA_DOCS_SITE, {
                 "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": self._render_dir or str(docs)},
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             })
         self.run_time = dt.datetime.now(dt.UTC)
@@ -169,6 +175,12 @@ class SuiteRunner:
                 pages.setdefault(str(key.run_id.run_name), []).append(page)
             else:
                 log.warning("no Data Docs page for the validation %s (%s)", key.run_id.run_name, urls)
+        if self._render_dir is not None:
+            render = Path(self._render_dir)
+            upload_tree(render, self.docs, keep_existing=True)
+            pages = {name: [self.docs / page.relative_to(render).as_posix() for page in found]
+                     for name, found in pages.items()}
+            shutil.rmtree(render, ignore_errors=True)
         log.info("Data Docs: %d page(s) under %s", sum(map(len, pages.values())), self.docs)
         return pages
 
@@ -258,7 +270,7 @@ def _dropped_rows(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date
 
 def _restatement(spec: PipelineSpec, old: ValidatedVersion, new: pd.DataFrame) -> dict[str, Any]:
     """How a new version of a day differs from the current one: rows, and by key what changed."""
-    before = pd.read_parquet(old.path)
+    before = read_parquet(old.path)
     change: dict[str, Any] = {"partition": old.day.isoformat(), "rows_before": len(before), "rows_after": len(new),
                               "previous_sha256": old.sha256}
     key = list(spec.integrity.key)
