@@ -111,8 +111,12 @@ def atomic_path(target: StorePath) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="mlcycle-upload-") as folder:
             tmp = Path(folder) / target.name
             yield tmp
-            pafs.copy_files(str(tmp), target.fs_path, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=target.filesystem)
+            pafs.copy_files(
+                str(tmp),
+                target.fs_path,
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=target.filesystem,
+            )
         return
     tmp_path, fd = _locked_temp(target)
     try:
@@ -162,8 +166,10 @@ def remove_stale_temporaries(root: StorePath) -> int:
 def locked(folder: StorePath) -> Iterator[None]:
     """Hold an exclusive flock on ``folder`` (created if missing) for the block."""
     if isinstance(folder, RemotePath):
-        raise TypeError(f"{folder} is in object storage, which has no locks: publish through "
-                        f"mlcycle.objects.update_document (compare-and-swap) instead")
+        raise TypeError(
+            f"{folder} is in object storage, which has no locks: publish through "
+            f"mlcycle.objects.update_document (compare-and-swap) instead"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -515,7 +515,10 @@ def score(
     partitions, schema, paths = [], None, set()
     for day, validated in zip(wanted, versions, strict=True):
         if kept[day] is not None:
-            record, day_schema = kept[day], pq.read_schema(parquet_source(scores_dir(store, day) / SCORES_FILE))
+            record, day_schema = (
+                kept[day],
+                pq.read_schema(parquet_source(scores_dir(store, day) / SCORES_FILE)),
+            )
             log.info(
                 "%s was scored before from the same validated rows with %s version %s and the same code "
                 "(run %s): kept as it is",
