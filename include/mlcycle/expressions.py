@@ -73,7 +73,7 @@ def _is_array(value: Any) -> bool:
 
 
 def _is_text_array(value: Any) -> bool:
-    return _is_array(value) and value.dtype.kind in "OUS"
+    return isinstance(value, np.ndarray) and value.dtype.kind in "OUS" and value.ndim > 0
 
 
 def _null_scalar(value: Any) -> bool:
@@ -127,13 +127,18 @@ def _masked(op: Callable[[Any, Any], Any], left: Any, right: Any, fill: Any) -> 
 
 
 def _compare(op: Callable[[Any, Any], Any], left: Any, right: Any) -> Any:
-    if _is_text_array(left) or _is_text_array(right):
+    # _is_text_array of each side, written out: this runs for every comparison of every request
+    if (isinstance(left, np.ndarray) and left.dtype.kind in "OUS" and left.ndim) or (
+        isinstance(right, np.ndarray) and right.dtype.kind in "OUS" and right.ndim
+    ):
         return _masked(op, left, right, op is operator.ne)
     return op(left, right)
 
 
 def _arith(op: Callable[[Any, Any], Any], left: Any, right: Any) -> Any:
-    if _is_text_array(left) or _is_text_array(right):
+    if (isinstance(left, np.ndarray) and left.dtype.kind in "OUS" and left.ndim) or (
+        isinstance(right, np.ndarray) and right.dtype.kind in "OUS" and right.ndim
+    ):
         return _masked(op, left, right, np.nan)
     return op(left, right)
 
@@ -279,6 +284,18 @@ class Expression:
     names: frozenset[str]
     where: str = "expression"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_run", _compile(self.tree.body, 1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its closures (they do not pickle): compiled again on the way back."""
+        return {k: v for k, v in self.__dict__.items() if k != "_run"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        self.__post_init__()
+
     @classmethod
     def parse(cls, source: str, where: str) -> Expression:
         source = str(source)
@@ -344,7 +361,7 @@ class Expression:
     def evaluate_arrays(self, values: Mapping[str, Any]) -> Any:
         """The expression's value over columns that are numpy arrays already (the hot path)."""
         try:
-            return _eval(self.tree.body, values, 1)
+            return self._run(values)
         except ExpressionLimit as exc:
             raise ExpressionLimit(f"{self.where}: {_short(self.source)} {exc}") from None
 
@@ -383,6 +400,8 @@ class _Unknown:
 
 
 _UNKNOWN = _Unknown()
+#: The values ``_known`` has to look into (anything else is known): tested first, inline, on the hot path.
+_OPAQUE = (_Unknown, list)
 
 
 class _UnknownScope(dict):
@@ -509,65 +528,151 @@ def _known(*values: Any) -> bool:
     return True
 
 
-def _eval(node: ast.AST, values: Mapping[str, Any], depth: int) -> Any:
+#: What evaluating a compiled expression takes and gives: the scope, the value.
+Run = Callable[[Mapping[str, Any]], Any]
+
+
+def _compile(node: ast.AST, depth: int) -> Run:
+    """The tree as nested closures, each node's dispatch decided once (a request's row pays only for
+    the operators): the one evaluator of the language, for a batch and for one row alike. A tree that
+    breaks a rule of the language (too deep, an unknown element) compiles to a closure that raises
+    when evaluated, as a tree walked at each evaluation would."""
     if depth > MAX_DEPTH + 1:
-        raise ExpressionLimit(f"nests deeper than {MAX_DEPTH} levels")
+        return _raising(ExpressionLimit(f"nests deeper than {MAX_DEPTH} levels"))
     depth += 1
-    if isinstance(node, ast.Name):
-        return values[node.id]
-    if isinstance(node, ast.Constant):
-        return _check_size(node.value)
-    if isinstance(node, _LISTS_NODES):
-        return [_eval(e, values, depth) for e in node.elts]  # its length is known even when its items are not
-    if isinstance(node, ast.BinOp):
-        left, right = _number(_eval(node.left, values, depth)), _number(_eval(node.right, values, depth))
-        special = _SPECIAL.get(type(node.op))
-        if special is not None:
-            return _check_size(special(left, right))
-        if not _known(left, right):
+    kind = type(node)
+    if kind is ast.Name:
+        return operator.itemgetter(node.id)
+    if kind is ast.Constant:
+        constant = node.value
+        try:
+            _check_size(constant)
+        except ExpressionLimit:  # raised at each evaluation, as the limit says
+            return lambda values: _check_size(constant)
+        return lambda values: constant
+    if kind in _LISTS_NODES:
+        items = tuple(_compile(e, depth) for e in node.elts)
+        # a list's length is known even when its items are not
+        return lambda values: [item(values) for item in items]
+    if kind is ast.BinOp:
+        return _compile_binary(node, depth)
+    if kind is ast.UnaryOp:
+        return _compile_unary(node, depth)
+    if kind is ast.BoolOp:
+        return _compile_bool(node, depth)
+    if kind is ast.Compare:
+        return _compile_compare(node, depth)
+    if kind is ast.Call:
+        return _compile_call(node, depth)
+    return _raising(SpecError(f"unsupported expression element {kind.__name__}"))
+
+
+def _raising(error: Exception) -> Run:
+    def run(values: Mapping[str, Any]) -> Any:
+        raise error
+
+    return run
+
+
+def _compile_binary(node: ast.BinOp, depth: int) -> Run:
+    left, right, op_kind = _compile(node.left, depth), _compile(node.right, depth), type(node.op)
+    special = _SPECIAL.get(op_kind)
+    if special is not None:
+        return lambda values: _check_size(special(_number(left(values)), _number(right(values))))
+    plain = BINARY.get(op_kind)
+
+    def run(values: Mapping[str, Any]) -> Any:
+        a, b = _number(left(values)), _number(right(values))
+        if (a.__class__ in _OPAQUE or b.__class__ in _OPAQUE) and not _known(a, b):
             return _UNKNOWN
-        return _check_size(_arith(BINARY[type(node.op)], left, right))
-    if isinstance(node, ast.UnaryOp):
-        operand = _eval(node.operand, values, depth)
+        return _check_size(_arith(BINARY[op_kind] if plain is None else plain, a, b))
+
+    return run
+
+
+def _compile_unary(node: ast.UnaryOp, depth: int) -> Run:
+    inner, op_kind = _compile(node.operand, depth), type(node.op)
+
+    def run(values: Mapping[str, Any]) -> Any:
+        operand = inner(values)
         if not _known(operand):
             return _UNKNOWN
-        if isinstance(node.op, ast.Not):
+        if op_kind is ast.Not:
             return ~np.asarray(operand, dtype=bool) if np.ndim(operand) else not operand
         operand = _number(operand)
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.BoolOp):
-        raw = [_eval(v, values, depth) for v in node.values]
+        return -operand if op_kind is ast.USub else operand
+
+    return run
+
+
+def _compile_bool(node: ast.BoolOp, depth: int) -> Run:
+    inners = tuple(_compile(v, depth) for v in node.values)
+    combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+
+    def run(values: Mapping[str, Any]) -> Any:
+        raw = [inner(values) for inner in inners]
         if not _known(*raw):
             return _UNKNOWN
         parts = [np.asarray(v, dtype=bool) for v in raw]
-        combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
         result = parts[0]
         for part in parts[1:]:
             result = combine(result, part)
         return result
-    if isinstance(node, ast.Compare):
-        left, result = _eval(node.left, values, depth), None
+
+    return run
+
+
+def _compare_one(op: ast.cmpop, left: Any, right: Any) -> Any:
+    if isinstance(op, _MEMBERSHIP):
+        hit = _isin(left, right)
+        return hit if isinstance(op, ast.In) else ~np.asarray(hit, dtype=bool)
+    return _compare(COMPARE[type(op)], left, right)
+
+
+def _compile_compare(node: ast.Compare, depth: int) -> Run:
+    first = _compile(node.left, depth)
+    chain = tuple((op, _compile(c, depth)) for op, c in zip(node.ops, node.comparators, strict=True))
+    if len(chain) == 1 and type(chain[0][0]) in COMPARE:  # ``a > 0``: the common case, one operator
+        compare, second = COMPARE[type(chain[0][0])], chain[0][1]
+
+        def one(values: Mapping[str, Any]) -> Any:
+            left = first(values)
+            right = second(values)
+            if (left.__class__ in _OPAQUE or right.__class__ in _OPAQUE) and not _known(left, right):
+                return _UNKNOWN
+            return _compare(compare, left, right)
+
+        return one
+
+    def run(values: Mapping[str, Any]) -> Any:
+        left, result = first(values), None
         unknown = not _known(left)
-        for op, comparator in zip(node.ops, node.comparators, strict=True):
-            right = _eval(comparator, values, depth)
+        for op, comparator in chain:
+            right = comparator(values)
             if unknown or not _known(right):
                 unknown, left = True, right
                 continue
-            if isinstance(op, _MEMBERSHIP):
-                hit = _isin(left, right)
-                part = hit if isinstance(op, ast.In) else ~np.asarray(hit, dtype=bool)
-            else:
-                part = _compare(COMPARE[type(op)], left, right)
+            part = _compare_one(op, left, right)
             result = part if result is None else np.logical_and(result, part)
             left = right
         return _UNKNOWN if unknown else result
-    if isinstance(node, ast.Call):
-        args = [_eval(a, values, depth) for a in node.args]
-        if not _known(*args):
+
+    return run
+
+
+def _compile_call(node: ast.Call, depth: int) -> Run:
+    args = tuple(_compile(a, depth) for a in node.args)
+    name = node.func.id if isinstance(node.func, ast.Name) else None
+    function = FUNCTIONS.get(name) if name is not None else None
+
+    def run(values: Mapping[str, Any]) -> Any:
+        given = [arg(values) for arg in args]
+        if not _known(*given):
             return _UNKNOWN
         with np.errstate(all="ignore"):
-            return _check_size(FUNCTIONS[node.func.id](*args))  # type: ignore[union-attr]
-    raise SpecError(f"unsupported expression element {type(node).__name__}")
+            return _check_size((function or FUNCTIONS[name])(*given))  # type: ignore[index]
+
+    return run
 
 
 # --------------------------------------------------------------------------------------------

@@ -347,3 +347,90 @@ def test_metadata_says_how_source_rows_are_read(fclient):
     ]
     assert meta["filters"] == ["cancelled == 0"] and meta["timestamp"]["timezone"] == EVENT_ZONE
     assert {c["name"] for c in meta["source_columns"]} == {"ts", "arr_delay", "cancelled"}
+
+
+# --- one row at a time gives what the same rows give as a batch
+
+
+def test_rows_one_at_a_time_give_what_the_same_rows_give_as_a_batch():
+    """The one-row path (``/predict`` with one object) and a batch go through one evaluator; whatever
+    either does to save time, a row's features and its problems are the same both ways: missing
+    numbers and text, a division by zero, text compared and listed, the day New York's clocks go
+    forward (02:30 does not exist) and the day they go back (01:30 is read as its first occurrence)."""
+    from mlcycle.serving.schema import FeatureSchema, InputSchema, ServingSchema
+    from mlcycle.serving.validation import RowValidator
+
+    rules = {
+        "hour": "hour",
+        "dow": "day_of_week",
+        "ratio": "a / b",
+        "is_x": "t == 'x'",
+        "listed": "t in ['x', None] or a > 2",
+        "shout": "t + '!'",
+    }
+    used = tuple(f"derive.{k}" for k in rules)
+    schema = ServingSchema(
+        pipeline="mixed",
+        task="regression",
+        target="y",
+        features=(
+            FeatureSchema("hour", "integer", "long"),
+            FeatureSchema("dow", "integer", "long"),
+            FeatureSchema("ratio", "numeric", "double", nullable=True),
+            FeatureSchema("is_x", "integer", "long"),
+            FeatureSchema("listed", "integer", "long"),
+            FeatureSchema("shout", "string", "string", nullable=True),
+        ),
+        inputs=(
+            InputSchema("ts", "string", "string", used[:2]),
+            InputSchema("a", "numeric", "double", (*used, "filter[0]")),
+            InputSchema("b", "numeric", "double", used),
+            InputSchema("t", "string", "string", used),
+        ),
+        derive=tuple(rules.items()),
+        filters=("a != 99",),
+        timestamp={"kind": "column", "column": "ts", "format": "%Y-%m-%d %H:%M:%S", "timezone": EVENT_ZONE},
+    )
+    times = [
+        "2023-03-12 01:59:00",
+        "2023-03-12 02:30:00",
+        "2023-03-12 03:00:00",
+        "2023-11-05 01:30:00",
+        "2023-11-05 02:00:00",
+        "2023-07-01 23:59:59",
+        "2023-7-1  8:05:00",
+    ]
+    a_values, b_values, texts = (
+        [1.0, None, 3.0, 0.0, 99.0],
+        [2.0, 0.0, None, 0.0, 1.0],
+        ["x", None, "y", "", "x"],
+    )
+    sources = [
+        {"ts": ts, "a": a_values[i % 5], "b": b_values[(i + 1) % 5], "t": texts[(i + 2) % 5]}
+        for i, ts in enumerate(times * 3)
+    ]
+    rows = RowValidator(schema)
+    derivation = rows.derivation
+    derivation.clock._cache.clear()
+    one = []
+    for source in sources:
+        row = dict(source)
+        one.append((row, derivation.apply([row], single=True)))
+    derivation.clock._cache.clear()
+    batch = [dict(s) for s in sources]
+    errors = derivation.apply(batch)
+    for i, (row, problems) in enumerate(one):
+        assert row == batch[i], sources[i]
+        assert problems == [
+            {**e, "loc": [x for j, x in enumerate(e["loc"]) if j != 0]} for e in errors if e["loc"][0] == i
+        ], sources[i]
+    # the cases the rows are made of, spelled out once
+    hour = {r["ts"]: r["hour"] for r, _ in one}
+    assert hour["2023-03-12 02:30:00"] == 3  # moved forward to 03:00
+    assert hour["2023-11-05 01:30:00"] == 1 and hour["2023-7-1  8:05:00"] == 8
+    refused = [r for r, problems in one if problems]
+    assert refused and all(r["a"] == 99.0 for r in refused)
+    kept = [r for r, problems in one if not problems]
+    assert any(r["ratio"] is None for r in kept if r["b"] == 0.0)  # x / 0 is missing, never infinite
+    assert all(r["is_x"] == 0 and r["shout"] is None for r in kept if r["t"] is None)
+    assert all(r["listed"] == (r["t"] == "x" or (r["a"] or 0) > 2) for r in kept)  # missing text: not listed
