@@ -6,8 +6,9 @@
 - ``local`` (default): a subprocess using the step environment's ``mlcycle`` executable
   (``MLCYCLE_STEPS_BIN``, default ``<project>/.venv-steps/bin``). Works wherever Airflow runs.
 - ``docker``: a DockerOperator in the step image (see ``docker_runner``).
+- ``kubernetes``: a KubernetesPodOperator in the step image (see ``kubernetes_runner``).
 
-Both share one contract (``contract``): the step writes its JSON result to the file named by
+All share one contract (``contract``): the step writes its JSON result to the file named by
 ``MLCYCLE_RESULT_FILE`` (pushed to XCom as a dict), exit code 99 means "nothing to do" (the task is
 skipped), any other non-zero exit fails the task with the step's own one-line error.
 """
@@ -105,6 +106,10 @@ def step_task(step: str, *, interval: bool = True, args: Sequence[str] = (), tas
         from pipeline_support.docker_runner import docker_step
 
         return docker_step(step, command, env=dict(LINEAGE_ENV), task_id=task_id or step, **kwargs)
+    if runner == "kubernetes":
+        from pipeline_support.kubernetes_runner import kubernetes_step
+
+        return kubernetes_step(step, command, env=dict(LINEAGE_ENV), task_id=task_id or step, **kwargs)
     if runner != "local":
-        raise ValueError(f"MLCYCLE_RUNNER={runner!r}: use `local` or `docker`")
+        raise ValueError(f"MLCYCLE_RUNNER={runner!r}: use `local`, `docker` or `kubernetes`")
     return LocalStepOperator(task_id=task_id or step, step=step, command=command, env=dict(LINEAGE_ENV), **kwargs)

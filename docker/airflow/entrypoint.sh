@@ -1,6 +1,7 @@
 #!/bin/sh
-# Entry point of the Airflow image: `<airflow arguments>` runs `airflow <arguments>`; `init` prepares
-# the stack once (volumes, database, settings) and exits.
+# Entry point of the Airflow image: `<airflow arguments>` runs `airflow <arguments>`; a command that
+# starts with airflow, bash or python runs as given; `init` prepares the stack once (volumes,
+# database, settings) and exits.
 #
 # With the host network every container shares the host's hostname, so each one takes a name of its
 # own, <hostname>-<container id>: Celery needs one per worker, and Airflow records it as the task's
@@ -38,6 +39,13 @@ if [ "${1:-}" = "init" ]; then
     echo "init: done"
     exit 0
 fi
+
+case "${1:-}" in
+    # A whole command line, as the apache/airflow image's entry point takes it: the official Helm
+    # chart's containers (`bash -c "exec airflow scheduler"`, `airflow db check-migrations`) and the
+    # KubernetesExecutor's worker pods (`python -m airflow.sdk.execution_time.execute_workload ...`).
+    airflow|bash|python|python3) exec "$@" ;;
+esac
 
 case "${1:-} ${2:-}" in
     "celery worker")
