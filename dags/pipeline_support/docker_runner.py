@@ -64,6 +64,7 @@ from pipeline_support.contract import (
     task_threads,
 )
 from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
+from pipeline_support.object_store import object_store_env
 
 #: How long a step waits for a Docker daemon that does not answer (one being restarted) before failing.
 DAEMON_WAIT_SECONDS = 20
@@ -103,6 +104,7 @@ class StepDockerOperator(DockerOperator):
         env = {"MLCYCLE_HOME": home, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                "MLCYCLE_THREADS": task_threads()}
         env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
+        env.update(object_store_env())  # a store in object storage: the connection's keys, never a mount
         self.environment = {**env, **(self.environment or {})}
         # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps,
         # `label=io.mlcycle.namespace=<stack>` one compose stack's, `label=mlcycle.task=...` one task's tries.

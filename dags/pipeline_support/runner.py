@@ -33,6 +33,7 @@ from pipeline_support.contract import (
     task_threads,
 )
 from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
+from pipeline_support.object_store import object_store_env
 
 #: Arguments every interval-keyed step receives: the run's plan, made once by the ``interval`` task.
 INTERVAL_ARGS = [
@@ -79,7 +80,7 @@ class LocalStepOperator(BaseOperator):
         if not executable.exists():
             raise StepCannotStart(f"the step environment is missing: {executable} does not exist. Create it with "
                              f"`make setup` in {PROJECT_ROOT}, or point MLCYCLE_STEPS_BIN at its bin folder.")
-        env = {**os.environ, "MLCYCLE_HOME": steps_home(),
+        env = {**os.environ, "MLCYCLE_HOME": steps_home(), **object_store_env(),
                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "MLCYCLE_THREADS": task_threads(), **self.env}
         self._hook = SubprocessHook()
         with tempfile.TemporaryDirectory(prefix="mlcycle-result-") as folder:
