@@ -220,8 +220,10 @@ def _match(relative: str, pattern: str) -> bool:
 StorePath = Path | RemotePath
 
 
-def store_root(location: str | os.PathLike[str], env: dict[str, str] | None = None) -> StorePath:
+def store_root(location: str | os.PathLike[str] | RemotePath, env: dict[str, str] | None = None) -> StorePath:
     """The store's root for ``MLCYCLE_STORE``: a resolved folder, or a ``RemotePath`` for s3://."""
+    if isinstance(location, RemotePath):
+        return location
     text = os.fspath(location)
     if text.startswith("s3://") or text.startswith("s3:/"):
         return RemotePath.from_uri(text, env)

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlcycle.store import atomic_path
+from mlcycle.storepath import StorePath, store_root
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class PredictionLog:
 
     def __init__(
         self,
-        root: Path,
+        root: StorePath,
         pipeline: str,
         model_name: str,
         model_version: str,
@@ -77,7 +78,7 @@ class PredictionLog:
         handoff_seconds: float = 0.05,
         handoff_rows: int = 1_000,
     ):
-        self.folder = Path(root) / pipeline / "predictions"
+        self.folder = store_root(root) / pipeline / "predictions"
         self._config = {
             "root": str(root),
             "pipeline": pipeline,
@@ -222,7 +223,7 @@ class _Writer:
         flush_seconds: float,
         prefix: str,
     ):
-        self.folder = Path(root) / pipeline / "predictions"
+        self.folder = store_root(root) / pipeline / "predictions"
         self.model_name, self.model_version = model_name, model_version
         self.feature_names, self.classes = feature_names, classes
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcycle.storepath import StorePath, store_root
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -28,7 +30,7 @@ def _env_int(name: str, default: int) -> int:
 @dataclass(frozen=True)
 class ServingSettings:
     model_dir: Path
-    store: Path | None
+    store: StorePath | None
     log_enabled: bool
     flush_rows: int
     flush_seconds: float
@@ -46,7 +48,7 @@ class ServingSettings:
                 "MLCYCLE_SERVING_MODEL is not set: start the server with `mlcycle serve --model-uri ...`"
             )
         store_raw = env.get("MLCYCLE_STORE", "").strip()
-        store = Path(store_raw).resolve() if store_raw else None
+        store = store_root(store_raw) if store_raw else None  # a folder, or s3://bucket/prefix
         log_flag = env.get("MLCYCLE_SERVING_LOG", "on" if store else "off").strip().lower()
         return cls(
             model_dir=Path(model).resolve(),

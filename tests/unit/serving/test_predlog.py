@@ -178,3 +178,42 @@ def test_the_writer_yields_the_cores_to_the_server(tmp_path):
         assert os.getpriority(os.PRIO_PROCESS, log._writer.pid) == min(server + 10, 19)
     finally:
         log.close()
+
+
+def test_the_log_goes_to_a_store_in_object_storage(s3_env, monkeypatch):
+    """MLCYCLE_STORE=s3://...: the writer process uploads whole Parquet files that monitoring reads."""
+    import uuid
+
+    from mlcycle.monitoring.data import current_data
+    from mlcycle.spec import load_spec
+    from mlcycle.store import Store, read_parquet
+    from mlcycle.storepath import RemotePath, store_root
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)  # the writer process inherits them
+    root = store_root(f"s3://{s3_env['MLCYCLE_TEST_S3_BUCKET']}/tests/{uuid.uuid4().hex}")
+    assert isinstance(root, RemotePath)
+    day = dt.datetime(2011, 7, 1, 12, tzinfo=dt.UTC)
+    spec = load_spec("bikeshare")
+    row = {name: 1 for name in spec.feature_names}
+    log = PredictionLog(
+        root, "bikeshare", "bikeshare", "3", spec.feature_names, flush_rows=10_000, flush_seconds=3600
+    )
+    for i in range(30):
+        log.append(
+            LoggedRequest(
+                request_id=f"r{i}",
+                time=day,
+                endpoint="predict",
+                rows=[row, row],
+                predictions=[1.0, 2.0],
+                probabilities=None,
+                latency_ms=0.4,
+            )
+        )
+    log.close()
+    files = _files(root)
+    assert len(files) == 1 and str(files[0]).startswith("s3://")
+    assert read_parquet(files[0]).shape[0] == 60
+    current = current_data(spec, Store(root, "bikeshare"), day.date(), day.date() + dt.timedelta(days=1))
+    assert len(current.frame) == 60 and set(current.frame["prediction"]) == {1.0, 2.0}
