@@ -165,6 +165,12 @@ _TRANSIENT_WORDS = (
     "503 Service Unavailable",
     "Name or service not known",
     "Remote end closed connection",
+    # pyarrow's S3 client (a store in object storage): the server is down, restarting or shedding load
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error REQUEST_TIMEOUT",
 )
 
 

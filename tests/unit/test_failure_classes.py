@@ -77,6 +77,21 @@ def test_the_class_of_each_kind_of_failure(make, kind):
     assert failure_class(_raised(make)) == kind
 
 
+def test_an_object_store_that_does_not_answer_is_transient(monkeypatch):
+    """Both S3 clients of the store (pyarrow's for data, boto3's for pointers) against a closed port."""
+    from mlcycle.objects import objects_for
+    from mlcycle.storepath import store_root
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = _raised(lambda: (store_root("s3://bucket/store") / "x.json").read_text())
+    assert "NETWORK_CONNECTION" in str(data) and failure_class(data) == TRANSIENT
+    pointer = _raised(lambda: objects_for("s3://bucket/store", env=env).get("CURRENT.json"))
+    assert failure_class(pointer) == TRANSIENT
+
+
 def test_a_wrapped_connection_error_is_transient():
     from mlflow.exceptions import MlflowException
 
