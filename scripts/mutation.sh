@@ -25,7 +25,7 @@ MIN=${MUTATION_MIN:-80}
 # (left out: tests of the project's folder layout, which the staged copy does not reproduce)
 declare -A MODULES=(
   [evaluate]=".venv-steps|include/mlcycle|steps/evaluate.py|tests/unit/steps/test_evaluate_decide.py tests/unit/steps/test_evaluate_champion.py"
-  [store]=".venv-steps|include/mlcycle|store.py|tests/unit/test_store.py tests/unit/test_store_layout.py"
+  [store]=".venv-steps|include/mlcycle|store.py|tests/unit/test_store.py tests/unit/test_store_layout.py tests/unit/test_store_places.py"
   [contract]=".venv|dags/pipeline_support|contract.py|tests/dags/test_contract.py"
   [spec]=".venv-steps|include/mlcycle|spec.py|tests/unit/test_spec.py tests/unit/test_spec_rules.py|tests/unit/test_spec.py::test_bundled_pipelines_folder_is_the_default"
   [expectations]=".venv-steps|include/mlcycle|expectations.py|tests/unit/test_expectations.py tests/unit/test_expectations_exact.py"

@@ -51,6 +51,18 @@ def day_interval(day: dt.date):
     return Interval(day, day + dt.timedelta(days=1))
 
 
+@pytest.fixture(params=["file", "s3"])
+def place(request, tmp_path) -> tuple[str, dict[str, str]]:
+    """A fresh store location (a folder, then a prefix of the SeaweedFS test bucket) and the
+    environment a process needs to reach it; the s3 case needs the ``s3_env`` server."""
+    import uuid
+
+    if request.param == "file":
+        return str(tmp_path / "store"), {}
+    env = request.getfixturevalue("s3_env")
+    return f"s3://{env['MLCYCLE_TEST_S3_BUCKET']}/tests/{uuid.uuid4().hex}", env
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return apply_env(monkeypatch, tmp_path)

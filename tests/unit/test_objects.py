@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,15 +38,6 @@ for i in range(count):
                     lambda doc: {"writes": [*(doc or {}).get("writes", []), f"{name}-{i}"]})
     print(i, flush=True)
 """
-
-
-@pytest.fixture(params=["file", "s3"])
-def place(request, tmp_path) -> tuple[str, dict[str, str]]:
-    """A fresh store location (its URI) and the environment a process needs to reach it."""
-    if request.param == "file":
-        return str(tmp_path / "store"), {}
-    env = request.getfixturevalue("s3_env")
-    return f"s3://{env['MLCYCLE_TEST_S3_BUCKET']}/tests/{uuid.uuid4().hex}", env
 
 
 def _objects(place):

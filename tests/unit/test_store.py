@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import stat
 
@@ -13,12 +12,10 @@ import pytest
 from mlcycle.store import (
     PARTITION_FILE,
     TEMP_SUFFIX,
-    LineageError,
     Store,
     atomic_path,
     days,
     file_sha256,
-    fingerprint_of,
     write_json,
     write_parquet,
     write_text,
@@ -28,11 +25,15 @@ DAY = dt.date(2011, 3, 5)
 
 
 def _frame(n: int = 24) -> pd.DataFrame:
-    return pd.DataFrame({
-        "x": [i / 10 for i in range(n)],
-        "c": ["a", "b", "c"] * (n // 3),
-        "event_time": pd.date_range("2011-03-05", periods=n, freq="h", tz="UTC").astype("datetime64[us, UTC]"),
-    })
+    return pd.DataFrame(
+        {
+            "x": [i / 10 for i in range(n)],
+            "c": ["a", "b", "c"] * (n // 3),
+            "event_time": pd.date_range("2011-03-05", periods=n, freq="h", tz="UTC").astype(
+                "datetime64[us, UTC]"
+            ),
+        }
+    )
 
 
 def _temp_files(folder):
@@ -41,7 +42,10 @@ def _temp_files(folder):
 
 def test_days_is_half_open():
     assert days(dt.date(2011, 1, 30), dt.date(2011, 2, 2)) == [
-        dt.date(2011, 1, 30), dt.date(2011, 1, 31), dt.date(2011, 2, 1)]
+        dt.date(2011, 1, 30),
+        dt.date(2011, 1, 31),
+        dt.date(2011, 2, 1),
+    ]
     assert days(DAY, DAY) == []
 
 
@@ -171,19 +175,3 @@ def test_a_feature_table_is_published_as_one_unit(tmp_path):
         write_text("2", folder / "manifest.json")
     assert store.features_dir(DAY) != first and (store.features_dir(DAY) / "manifest.json").read_text() == "2"
     assert _temp_files(tmp_path) == []
-
-
-def test_a_fingerprint_resolves_to_its_exact_files(tmp_path):
-    store = Store(tmp_path, "demo")
-    write_parquet(_frame(), store.raw(DAY))
-    store.publish(DAY)
-    version = store.current_validated(DAY)
-    fingerprint = fingerprint_of([version])
-    store.record_lineage(fingerprint, [version])
-    assert store.files_for_fingerprint(fingerprint) == [version.path]
-    assert hashlib.sha256(version.path.read_bytes()).hexdigest() == version.sha256
-    with pytest.raises(LineageError, match="no lineage record"):
-        store.files_for_fingerprint("0" * 16)
-    version.path.write_bytes(b"tampered")
-    with pytest.raises(LineageError, match="no longer holds the bytes"):
-        store.files_for_fingerprint(fingerprint)

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pandas as pd
 import pyarrow as pa
@@ -59,14 +58,6 @@ time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # every publisher starts
 published = store.publish_validated(dt.date(2011, 3, 5), data, hashlib.sha256(data).hexdigest(), rows, accept)
 print(json.dumps({"rows": rows, "judged": judged, "published": published is not None}))
 """
-
-
-@pytest.fixture(params=["file", "s3"])
-def place(request, tmp_path) -> tuple[str, dict[str, str]]:
-    if request.param == "file":
-        return str(tmp_path / "store"), {}
-    env = request.getfixturevalue("s3_env")
-    return f"s3://{env['MLCYCLE_TEST_S3_BUCKET']}/tests/{uuid.uuid4().hex}", env
 
 
 @pytest.fixture
