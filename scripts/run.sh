@@ -20,12 +20,13 @@ NAME=${DAG_ID#training_}
 echo "==> airflow dags test $DAG_ID $LOGICAL_DATE (pipeline: $PIPELINE; a manual run covers the day before $DATE)"
 echo "    MLCYCLE_PIPELINES_DIR=$MLCYCLE_PIPELINES_DIR"
 .venv/bin/python scripts/run_dag.py "$DAG_ID" "$LOGICAL_DATE" --conf "$CONF"  # dags test, with task logs and start time for the UI
+STORE=${MLCYCLE_STORE:-$MLCYCLE_HOME/store}  # a folder, or s3://bucket/prefix
 cat <<MSG
 
 ==> Done. Where to look:
   MLflow UI:          make mlflow-ui      (http://127.0.0.1:5000; model registry: $NAME, aliases @champion/@challenger)
   Airflow UI:         make airflow-ui     (http://127.0.0.1:8080; same Airflow home: $AIRFLOW_HOME)
-  Validation reports: $MLCYCLE_HOME/store/$NAME/reports/validation/
-  Data partitions:    $MLCYCLE_HOME/store/$NAME/{raw,validated,features}/
-  Quarantine:         $MLCYCLE_HOME/store/$NAME/quarantine/
+  Validation reports: $STORE/$NAME/reports/validation/
+  Data partitions:    $STORE/$NAME/{raw,validated,features}/
+  Quarantine:         $STORE/$NAME/quarantine/
 MSG
