@@ -9,7 +9,8 @@
 #
 # SEAWEEDFS_DIR (default .local/seaweedfs) holds the binary, the data and the log; SEAWEEDFS_S3_PORT
 # (default 8333) the S3 port; the master, volume and filer ports follow from it (+1006, -252, +556),
-# every one given explicitly because the defaults (8080, 8888, 9333) collide with other services.
+# every one given explicitly because the defaults (8080, 8888, 9333) collide with other services; its
+# Iceberg and Lance catalogue servers (fixed ports 8181, 9101) are off, so two servers can run at once.
 # SEAWEEDFS_BUCKET (default mlcycle) is created on start. The credentials are for a local test server
 # only; a real deployment gives its own through the environment or an Airflow connection.
 set -euo pipefail
@@ -65,7 +66,8 @@ EOF
   say "starting: S3 on 127.0.0.1:$S3_PORT (log: $DIR/weed.log)"
   nohup "$DIR/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$DIR/data" \
     -master.port=$((S3_PORT + 1006)) -volume.port=$((S3_PORT - 252)) -filer.port=$((S3_PORT + 556)) \
-    -s3 -s3.port="$S3_PORT" -s3.config="$DIR/s3.json" -volume.max=0 -master.volumeSizeLimitMB=256 \
+    -s3 -s3.port="$S3_PORT" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$DIR/s3.json" \
+    -volume.max=0 -master.volumeSizeLimitMB=256 \
     >"$DIR/weed.log" 2>&1 9>&- &  # 9>&-: the server must not hold the start lock
   echo $! >"$DIR/weed.pid"
   # Waits while the server is alive and makes progress; a server that exits fails at once.
@@ -79,7 +81,14 @@ EOF
 
 case "${1:-start}" in
   start) start; print_env ;;
-  stop) if pid_alive; then kill "$(cat "$DIR/weed.pid")"; say "stopped"; fi; rm -f "$DIR/weed.pid" ;;
+  stop)
+    if pid_alive; then  # wait until it has exited: a start right after needs its ports free
+      pid=$(cat "$DIR/weed.pid"); kill "$pid"
+      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" && sleep 1
+      say "stopped"
+    fi
+    rm -f "$DIR/weed.pid" ;;
   env) print_env ;;
   *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
 esac
