@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from mlcycle.errors import SpecError
+from mlcycle.localfs import TEMP_SUFFIX, folder_lock, local_atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -106,27 +107,22 @@ class LocalObjects:
         return data, _token(data)
 
     def put(self, key: str, data: bytes) -> None:
-        from mlcycle.store import write_bytes  # the store's temporary-name-and-rename write
-
-        write_bytes(data, self._path(key))
+        with local_atomic_path(self._path(key)) as tmp:  # the store's temporary-name-and-rename write
+            tmp.write_bytes(data)
 
     def put_if(self, key: str, data: bytes, token: str | None) -> bool:
-        from mlcycle.store import locked, write_bytes
-
         path = self._path(key)
-        with locked(path.parent):  # every put_if of the folder compares and renames under this lock
+        with folder_lock(path.parent):  # every put_if of the folder compares and renames under this lock
             current = self.get(key)
             if (current[1] if current else None) != token:
                 return False
-            write_bytes(data, path)
+            self.put(key, data)
         return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def keys(self, prefix: str) -> list[str]:
-        from mlcycle.store import TEMP_SUFFIX
-
         base = self._path(prefix)
         if not base.is_dir():
             return []

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mlcycle.localfs import TEMP_SUFFIX, folder_lock, local_atomic_path, locked_temp
 from mlcycle.objects import LocalObjects, Objects, encode_document, update_document
 from mlcycle.storepath import RemotePath, StorePath, parquet_source
 
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 PARTITION_FILE = "data.parquet"
 POINTER_FILE = "CURRENT.json"
 #: Suffix of every temporary name the store writes; nothing else in the store ends with it.
-TEMP_SUFFIX = ".mlcycle-tmp"
 #: Folders the steps write; the landing folder belongs to the DAG's extract task.
 _STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports", "scores")
 
@@ -71,33 +70,6 @@ def objects_at(folder: StorePath) -> Objects:
         bucket, _, prefix = folder.fs_path.partition("/")
         return type(folder.objects)(bucket, prefix, folder.objects.settings)
     return LocalObjects(folder)
-
-
-def _locked_temp(target: Path, directory: bool = False) -> tuple[Path, int]:
-    """Create a temporary file (or folder) next to ``target`` and hold an exclusive flock on it.
-
-    The lock tells a sweeper that a live writer owns the name; it is released when the writer's
-    descriptor closes, also when the writer is killed. Created with mode 0o666 (0o777 for a folder)
-    so the process umask decides the permissions, not mkstemp's 0600.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-        try:
-            if directory:
-                os.mkdir(tmp, 0o777)
-                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-            else:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:  # a sweeper may have removed the name between its creation and the lock
-            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
-                return tmp, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 @contextmanager
@@ -118,13 +90,8 @@ def atomic_path(target: StorePath) -> Iterator[Path]:
                 destination_filesystem=target.filesystem,
             )
         return
-    tmp_path, fd = _locked_temp(target)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-        os.close(fd)
+    with local_atomic_path(target) as tmp:
+        yield tmp
 
 
 def remove_stale_temporaries(root: StorePath) -> int:
@@ -170,13 +137,8 @@ def locked(folder: StorePath) -> Iterator[None]:
             f"{folder} is in object storage, which has no locks: publish through "
             f"mlcycle.objects.update_document (compare-and-swap) instead"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with folder_lock(folder):
         yield
-    finally:
-        os.close(fd)
 
 
 def write_parquet(df: pd.DataFrame, target: StorePath) -> str:
@@ -426,7 +388,7 @@ class Store:
                         shutil.copyfile(file, tmp)
             write_json({"folder": version}, base / POINTER_FILE)
             return
-        tmp, fd = _locked_temp(base / "build", directory=True)
+        tmp, fd = locked_temp(base / "build", directory=True)
         try:
             yield tmp
             version = _folder_digest(tmp)
