@@ -139,6 +139,54 @@ def run_step(name: str, args: list[str], env: dict[str, str], log: Path) -> dict
     }
 
 
+def day_before(spec: Path, end: dt.date) -> list[str]:
+    """The arguments of the one-day data interval that ends ``end`` (a step's window is the spec's)."""
+    return [
+        "--pipeline",
+        str(spec),
+        "--start",
+        (end - dt.timedelta(days=1)).isoformat(),
+        "--end",
+        end.isoformat(),
+    ]
+
+
+def step_args(name: str, spec: Path, interval: list[str], figures: dict[str, dict]) -> list[str]:
+    """A step's arguments: the interval, and for evaluate and register the run the step before made."""
+    if name == "evaluate":
+        trained = figures["train"]["result"]
+        return [*interval, "--run-id", trained["run_id"], "--model-uri", trained["model_uri"]]
+    if name == "register":
+        evaluated = figures["evaluate"]["result"]
+        return [
+            "--pipeline",
+            str(spec),
+            "--run-id",
+            evaluated["run_id"],
+            "--model-uri",
+            evaluated["model_uri"],
+        ]
+    return list(interval)
+
+
+def generate_in_process(folder: Path, rows_per_day: int, days: int) -> Path:
+    """``generate`` in a process of its own (the generated frame is large); the spec's path."""
+    generated = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--generate",
+            str(folder),
+            str(rows_per_day),
+            str(days),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(generated.stdout.strip().splitlines()[-1])
+
+
 def full_search(spec: Path, interval: list[str], env: dict[str, str], folder: Path) -> dict:
     """train once more, its search on every row (``model.search.max_rows: null``): the sample's baseline."""
     raw = yaml.safe_load(spec.read_text())
@@ -180,31 +228,10 @@ def measure(rows_per_day: int, days: int, work: Path, compare: bool = False) -> 
         [MLCYCLE, "suite", "--pipeline", str(spec), "--write"], env=env, check=True, capture_output=True
     )
     end = FIRST_DAY + dt.timedelta(days=days + 1)
-    interval = [
-        "--pipeline",
-        str(spec),
-        "--start",
-        (end - dt.timedelta(days=1)).isoformat(),
-        "--end",
-        end.isoformat(),
-    ]
+    interval = day_before(spec, end)
     figures: dict[str, dict] = {}
     for name in STEPS:
-        args = list(interval)
-        if name == "evaluate":
-            train = figures["train"]["result"]
-            args += ["--run-id", train["run_id"], "--model-uri", train["model_uri"]]
-        if name == "register":
-            evaluated = figures["evaluate"]["result"]
-            args = [
-                "--pipeline",
-                str(spec),
-                "--run-id",
-                evaluated["run_id"],
-                "--model-uri",
-                evaluated["model_uri"],
-            ]
-        figures[name] = run_step(name, args, env, folder / f"{name}.log")
+        figures[name] = run_step(name, step_args(name, spec, interval, figures), env, folder / f"{name}.log")
         print(
             f"  {name:<15} {figures[name]['seconds']:8.1f} s {figures[name]['rss_gib']:6.2f} GiB", flush=True
         )

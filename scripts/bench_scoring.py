@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import FIRST_DAY, MLCYCLE, ROOT, run_step  # noqa: E402  (the scale data set and runner)
+from bench_scale import FIRST_DAY, MLCYCLE, ROOT, day_before, generate_in_process, run_step  # noqa: E402  (the scale data set and runner)
 
 #: native: every categorical a native split of the trees (the zone's 100 values and the payment's 4),
 #: converted to ONNX as set-membership nodes on the encoder's codes: the graph's input is a few
@@ -70,20 +70,7 @@ PARITY = re.compile(r"inference path: (\w+) \((.*)\)")
 
 def prepare(folder: Path, rows_per_day: int, days: int, env: dict[str, str]) -> tuple[Path, list[str]]:
     """Generate, ingest, publish and build the features of the window; the spec and the train interval."""
-    generated = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bench_scale.py"),
-            "--generate",
-            str(folder),
-            str(rows_per_day),
-            str(days),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    spec = Path(generated.stdout.strip().splitlines()[-1])
+    spec = generate_in_process(folder, rows_per_day, days)
     # Scoring uses @challenger: each encoding's model scores as soon as it is registered, whether
     # or not the gate moved @champion to it.
     raw = yaml.safe_load(spec.read_text())
@@ -93,14 +80,7 @@ def prepare(folder: Path, rows_per_day: int, days: int, env: dict[str, str]) -> 
         [MLCYCLE, "suite", "--pipeline", str(spec), "--write"], env=env, check=True, capture_output=True
     )
     end = FIRST_DAY + dt.timedelta(days=days)
-    window = [
-        "--pipeline",
-        str(spec),
-        "--start",
-        (end - dt.timedelta(days=1)).isoformat(),
-        "--end",
-        end.isoformat(),
-    ]
+    window = day_before(spec, end)
     run_step("ingest", [*window, "--window-days", str(days)], env, folder / "ingest.log")
     publish = (
         "import datetime as dt, sys\nfrom pathlib import Path\nfrom mlcycle.store import Store\n"
