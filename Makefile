@@ -1,7 +1,7 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
 # Recipes run in bash: several source scripts/env.sh, which needs bash (Debian's /bin/sh is dash).
 SHELL := /bin/bash
-.PHONY: setup run test lint bench bench-scale bench-training bench-monitoring bench-scoring images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
+.PHONY: setup run test lint bench bench-scale bench-training bench-monitoring bench-scoring bench-object-store images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -23,6 +23,9 @@ bench-scale:      ## every step of one interval at 10k, 100k, 330k rows a day (s
 
 bench-training:   ## the search on a 25k-row window with a 100-value categorical, quiet and busy
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_training.py
+
+bench-object-store: ## the 28-day bikeshare run on a local store and on SeaweedFS, per step (SCALE=1 adds the 2.8M-row window)
+	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_object_store.py $(if $(SCALE),--scale)
 
 bench-scoring:    ## batch scoring of the 9.24M-row scale window, ONNX vs Pipeline (ROWS=20000 rows a day for less)
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_scoring.py $(if $(ROWS),--rows-per-day $(ROWS))
