@@ -167,10 +167,8 @@ class RemotePath:
         try:
             with self._fs.open_input_stream(self._path) as stream:
                 return stream.read()
-        except (FileNotFoundError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError) or "does not exist" in str(exc) or "NoSuchKey" in str(exc):
-                raise FileNotFoundError(2, "No such object", str(self)) from None
-            raise
+        except OSError as exc:
+            raise _missing_or(exc, self) from None
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -205,6 +203,13 @@ class RemotePath:
 
     def remove_tree(self) -> None:
         self._fs.delete_dir_contents(self._path, missing_dir_ok=True)
+
+
+def _missing_or(exc: OSError, path: RemotePath) -> OSError:
+    """pyarrow's error for an absent object as the FileNotFoundError a local read raises; else ``exc``."""
+    if isinstance(exc, FileNotFoundError) or "does not exist" in str(exc) or "NoSuchKey" in str(exc):
+        return FileNotFoundError(2, "No such object", str(path))
+    return exc
 
 
 def _match(relative: str, pattern: str) -> bool:
@@ -243,7 +248,5 @@ def parquet_source(path: StorePath) -> Any:
         try:
             return path.filesystem.open_input_file(path.fs_path)
         except OSError as exc:
-            if "does not exist" in str(exc) or "NoSuchKey" in str(exc) or isinstance(exc, FileNotFoundError):
-                raise FileNotFoundError(2, "No such object", str(path)) from None
-            raise
+            raise _missing_or(exc, path) from None
     return path
