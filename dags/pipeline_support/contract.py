@@ -12,8 +12,8 @@ never sees half a document), and also prints it as the last stdout line for a pe
 The runners read the file, never the output: Docker does not keep the order between a container's
 stdout and stderr, so a log line written before the result can arrive after it, and a "last line"
 rule would take that log line for the result. The local runner passes a temporary path; the Docker
-runner bind-mounts a per-try temporary folder into the container and reads the file after the
-container has exited. KubernetesPodOperator's result file (``/airflow/xcom/return.json``, read after
+runner copies the file out of the stopped container through the Docker API (no folder is shared
+with the worker) before it removes the container. KubernetesPodOperator's result file (``/airflow/xcom/return.json``, read after
 the main container is done) is the precedent for this convention.
 
 What a runner makes of a finished step (``interpret``):
@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,29 +101,31 @@ class StepResult:
     problem: str = ""
 
 
-def result_folder(parent: str | os.PathLike[str] | None = None) -> Path:
-    """A new, empty per-try folder for one result file (under ``parent``, created when missing;
-    default the system temp)."""
-    if parent is not None:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="mlcycle-result-", dir=parent))
-
-
 def read_result(path: str | os.PathLike[str]) -> StepResult:
     """Read a step's result file; a missing, empty or malformed file is a ``problem``, not an exception."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return StepResult(None, f"the step wrote no result file ({path})")
+        text = None
     except OSError as exc:
         return StepResult(None, f"the result file {path} cannot be read: {exc}")
+    return parse_result(text, str(path))
+
+
+def parse_result(text: str | None, where: str) -> StepResult:
+    """A result file's text (None: there was no file) as a ``StepResult``; ``where`` names the file
+    in the messages. The one judgement of every runner, wherever it found the text."""
+    if text is None:
+        return StepResult(None, f"the step wrote no result file ({where})")
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
-        return StepResult(None, f"the result file {path} is not JSON ({exc}): {text[:200]!r}")
+        return StepResult(None, f"the result file {where} is not JSON ({exc}): {text[:200]!r}")
     if not isinstance(payload, dict):
-        return StepResult(None, f"the result file {path} holds a {type(payload).__name__}, not a JSON object")
+        return StepResult(
+            None, f"the result file {where} holds a {type(payload).__name__}, not a JSON object"
+        )
     return StepResult(payload)
 
 

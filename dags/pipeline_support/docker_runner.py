@@ -13,23 +13,25 @@ read when the task runs (never at parse time):
 - Secrets come from the Airflow connection ``MLCYCLE_MLFLOW_CONN_ID`` (default ``mlflow``), when it
   exists: its login and password reach the container as ``MLFLOW_TRACKING_USERNAME`` and
   ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
-- ``MLCYCLE_RESULT_DIR`` (default: the system's temporary folder): where each try's result folder
-  is created. The Docker daemon must see it at the same path, as it sees the data store.
 - ``MLCYCLE_IMAGE_PATHS`` (``/folder[:/folder]``, unset by default): folders the step image holds at the
   same path as the worker; a spec there is not bind-mounted (the compose stack's Airflow image sets it).
 - ``MLCYCLE_DOCKER_VOLUMES`` (``volume:/folder[,...]``, unset by default): folders that live in named
   Docker volumes, for a worker that itself runs in a container (the compose stack): a folder there
-  (the data store, the result folders) is reached by mounting the volume at the same path, since
-  the Docker daemon cannot see the worker's own paths. Set it together with ``MLCYCLE_RESULT_DIR``
-  inside such a volume.
+  (the data store) is reached by mounting the volume at the same path, since
+  the Docker daemon cannot see the worker's own paths.
+
+With the store in object storage (``MLCYCLE_STORE=s3://...``) and MLflow a tracking server, a step
+container mounts nothing at all: its ``MLCYCLE_HOME`` is a scratch folder of its own
+(``SCRATCH_HOME``), so a worker and its step containers share no disk.
 
 Contract, as for the local runner (``contract``): the step's JSON result is the task's XCom value,
 exit code 99 skips the task, any other failure fails it with the step's own error. The result does
-not travel in the container's output (Docker does not keep the order between stdout and stderr): a
-per-try temporary folder is bind-mounted at ``/mlcycle/result``, the step writes
-``MLCYCLE_RESULT_FILE=/mlcycle/result/result.json`` there, and the runner reads it after the
-container has exited, the way KubernetesPodOperator reads ``/airflow/xcom/return.json``.
-Containers are removed whether the step succeeds or fails; their output is already in the task log.
+not travel in the container's output (Docker does not keep the order between stdout and stderr): the
+step writes ``MLCYCLE_RESULT_FILE=/tmp/mlcycle-result.json`` inside its container, and the runner
+copies that file out through the Docker API once the container has exited (as ``docker cp`` does),
+the way KubernetesPodOperator reads ``/airflow/xcom/return.json``; no folder is shared for it.
+Containers are removed whether the step succeeds or fails, after that copy; their output is already
+in the task log.
 A container is labelled with its task (``mlcycle.task``): when a worker dies in the middle of a step,
 its container runs on, and the retry removes it before starting its own, so that two tries of a
 step never write at the same time.
@@ -37,9 +39,10 @@ step never write at the same time.
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import shutil
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -56,11 +59,10 @@ from pipeline_support.contract import (
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
     RESULT_FILE_ENV,
-    RESULT_FILE_NAME,
     StepCannotStart,
+    StepResult,
     interpret,
-    read_result,
-    result_folder,
+    parse_result,
     task_threads,
 )
 from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
@@ -70,9 +72,20 @@ from pipeline_support.object_store import object_store_env
 DAEMON_WAIT_SECONDS = 20
 
 DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
-#: Where the per-try result folder is mounted inside the container.
-RESULT_MOUNT = "/mlcycle/result"
+#: Where the step writes its result inside its container (copied out after it has exited).
+RESULT_PATH = "/tmp/mlcycle-result.json"  # noqa: S108 - a path inside the step's own container
+#: The step's MLCYCLE_HOME when nothing of the project is on a local disk (store and MLflow remote).
+SCRATCH_HOME = "/tmp/mlcycle"  # noqa: S108 - inside the step's own container
 PASSED_THROUGH = ("MLCYCLE_STORE", "MLFLOW_TRACKING_URI", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_LOG_LEVEL")
+
+
+def _remote_only() -> bool:
+    """The store is in object storage and MLflow is a server: a step needs no folder of the worker."""
+    store = os.environ.get("MLCYCLE_STORE", "")
+    artifacts = os.environ.get("MLCYCLE_ARTIFACT_ROOT", "")
+    return (bool(store) and _local_dir(store) is None
+            and os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://"))
+            and (not artifacts or _local_dir(artifacts) is None))
 
 
 def _local_dir(uri_or_path: str) -> Path | None:
@@ -100,32 +113,41 @@ class StepDockerOperator(DockerOperator):
     def _prepare(self, task_key: str) -> None:
         from docker.types import Mount
 
-        home = os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
-        env = {"MLCYCLE_HOME": home, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
+        remote_only = _remote_only()
+        home = SCRATCH_HOME if remote_only else os.environ.get("MLCYCLE_HOME", str(PROJECT_ROOT / ".local"))
+        env = {"MLCYCLE_HOME": home, RESULT_FILE_ENV: RESULT_PATH, "GX_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                "MLCYCLE_THREADS": task_threads()}
         env.update({k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)})
-        env.update(object_store_env())  # a store in object storage: the connection's keys, never a mount
         self.environment = {**env, **(self.environment or {})}
+        # A store in object storage: the connection's keys, never a mount, never a rendered field.
+        self._private_environment = {**self._private_environment, **object_store_env()}
         # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps,
         # `label=io.mlcycle.namespace=<stack>` one compose stack's, `label=mlcycle.task=...` one task's tries.
         self.labels = {"mlcycle.step": self.step, "mlcycle.home": home, "mlcycle.task": task_key,
                        "io.mlcycle.namespace": os.environ.get("MLCYCLE_DEPLOY_NAMESPACE") or "mlcycle"}
 
-        folders = {Path(home)}
+        folders = set() if remote_only else {Path(home)}
         for key in PASSED_THROUGH[:3]:
             local = _local_dir(os.environ.get(key, ""))
             if local is not None and str(local) not in ("", "."):
                 folders.add(local)
         # A spec given as a path outside the image (e.g. a new data set being onboarded) is mounted
-        # read-only with its folder, so the container reads the same file. Not one in a named volume
+        # read-only with its folder, so the container reads the same file; so are the folders of
+        # MLCYCLE_PIPELINES_DIR (passed on), where a spec given by name is looked up: the container must
+        # not fall back to the image's own copy of a spec of that name. Not a folder in a named volume
         # (mounted below), nor one under MLCYCLE_IMAGE_PATHS: folders the step image holds at the same
         # path as the worker (the compose stack's workers run an image built on the step image).
         in_image = [Path(p) for p in os.environ.get("MLCYCLE_IMAGE_PATHS", "").split(":") if p]
-        for arg in self.command if isinstance(self.command, list) else []:
-            if not (arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute()):
-                continue
-            spec_dir = Path(arg).parent
-            if any(spec_dir.is_relative_to(root) for root in in_image) or self._mount_volume_of(spec_dir):
+        spec_dirs = [Path(arg).parent for arg in (self.command if isinstance(self.command, list) else [])
+                     if arg.endswith((".yaml", ".yml")) and Path(arg).is_absolute()]
+        if listed := os.environ.get("MLCYCLE_PIPELINES_DIR", "").strip():
+            self.environment = {"MLCYCLE_PIPELINES_DIR": listed, **self.environment}
+            entries = [Path(e) for e in listed.split(os.pathsep) if e.strip()]
+            spec_dirs += [e.parent if e.suffix in (".yaml", ".yml") else e for e in entries if e.is_absolute()]
+        for spec_dir in dict.fromkeys(spec_dirs):
+            if (not spec_dir.is_dir() or any(spec_dir.is_relative_to(root) for root in in_image)
+                    or self._mount_volume_of(spec_dir)
+                    or any(m["Target"] == str(spec_dir) for m in self.mounts)):
                 continue
             self.mounts.append(Mount(target=str(spec_dir), source=str(spec_dir), type="bind", read_only=True))
         for folder in sorted(folders):
@@ -178,9 +200,12 @@ class StepDockerOperator(DockerOperator):
         # and the mounts of an earlier try (its result folder, already removed) must not come back.
         self.mounts = list(self._given_mounts)
         self._prepare(task_key)
+        self.log.info("the step container mounts %s", ", ".join(
+            f"{m['Source']} at {m['Target']}{' (read-only)' if m.get('ReadOnly') else ''}" for m in self.mounts
+        ) or "nothing (the store and MLflow are remote)")
         self._check_engine()
         self._remove_earlier_tries(task_key)
-        folder = self._mount_result_folder()
+        self.container = None
         try:
             try:
                 output = super().execute(context)
@@ -189,13 +214,41 @@ class StepDockerOperator(DockerOperator):
                 exit_code, tail = EXIT_NOTHING_TO_DO, self._last(exc.logs)
             except DockerContainerFailedException as exc:
                 exit_code, tail = self._exit_code(exc), self._last(exc.logs)
-            step_result = read_result(folder / RESULT_FILE_NAME)
+            step_result = self._copy_result()
             self.report_url = result_report_url(step_result.payload)  # a failed validation links its report too
             payload = interpret(self.step, exit_code, step_result, tail)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._remove_container()
         self.mlflow_url = mlflow_url(payload)
         return payload
+
+    def _copy_result(self) -> StepResult:
+        """The step's result file, copied out of its stopped container (``docker cp``)."""
+        from docker.errors import APIError, NotFound
+
+        where = f"{RESULT_PATH} in the step's container"
+        try:
+            chunks, stat = self.cli.get_archive(self.container["Id"], RESULT_PATH)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+                member = tar.extractfile(stat["name"])
+                if member is None:
+                    return StepResult(None, f"the result file {where} is not a regular file")
+                text = member.read().decode("utf-8")
+        except NotFound:
+            text = None
+        except (APIError, tarfile.TarError, UnicodeDecodeError, KeyError) as exc:
+            return StepResult(None, f"the result file {where} cannot be read: {exc}")
+        return parse_result(text, where)
+
+    def _remove_container(self) -> None:
+        """Remove this try's container (after its result was copied out), whatever became of it."""
+        from docker.errors import NotFound
+
+        if self.container:
+            try:
+                self.cli.remove_container(self.container["Id"], force=True)
+            except NotFound:
+                pass
 
     def _mount_volume_of(self, folder: Path) -> bool:
         """Mount the named volume that holds ``folder`` at its own path (once); False when none holds it."""
@@ -214,21 +267,6 @@ class StepDockerOperator(DockerOperator):
             self.log.warning("removing container %s (%s) of an earlier try of this task, left by a worker that "
                              "stopped in the middle of the step", container["Id"][:12], container.get("Status", ""))
             self.cli.remove_container(container["Id"], force=True)
-
-    def _mount_result_folder(self) -> Path:
-        """A fresh folder for this try's result file, mounted where the step writes it."""
-        from docker.types import Mount
-
-        folder = result_folder(os.environ.get("MLCYCLE_RESULT_DIR") or None)
-        if self.user and str(self.user) != f"{os.getuid()}:{os.getgid()}":
-            folder.chmod(0o777)  # the container runs as another user: let it write its result
-        inside = RESULT_MOUNT
-        if self._mount_volume_of(folder):  # the step sees the folder at its own path
-            inside = str(folder)
-        else:
-            self.mounts.append(Mount(target=RESULT_MOUNT, source=str(folder), type="bind"))
-        self.environment = {**(self.environment or {}), RESULT_FILE_ENV: f"{inside}/{RESULT_FILE_NAME}"}
-        return folder
 
     @staticmethod
     def _exit_code(exc: Exception) -> int:
@@ -260,7 +298,7 @@ def docker_step(step: str, command: list[str], *, env: dict[str, str], task_id: 
         docker_url=os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
         mount_tmp_dir=False,
         mounts=[],
-        auto_remove="force",
+        auto_remove="never",  # removed by the runner once the result file is copied out
         do_xcom_push=True,
         skip_on_exit_code=99,
         force_pull=False,

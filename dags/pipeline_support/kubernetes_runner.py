@@ -39,7 +39,6 @@ write at the same time.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 try:
@@ -59,13 +58,11 @@ from pipeline_support.contract import (
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
     RESULT_FILE_ENV,
-    RESULT_FILE_NAME,
     StepCannotStart,
     StepFailed,
     StepResult,
     interpret,
-    read_result,
-    result_folder,
+    parse_result,
     task_threads,
 )
 from pipeline_support.links import MLflowLink, ReportLink, mlflow_url, result_report_url
@@ -167,7 +164,7 @@ class StepPodOperator(KubernetesPodOperator):
     def extract_xcom(self, pod: k8s.V1Pod, **kwargs: Any) -> dict[str, Any] | None:
         """Read the step's result file through the sidecar, whatever the step's exit code.
 
-        The text goes through the same reader as the other runners' result files (``read_result``),
+        The text goes through the same reader as the other runners' result files (``parse_result``),
         so a missing, empty or malformed result says the same thing everywhere.
         """
         try:
@@ -177,16 +174,9 @@ class StepPodOperator(KubernetesPodOperator):
                 None, f"the result file {RESULT_PATH} cannot be read from the pod: {exc}"
             )
             return None
-        folder = result_folder()
-        local = folder / RESULT_FILE_NAME
-        try:
-            if text.rstrip() != EMPTY_XCOM_RESULT:  # the sidecar's word for "no file, or an empty one"
-                local.write_text(text, encoding="utf-8")
-            found = read_result(local)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        self._step_result = StepResult(found.payload, found.problem.replace(str(local), RESULT_PATH))
-        return self._step_result.payload
+        found = parse_result(None if text.rstrip() == EMPTY_XCOM_RESULT else text, RESULT_PATH)
+        self._step_result = found
+        return found.payload
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> None:
         """Note how the step's container ended (its exit code, its last log line), then clean up as usual."""

@@ -76,18 +76,6 @@ def test_an_unreadable_path_is_a_problem_not_an_exception(tmp_path):
     assert result.payload is None and "cannot be read" in result.problem
 
 
-def test_result_folders_are_fresh_and_distinct(tmp_path):
-    first, second = contract.result_folder(tmp_path), contract.result_folder(tmp_path)
-    assert first != second and first.parent == second.parent == tmp_path
-    assert first.is_dir() and list(first.iterdir()) == [] and first.name.startswith("mlcycle-result-")
-
-
-def test_a_missing_result_parent_is_created(tmp_path):
-    # The compose stack's MLCYCLE_RESULT_DIR lies in a fresh volume, where it does not exist yet.
-    folder = contract.result_folder(tmp_path / "tmp" / "results")
-    assert folder.is_dir() and folder.parent == tmp_path / "tmp" / "results"
-
-
 # --- interpret: every exit path ---------------------------------------------------------------
 
 

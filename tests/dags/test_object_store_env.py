@@ -79,3 +79,19 @@ def test_without_a_connection_the_workers_environment_is_passed(clean):
     clean.setenv("AWS_ACCESS_KEY_ID", "from-role")
     clean.setenv("AWS_REGION", "eu-west-1")
     assert object_store_env() == {"AWS_ACCESS_KEY_ID": "from-role", "AWS_REGION": "eu-west-1"}
+
+
+def test_the_docker_runner_passes_the_keys_privately(clean, tmp_path):
+    """The step container gets the keys through ``private_environment``: never a rendered field."""
+    from pipeline_support.docker_runner import docker_step
+
+    clean.setenv("MLCYCLE_HOME", str(tmp_path))
+    clean.setenv("MLCYCLE_STORE", "s3://bucket/store")
+    clean.setenv("AWS_ACCESS_KEY_ID", "key-id")
+    hidden = "not-to-be-rendered"
+    clean.setenv("AWS_SECRET_ACCESS_KEY", hidden)
+    op = docker_step("ingest", ["ingest", "--pipeline", "bikeshare"], env={}, task_id="ingest")
+    op._prepare("k")
+    assert op._private_environment["AWS_SECRET_ACCESS_KEY"] == hidden
+    assert hidden not in json.dumps(op.environment) and "AWS_ACCESS_KEY_ID" not in op.environment
+    assert op.environment["MLCYCLE_STORE"] == "s3://bucket/store"

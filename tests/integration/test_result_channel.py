@@ -65,9 +65,27 @@ def runner_env(tmp_path, monkeypatch, logs_after_result_image):
     monkeypatch.setenv("MLCYCLE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}")
     monkeypatch.setenv("MLCYCLE_STEP_IMAGE", logs_after_result_image)
-    monkeypatch.setenv("MLCYCLE_RESULT_DIR", str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()
     return tmp_path
+
+
+def _containers_of(step: str) -> list[str]:
+    """Containers of this test's step still on the engine (every try's container is removed)."""
+    found = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=mlcycle.step={step}",
+            "--filter",
+            f"label=mlcycle.home={os.environ['MLCYCLE_HOME']}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return found.stdout.split()
 
 
 def run_step(step: str, *args: str):
@@ -87,7 +105,7 @@ def test_a_success_keeps_its_result_when_logs_follow_it(runner_env, capfd):
     assert result == SYNTHCLASS_INGEST_RESULT
     captured = capfd.readouterr()
     assert f"{TRAILING_LOG} 3" in captured.out + captured.err, "the image did not log after the result"
-    assert list((runner_env / "results").iterdir()) == [], "the per-try result folder was left behind"
+    assert not _containers_of("ingest"), "the step's container was left behind"
 
 
 def test_a_rejected_batch_keeps_its_payload_when_logs_follow_it(runner_env):
@@ -105,7 +123,7 @@ def test_a_rejected_batch_keeps_its_payload_when_logs_follow_it(runner_env):
     assert str(info.value) == f"step `validate` failed (exit code 1): {payload['error']}"
     assert TRAILING_LOG not in str(info.value)
     assert isinstance(info.value, AirflowFailException) and info.value.failure_class == "permanent"
-    assert list((runner_env / "results").iterdir()) == []
+    assert not _containers_of("validate")
 
 
 def test_nothing_to_do_skips_the_task_in_a_container(runner_env):
