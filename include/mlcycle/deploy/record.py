@@ -77,7 +77,7 @@ def resolve(
         resolved = _alias_version(client, name, CHAMPION)
         if resolved is None:
             raise NothingToDo(f"{name} has no @{CHAMPION} yet: nothing to deploy (train a model first)")
-    live = StateStore(settings.store, spec.name).read().live_slot
+    live = StateStore(settings.store, spec.name, settings.home).read().live_slot
     approve = spec.deploy.auto_approve if auto_approve is None else auto_approve
     log.info(
         "deploying %s version %s (%s) to %s; production serves %s",
@@ -120,7 +120,7 @@ class RecordResult(Result):
 
 def record(spec: PipelineSpec, settings: Settings, version: str, previous: str | None) -> RecordResult:
     """Move ``@production`` to ``version`` (it must be what production serves) and tag the version."""
-    live = StateStore(settings.store, spec.name).read().live_slot
+    live = StateStore(settings.store, spec.name, settings.home).read().live_slot
     if live is None or live.version != version:
         raise DeployError(
             f"production does not serve version {version} (live: "

@@ -72,7 +72,7 @@ def build(spec: PipelineSpec, settings: Settings, version: str, image: str) -> d
         return build_serving_image(spec.name, folder, settings, image).to_dict()
     except StepError as exc:
         raise DeployError(
-            f"the image of version {version} was not built, {_kept(StateStore(settings.store, spec.name))}: "
+            f"the image of version {version} was not built, {_kept(StateStore(settings.store, spec.name, settings.home))}: "
             f"{exc}"
         ) from exc
 
@@ -90,7 +90,7 @@ class StageResult(Result):
 
 def stage(spec: PipelineSpec, settings: Settings, version: str, image: str) -> StageResult:
     """Start ``image`` in the staging container, wait for ``/ready``, run the smoke test."""
-    states = StateStore(settings.store, spec.name)
+    states = StateStore(settings.store, spec.name, settings.home)
     deploy = spec.deploy
     model_uri = f"models:/{spec.model.registered_name}/{version}"
     container = container_name(spec.name, "staging")
@@ -137,7 +137,7 @@ def rollout(spec: PipelineSpec, settings: Settings, version: str, image: str) ->
     from mlcycle.deploy.slots import image_id as image_id_of
     from mlcycle.errors import NothingToDo
 
-    states = StateStore(settings.store, spec.name)
+    states = StateStore(settings.store, spec.name, settings.home)
     deploy = spec.deploy
     proxy = proxy_of(spec, states)
     wanted_id = image_id_of(image)
@@ -246,7 +246,7 @@ class WatchResult(Result):
 
 def watch(spec: PipelineSpec, settings: Settings, version: str) -> WatchResult:
     """Watch the live slot for ``deploy.watch_seconds``; on a breach switch back and raise ``WatchBreach``."""
-    states = StateStore(settings.store, spec.name)
+    states = StateStore(settings.store, spec.name, settings.home)
     deploy = spec.deploy
     proxy = proxy_of(spec, states)
     with states.locked():
@@ -315,7 +315,7 @@ def _switch_back(spec: PipelineSpec, states: StateStore, proxy: Proxy, bad: Slot
 
 def status(spec: PipelineSpec, settings: Settings) -> dict[str, Any]:
     """What each environment serves now (the state file, checked against the running containers)."""
-    states = StateStore(settings.store, spec.name)
+    states = StateStore(settings.store, spec.name, settings.home)
     state = states.read()
     out = state.to_dict()
     out["production_url"] = production_url(spec)
@@ -325,7 +325,7 @@ def status(spec: PipelineSpec, settings: Settings) -> dict[str, Any]:
 
 def stop_all(spec: PipelineSpec, settings: Settings) -> None:
     """Remove the proxy, both slots and staging, and forget the state (tests, ``make clean``)."""
-    states = StateStore(settings.store, spec.name)
+    states = StateStore(settings.store, spec.name, settings.home)
     with states.locked():
         for role in ("proxy", "blue", "green", "staging"):
             remove(container_name(spec.name, role))

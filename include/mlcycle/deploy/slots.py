@@ -1,8 +1,9 @@
 """Serving containers: start one version on a port, wait until it is ready, stop it.
 
 Every container uses the host network and listens on 127.0.0.1 only. A slot's container gets the
-pipeline's store mounted, so its prediction log lands where monitoring reads it; the staging
-container logs nothing (its traffic is the smoke test's, not the clients').
+pipeline's store (mounted when it is a folder; its address and the ``AWS_*`` settings when it is in
+object storage, nothing mounted), so its prediction log lands where monitoring reads it; the
+staging container logs nothing (its traffic is the smoke test's, not the clients').
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from mlcycle.deploy.state import namespace
 from mlcycle.errors import StepError
+from mlcycle.storepath import StorePath, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,12 @@ def running(container: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
+def restarts(container: str) -> int:
+    """How many times Docker has restarted ``container`` after its process died (0 when unknown)."""
+    proc = docker("container", "inspect", "--format", "{{.RestartCount}}", container, check=False)
+    return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip().isdigit() else 0
+
+
 def remove(container: str) -> None:
     """Stop (SIGTERM, then after 20 s SIGKILL) and remove ``container``; nothing when it does not exist."""
     if docker("container", "inspect", container, check=False).returncode != 0:
@@ -105,7 +113,7 @@ class Started:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start(container: str, image: str, port: int, workers: int, store: Path | None) -> Started:
+def start(container: str, image: str, port: int, workers: int, store: StorePath | None) -> Started:
     """Replace ``container`` by a new one serving ``image`` on 127.0.0.1:``port``."""
     remove(container)
     args = [
@@ -129,7 +137,11 @@ def start(container: str, image: str, port: int, workers: int, store: Path | Non
         f"MLCYCLE_SERVING_WORKERS={workers}",
         *labels(),
     ]
-    if store is not None:
+    if store is not None and is_remote(store):
+        # `-e NAME` takes the value from this process's environment: no secret on a command line.
+        passed = [a for name in sorted(os.environ) if name.startswith("AWS_") for a in ("-e", name)]
+        args += ["-e", f"MLCYCLE_STORE={store.as_uri()}", *passed]
+    elif store is not None:
         store.mkdir(parents=True, exist_ok=True)
         volume, inside = mount(store, "/var/lib/mlcycle/store")
         args += [*volume, "-e", f"MLCYCLE_STORE={inside}"]
@@ -155,7 +167,10 @@ def ready_version(url: str, timeout: float = 2.0) -> str | None:
 def wait_ready(container: str, url: str, version: str, seconds: float) -> float:
     """Wait until ``url``/ready says yes for ``version``; the seconds it took.
 
-    Fails early when the container exits (its last log lines are in the message).
+    Fails early when the container exits, or when its process died and Docker restarted it (the
+    ``on-failure`` policy): a server that crashes before its first ready answer (a model that does not
+    load, a bad setting) crashes again on every restart, so waiting out ``seconds`` would only delay
+    the verdict. The container's last log lines are in the message.
     """
     began = time.monotonic()
     while time.monotonic() - began < seconds:
@@ -168,6 +183,11 @@ def wait_ready(container: str, url: str, version: str, seconds: float) -> float:
             )
         if not running(container):
             raise NotReady(f"container {container} exited before it was ready:\n{logs_tail(container)}")
+        if restarts(container):
+            raise NotReady(
+                f"container {container} crashed before it was ready (Docker restarted it "
+                f"{restarts(container)} time(s)):\n{logs_tail(container)}"
+            )
         time.sleep(0.5)
     raise NotReady(
         f"container {container} was not ready on {url} within {seconds:.0f} s:\n{logs_tail(container)}"

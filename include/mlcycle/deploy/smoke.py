@@ -14,13 +14,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlcycle.deploy.load import Load, request, summary
 from mlcycle.deploy.slots import DeployError
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Result
+from mlcycle.storepath import StorePath
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class SmokeResult(Result):
     latency_budget_ms: float
 
 
-def latest_eval_slice(store: Path, pipeline: str) -> Path:
+def latest_eval_slice(store: StorePath, pipeline: str) -> StorePath:
     """``eval.parquet`` of the newest feature table the pipeline built."""
     base = store / pipeline / "features"
     for end in sorted((p for p in base.glob("end=*") if p.is_dir()), reverse=True):
@@ -52,11 +52,11 @@ def latest_eval_slice(store: Path, pipeline: str) -> Path:
     )
 
 
-def eval_rows(path: Path, features: Sequence[str], limit: int):
+def eval_rows(path: StorePath, features: Sequence[str], limit: int):
     """The first ``limit`` rows of the slice: as a DataFrame (for pyfunc) and as JSON records."""
-    import pandas as pd
+    from mlcycle.store import read_parquet
 
-    frame = pd.read_parquet(path, columns=list(features)).head(limit)
+    frame = read_parquet(path, columns=list(features)).head(limit)
     records = json.loads(frame.to_json(orient="records", date_format="iso"))
     rows = [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records
@@ -95,7 +95,7 @@ def bad_inputs(row: dict[str, Any], spec: PipelineSpec) -> dict[str, tuple[bytes
 
 
 def smoke_test(
-    spec: PipelineSpec, model_uri: str, port: int, eval_path: Path, tracking_uri: str | None = None
+    spec: PipelineSpec, model_uri: str, port: int, eval_path: StorePath, tracking_uri: str | None = None
 ) -> SmokeResult:
     """Run the three checks against the server on 127.0.0.1:``port``; ``SmokeFailed`` names the first failure."""
     import mlflow

@@ -1,9 +1,12 @@
 """The deploy state of one pipeline: which slot is live, what each slot and staging serve.
 
-Everything lives under ``<store>/<pipeline>/deploy/``: ``state.json`` (written to a temporary
-name and renamed), the nginx configuration the proxy container mounts (``proxy/``), and the lock
-file. ``locked`` holds an exclusive lock for a whole change (staging, rollout, watch), so two
-deploys of one pipeline never interleave, whatever runs them.
+``state.json`` lives under ``<store>/<pipeline>/deploy/`` (written to a temporary name and renamed on
+disk, in one request in object storage), where the UI, the monitoring and the record step read it.
+The nginx configuration the proxy container mounts (``proxy/``) and the lock file belong to the host
+whose Docker engine runs the proxy and the slots: beside the state when the store is a folder, under
+``$MLCYCLE_HOME/deploy/<pipeline>/`` when it is in object storage. ``locked`` holds an exclusive lock
+for a whole change (staging, rollout, watch), so two deploys of one pipeline on that host never
+interleave, whatever runs them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mlcycle.storepath import StorePath, is_remote
 
 SLOTS = ("blue", "green")
 #: Prefix of every container and image name a deploy creates (several projects can share an engine).
@@ -93,12 +98,17 @@ class DeployState:
 
 
 class StateStore:
-    """The state folder of one pipeline."""
+    """The deploy state of one pipeline; ``home``: the deploy host's own folder (for a remote store)."""
 
-    def __init__(self, store: Path, pipeline: str):
+    def __init__(self, store: StorePath, pipeline: str, home: Path | None = None):
         self.pipeline = pipeline
-        self.folder = store / pipeline / "deploy"
-        self.path = self.folder / "state.json"
+        self.path = store / pipeline / "deploy" / "state.json"
+        self.remote = is_remote(store)
+        if self.remote:
+            local = Path(home if home is not None else os.environ.get("MLCYCLE_HOME", ".local"))
+            self.folder = local.resolve() / "deploy" / pipeline
+        else:
+            self.folder = store / pipeline / "deploy"
         self.proxy_dir = self.folder / "proxy"
 
     def read(self) -> DeployState:
@@ -111,7 +121,11 @@ class StateStore:
         import datetime as dt
 
         state.updated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        write_atomically(self.path, json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n")
+        text = json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n"
+        if self.remote:
+            self.path.write_text(text)  # one PUT: a reader sees the old object or the new one
+        else:
+            write_atomically(self.path, text)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -117,18 +117,32 @@ def test_the_watch_reads_errors_and_p99_of_the_prediction_endpoints_between_two_
     assert breach_of(figures | {"requests": 3}, deploy) is None  # too few answers to judge
 
 
-def test_the_state_file_round_trips_and_names_the_idle_slot(tmp_path):
-    states = StateStore(tmp_path, "bikeshare")
+def test_the_state_file_round_trips_and_names_the_idle_slot(tmp_path, place):
+    """On a folder and in object storage; the lock and the proxy's folder stay on the deploy host."""
+    from mlcycle.storepath import is_remote, store_root
+
+    location, env = place
+    store = store_root(location, env)
+    states = StateStore(store, "bikeshare", tmp_path / "home")
     state = states.read()
     assert state.live is None and state.idle == "blue"
     state.slots["blue"] = Slot("blue", "c-blue", 8701, "3", "img:v3", "sha256:1", "2026-01-01T00:00:00+00:00")
     state.live = "blue"
     with states.locked():
         states.write(state)
-    again = states.read()
+    again = StateStore(store_root(location, env), "bikeshare", tmp_path / "other").read()
     assert again.live_slot == state.slots["blue"] and again.idle == "green"
     assert DeployState.from_dict(json.loads(states.path.read_text())).live == "blue"
-    assert not list(states.folder.glob(".state.json.*"))  # no temporary left behind
+    assert str(states.path) == f"{location}/bikeshare/deploy/state.json"
+    local = (
+        tmp_path / "home" / "deploy" / "bikeshare"
+        if is_remote(store)
+        else tmp_path / "store" / "bikeshare" / "deploy"
+    )
+    assert states.folder == local and states.proxy_dir == local / "proxy"
+    assert (local / ".lock").is_file()
+    if not is_remote(store):
+        assert not list(states.folder.glob(".state.json.*"))  # no temporary left behind
 
 
 def test_the_proxy_config_forwards_to_the_upstream_file(tmp_path):
