@@ -183,14 +183,14 @@ def model_versions(pipeline: str) -> tuple[list[Version], str]:
         return [], f"cannot read the MLflow registry at {uri}: {type(exc).__name__}: {exc}"
 
 
-def read_json(store: Path, *parts: str) -> Any:
-    """The JSON file ``store/parts...``, opened as the reports route opens a report (no symlink
-    followed from the store down, a regular file only); None when there is none or it is unreadable."""
-    from mlcycle_ui import open_regular
+def read_json(store: Any, *parts: str) -> Any:
+    """The JSON file ``store/parts...`` (a folder or a ``BucketStore``), opened as the reports route
+    opens a report (no symlink followed from the store down, a regular file only); None when there is
+    none or it is unreadable."""
+    from mlcycle_ui import open_in_store, read_text
 
     try:
-        with os.fdopen(open_regular(store, parts), "rb") as file:
-            return json.loads(file.read())
+        return json.loads(read_text(open_in_store(store, parts)))
     except (OSError, ValueError):
         return None
 
@@ -310,10 +310,16 @@ def dag_run_link(dag_id: str | None, run_id: str | None) -> str:
     return f"/dags/{urllib.parse.quote(dag_id)}/runs/{urllib.parse.quote(run_id)}"
 
 
-def report_link(store: Path, pipeline: str, path: str | None) -> str:
+def report_link(store: Any, pipeline: str, path: str | None) -> str:
     """The reports route's address of a report file in the pipeline's reports folder, else ""."""
     if not path:
         return ""
+    if str(store).startswith("s3://"):  # a key of the bucket: the part below the reports folder
+        prefix = f"{store}/{pipeline}/reports/"
+        if not path.startswith(prefix) or ".." in path.removeprefix(prefix).split("/"):
+            return ""
+        relative = Path(path.removeprefix(prefix))
+        return f"/mlcycle/reports/{urllib.parse.quote(pipeline)}/reports/{urllib.parse.quote(relative.as_posix())}"
     try:
         relative = Path(path).resolve().relative_to((store / pipeline / "reports").resolve())
     except ValueError:

@@ -23,6 +23,9 @@ each relative to its folder's descriptor with ``O_NOFOLLOW``, checked to be a re
 ``fstat`` and served from that descriptor, so what was checked is what is sent. Only regular files
 under that pipeline's ``reports/`` folder are served; raw, validated and quarantined data never are.
 
+A store in object storage (``MLCYCLE_STORE=s3://bucket/prefix``) is read with the keys of the
+Airflow connection ``mlcycle_s3`` (the tasks' own), through the same path checks; a bucket has no
+symbolic links to follow.
 Importing this module costs little (Airflow imports plugins in every process): the pages' own code
 is imported when a page is asked for.
 """
@@ -31,6 +34,7 @@ import os
 import stat
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,10 +56,84 @@ CHUNK = 64 * 1024
 ASSETS_DIR = Path(__file__).resolve().parent / "data_docs_assets"
 
 
-def store_root() -> Path:
-    if os.environ.get("MLCYCLE_STORE"):
-        return Path(os.environ["MLCYCLE_STORE"]).resolve()
+def store_root() -> "Path | BucketStore":
+    """The data store: a folder, or a ``BucketStore`` for ``MLCYCLE_STORE=s3://bucket/prefix``."""
+    location = os.environ.get("MLCYCLE_STORE", "")
+    if location.startswith("s3://"):
+        return BucketStore(location)
+    if location:
+        return Path(location.removeprefix("file://")).resolve()
     return (Path(os.environ.get("MLCYCLE_HOME", PROJECT_ROOT / ".local")) / "store").resolve()
+
+
+@dataclass
+class Opened:
+    """A file of the store opened for reading: ``file`` has ``read(n)`` and ``close()``."""
+
+    file: Any
+    size: int
+    mtime: float
+
+
+class BucketStore:
+    """A store in object storage, read with boto3 and the keys the tasks use: the Airflow connection
+    ``mlcycle_s3`` (``MLCYCLE_S3_CONN_ID``), else the API server's own ``AWS_*`` environment.
+
+    A key is the store's prefix and the checked path segments joined by ``/``: there is no symbolic
+    link in a bucket, and ``..`` never gets this far (``checked_file``).
+    """
+
+    def __init__(self, uri: str):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix.strip("/")
+        self._client: Any = None
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            _dag_helpers_on_path()
+            from pipeline_support.object_store import object_store_env
+
+            env = {**os.environ, **object_store_env()}
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=env.get("AWS_SESSION_TOKEN"),
+            )
+        return self._client
+
+    def open(self, segments: Sequence[str]) -> Opened:
+        """The object ``segments`` names; FileNotFoundError when there is none (or it cannot be read)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = "/".join([p for p in (self.prefix, *segments) if p])
+        try:
+            found = self.client().get_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise FileNotFoundError(f"{self.uri}/{'/'.join(segments)}: {exc}") from None
+        return Opened(found["Body"], int(found["ContentLength"]), found["LastModified"].timestamp())
+
+
+def open_in_store(root: Path | BucketStore, segments: Sequence[str]) -> Opened:
+    """``root/segments...`` opened for reading: ``open_regular`` on a disk, a GET in a bucket.
+
+    A bucket is told by not being a path rather than by its class: Airflow's plugin manager loads
+    this file again under the same module name, so a ``BucketStore`` made by one copy must still
+    be recognised by the other's ``open_in_store``.
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        _check_segments(root, segments)
+        return root.open(segments)
+    fd = open_regular(root, segments)
+    info = os.fstat(fd)
+    return Opened(os.fdopen(fd, "rb"), info.st_size, info.st_mtime)
 
 
 def _dag_helpers_on_path() -> None:
@@ -86,6 +164,12 @@ def pipeline_of_dag(dag_id: str) -> str | None:
     return name if kind in DAG_KINDS and name else None
 
 
+def _check_segments(root: Any, segments: Sequence[str]) -> None:
+    """FileNotFoundError unless every segment is one plain name (no ``..``, no ``/``, no NUL)."""
+    if not segments or any(s in ("", ".", "..") or "/" in s or "\0" in s for s in segments):
+        raise FileNotFoundError(f"not a path below {root}: {'/'.join(segments)[:200]!r}")
+
+
 def open_regular(root: Path, segments: Sequence[str]) -> int:
     """A read-only descriptor of the regular file ``root/segments[0]/.../segments[-1]``.
 
@@ -95,8 +179,7 @@ def open_regular(root: Path, segments: Sequence[str]) -> int:
     cannot redirect the open: the descriptor returned is the file that was checked. OSError
     (FileNotFoundError, ELOOP for a symlink, ENOTDIR, ...) otherwise; the caller closes the descriptor.
     """
-    if not segments or any(s in ("", ".", "..") or "/" in s or "\0" in s for s in segments):
-        raise FileNotFoundError(f"not a path below {root}: {'/'.join(segments)[:200]!r}")
+    _check_segments(root, segments)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for i, segment in enumerate(segments):
@@ -113,8 +196,8 @@ def open_regular(root: Path, segments: Sequence[str]) -> int:
         raise
 
 
-def checked_file(root: Path, prefix: Sequence[str], path: str) -> int:
-    """A descriptor of the regular file ``path`` names under ``root/prefix``; else HTTPException (4xx).
+def checked_file(root: Path | BucketStore, prefix: Sequence[str], path: str) -> Opened:
+    """The regular file ``path`` names under ``root/prefix``, opened; else HTTPException (4xx).
 
     ``prefix`` (a pipeline and ``reports``) and each segment of ``path`` are opened as in
     :func:`open_regular`: no symlink is followed from ``root`` down.
@@ -135,13 +218,13 @@ def checked_file(root: Path, prefix: Sequence[str], path: str) -> int:
         if "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
             raise refuse(400, "a backslash or a control character in the path")
     try:
-        return open_regular(root, [*prefix, *segments])
+        return open_in_store(root, [*prefix, *segments])
     except OSError:  # missing, a symlink on the way (ELOOP, ENOTDIR), or not a regular file
         raise refuse(404, "no such file (a symbolic link is never followed)") from None
 
 
-def checked_report(pipeline: str, path: str) -> int:
-    """A descriptor of the report ``path`` names in the pipeline's reports folder (a known pipeline), else 4xx."""
+def checked_report(pipeline: str, path: str) -> Opened:
+    """The report ``path`` names in the pipeline's reports folder (a known pipeline), else 4xx."""
     from fastapi import HTTPException
 
     if not valid_pipeline_name(pipeline) or pipeline not in known_pipelines():
@@ -149,41 +232,44 @@ def checked_report(pipeline: str, path: str) -> int:
     return checked_file(store_root(), (pipeline, "reports"), path)
 
 
-def file_response(fd: int, name: str, headers: dict[str, str] | None = None) -> Any:
-    """A response that streams the open file ``fd`` (closed when sent); its type guessed from ``name``."""
+def file_response(opened: Opened, name: str, headers: dict[str, str] | None = None) -> Any:
+    """A response that streams the opened file (closed when sent); its type guessed from ``name``."""
     import mimetypes
     from email.utils import formatdate
 
     from fastapi.responses import StreamingResponse
 
-    info = os.fstat(fd)
-    file = os.fdopen(fd, "rb")  # owns the descriptor from here: closed when sent, or when dropped
+    file = opened.file  # owned from here: closed when sent, or when dropped
 
     def chunks():
-        with file:
-            left = info.st_size  # never more than the Content-Length announced
+        try:
+            left = opened.size  # never more than the Content-Length announced
             while left > 0:
                 chunk = file.read(min(CHUNK, left))
                 if not chunk:
                     break
                 left -= len(chunk)
                 yield chunk
+        finally:
+            file.close()
 
     return StreamingResponse(
         chunks(),
         media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
         headers={
-            "Content-Length": str(info.st_size),
-            "Last-Modified": formatdate(info.st_mtime, usegmt=True),
+            "Content-Length": str(opened.size),
+            "Last-Modified": formatdate(opened.mtime, usegmt=True),
             **(headers or {}),
         },
     )
 
 
-def read_text(fd: int) -> str:
-    """The whole text of the open file ``fd`` (undecodable bytes replaced), closing it."""
-    with os.fdopen(fd, "rb") as file:
-        return file.read().decode(errors="replace")
+def read_text(opened: Opened) -> str:
+    """The whole text of the opened file (undecodable bytes replaced), closing it."""
+    try:
+        return opened.file.read().decode(errors="replace")
+    finally:
+        opened.file.close()
 
 
 def request_token(request: Any) -> str | None:
@@ -245,19 +331,19 @@ def reports_app():
     def asset(path: str, user: User) -> Response:
         if path.endswith(".md"):
             raise HTTPException(status_code=404, detail="not an asset")
-        fd = checked_file(ASSETS_DIR, (), path)
-        return file_response(fd, path, headers={"Cache-Control": "max-age=86400"})
+        opened = checked_file(ASSETS_DIR, (), path)
+        return file_response(opened, path, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/{pipeline}/reports/{path:path}")
     def report(pipeline: str, path: str, user: User) -> Response:
         if not valid_pipeline_name(pipeline):
             raise HTTPException(status_code=404, detail=f"no pipeline {pipeline[:80]!r}")
         authorize(user, pipeline)
-        fd = checked_report(pipeline, path)
+        opened = checked_report(pipeline, path)
         name = path or "index.html"
         if name.endswith(".html") and "data_docs" in name.split("/"):
-            return HTMLResponse(offline_data_docs(read_text(fd)))
-        return file_response(fd, name)
+            return HTMLResponse(offline_data_docs(read_text(opened)))
+        return file_response(opened, name)
 
     return app
 
