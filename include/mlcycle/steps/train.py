@@ -52,6 +52,21 @@ PLOT_ROWS = 20_000
 PARITY_ROWS = 50_000
 #: Rows a logged dataset's schema is inferred from (MLflow would otherwise walk every value).
 SCHEMA_ROWS = 1_000
+#: What loading a logged model needs: scikit-learn's Pipeline and its numeric stack, and skops, its
+#: serialization format. MLflow adds itself.
+MODEL_PACKAGES = ("scikit-learn", "numpy", "pandas", "scipy", "skops")
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements: ``MODEL_PACKAGES`` pinned to the versions that trained it.
+
+    Stated rather than left to MLflow's inference, which imports the model in a Python subprocess
+    (about 5 s of every training run) and records whatever else that process imported (pytest,
+    rich, ...) as a requirement of the model.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_PACKAGES]
 
 
 def _bounded(features: pd.DataFrame, target: pd.Series, rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -249,6 +264,7 @@ def train(spec: PipelineSpec, settings: Settings, interval: Interval, window_day
         signature = infer_signature(example, model.predict(example))
         info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=example,
                                         serialization_format="skops", skops_trusted_types=trusted_types(spec),
+                                        pip_requirements=model_requirements(),
                                         tags=tags, metadata=serving_metadata(spec, model, x_train))
         _log_fast_path(spec, model, x_train, _bounded(x_eval, y_eval, PARITY_ROWS, spec.model.seed)[0],
                        info.model_id)

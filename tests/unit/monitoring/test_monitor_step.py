@@ -37,18 +37,12 @@ TRAIN_END = START + dt.timedelta(days=WINDOW)  # the champion's window: [START, 
 LATER = TRAIN_END + dt.timedelta(days=2)
 
 
-def _no_pip_inference(model_uri, flavor, fallback=None, **kwargs):
-    return fallback
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import mlflow
 
     tmp = tmp_path_factory.mktemp("monitoring")
     with pytest.MonkeyPatch.context() as mp:
         settings = apply_env(mp, tmp)
-        mp.setattr(mlflow.models, "infer_pip_requirements", _no_pip_inference)
         spec = load_spec(make_classification_dataset(tmp / "data", days=22))
         validate_all = day_interval(START + dt.timedelta(days=21))
         ingest(spec, settings, validate_all, 22)

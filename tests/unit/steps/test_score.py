@@ -32,19 +32,13 @@ from tests.unit.conftest import apply_env, day_interval
 WINDOW = 10
 
 
-def _no_pip_inference(model_uri, flavor, fallback=None, **kwargs):
-    return fallback
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import mlflow
 
     tmp = tmp_path_factory.mktemp("score")
     with pytest.MonkeyPatch.context() as mp:
         settings = apply_env(mp, tmp)
         mp.setenv("MLCYCLE_DATA_DOCS", "off")
-        mp.setattr(mlflow.models, "infer_pip_requirements", _no_pip_inference)
         base = make_classification_dataset(tmp / "data", days=30)
         spec = load_spec(
             write_spec_variant(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -32,21 +33,13 @@ LINEAGE_TAGS = ("mlcycle.data_fingerprint", "mlcycle.window_start", "mlcycle.win
                 "airflow.dag_id", "airflow.run_id")
 
 
-def _no_pip_inference(model_uri, flavor, fallback=None, **kwargs):
-    return fallback
-
-
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory):
-    import mlflow
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("lifecycle")
     with pytest.MonkeyPatch.context() as mp:
         settings = apply_env(mp, tmp)
-        # MLflow infers a model's pip requirements in a Python subprocess (~5 s per model); the
-        # requirements are not under test, so use MLflow's default list instead.
-        mp.setattr(mlflow.models, "infer_pip_requirements", _no_pip_inference)
         spec = load_spec(make_classification_dataset(tmp / "data", days=30))
         interval = day_interval(spec.data_end)  # the daily run for the last day of the data
         ns = SimpleNamespace(spec=spec, settings=settings, interval=interval, tmp=tmp, window=WINDOW)
@@ -69,6 +62,16 @@ def lifecycle(tmp_path_factory):
         ns.first_decision = json.loads(open(client.download_artifacts(
             ns.train.run_id, "gate/decision.json", str(tmp / "first-decision"))).read())
         yield ns
+
+
+def test_the_model_states_its_requirements_pinned_to_what_trained_it(lifecycle):
+    import mlflow
+
+    from mlcycle.steps.train import MODEL_PACKAGES, model_requirements
+
+    stated = Path(mlflow.pyfunc.get_model_dependencies(lifecycle.train.model_uri)).read_text().split()
+    assert sorted(stated) == sorted([f"mlflow=={mlflow.__version__}", *model_requirements()]), stated
+    assert {r.split("==")[0] for r in stated} == {"mlflow", *MODEL_PACKAGES}  # no bystander (pytest, rich)
 
 
 def test_the_first_run_is_blessed_and_becomes_champion(lifecycle):
@@ -180,14 +183,11 @@ def test_a_candidate_is_compared_with_the_champion_on_the_same_slice(lifecycle):
 
 
 def test_an_unblessed_candidate_is_challenger_only(lifecycle):
-    import mlflow
 
     strict = load_spec(write_spec_variant(lifecycle.spec.path, lifecycle.tmp / "strict.yaml",
                                           evaluation={"threshold": 1}))
     settings = Settings(**{**lifecycle.settings.__dict__, "run_id": "unit__run_2"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mlflow.models, "infer_pip_requirements", _no_pip_inference)
-        candidate = train(strict, settings, lifecycle.interval, WINDOW)
+    candidate = train(strict, settings, lifecycle.interval, WINDOW)
     assert candidate.run_id != lifecycle.train.run_id
     gate = evaluate(strict, settings, lifecycle.interval, candidate.run_id, candidate.model_uri, WINDOW)
     assert gate.blessed is False and "misses the threshold (at least 1)" in gate.reasons[0]
