@@ -10,6 +10,10 @@ new scheduler is started: the backfill resumes by itself (the new scheduler rese
 run must succeed, the store must hold exactly one partition per day with no leftovers, no MLflow
 run is left RUNNING, and clearing one day makes the scheduler re-run it into byte-identical
 partitions.
+
+Task logs go to object storage (remote logging with the Amazon provider, the connection
+``mlcycle_s3``, a real SeaweedFS): with the local log folder deleted, the API server still shows every
+task's log, read back from the bucket, as it would on a host where no task ran.
 """
 
 from __future__ import annotations
@@ -17,18 +21,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 import time
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
-from tests.integration.airflow_env import AirflowProject, _json_output, free_port
+from tests.integration.airflow_env import AirflowProject, _json_output, free_port, fresh_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -61,22 +64,12 @@ def _days(start: dt.date, end: dt.date) -> list[dt.date]:
 @pytest.fixture
 def metadata_db(postgres_dsn):
     """A fresh, empty database for Airflow's metadata on the local server; dropped afterwards."""
-    name = f"airflow_bf_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        parts = urlsplit(postgres_dsn)
-        yield urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+    with fresh_database(postgres_dsn, "airflow_bf") as url:
+        yield url
 
 
 def _runs(project: AirflowProject) -> list[dict]:
-    return _json_output(project.airflow("dags", "list-runs", DAG_ID, "-o", "json").stdout)
+    return project.runs(DAG_ID)
 
 
 def _progress(runs: list[dict]) -> tuple:
@@ -142,10 +135,29 @@ def _partition_hashes(store: Path) -> dict[str, str]:
     }
 
 
-def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_db, capsys):
+def remote_logging(s3_env: dict[str, str], folder: str) -> dict[str, str]:
+    """Airflow settings that keep task logs under ``folder`` (s3://...) through the connection ``mlcycle_s3``."""
+    return {
+        "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": folder,
+        "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "mlcycle_s3",
+        "AIRFLOW_CONN_MLCYCLE_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_env["AWS_ACCESS_KEY_ID"],
+                "password": s3_env["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": s3_env["AWS_ENDPOINT_URL_S3"], "region_name": s3_env["AWS_REGION"]},
+            }
+        ),
+    }
+
+
+def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_db, s3_env, capsys):
     spec = write_spec_variant(BIKESHARE_SPEC, tmp_path / "specs" / "bikeshare.yaml", model=LEAN_MODEL)
+    logs = f"s3://{s3_env['MLCYCLE_TEST_S3_BUCKET']}/tests/{uuid.uuid4().hex}/logs"
     project = AirflowProject.create(
         tmp_path / "home",
+        **remote_logging(s3_env, logs),
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata_db,
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
@@ -230,6 +242,24 @@ def test_scheduler_backfill_on_postgres_with_local_executor(tmp_path, metadata_d
         assert report.startswith(f"{api}/mlcycle/reports/bikeshare/reports/validation/data_docs/"), report
         with urllib.request.urlopen(report, timeout=30) as response:
             assert "Great Expectations" in response.read().decode()
+        # Every task's log is in the bucket; without the local copies the API server reads it from there.
+        uploaded = project.steps_python(f"""
+            import json, os
+            os.environ.update({dict(s3_env)!r})
+            from mlcycle.objects import objects_for
+            print(json.dumps(objects_for({logs!r}).keys("")))
+        """)
+        assert sum(f"run_id={r['run_id']}/task_id=train/" in k for r in runs for k in uploaded) >= DAYS, (
+            uploaded
+        )
+        shutil.rmtree(Path(project.env["AIRFLOW_HOME"]) / "logs")
+        with urllib.request.urlopen(
+            f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(ordered[-1]['run_id'])}"
+            "/taskInstances/train/logs/1?full_content=true",
+            timeout=60,
+        ) as response:
+            shown = json.dumps(json.loads(response.read())["content"])
+        assert "mlcycle.steps.train" in shown and logs.removeprefix("s3://") in shown, shown[-3000:]
         span = (
             max(dt.datetime.fromisoformat(r["end_date"]) for r in runs)
             - min(dt.datetime.fromisoformat(r["start_date"]) for r in runs)
