@@ -36,7 +36,10 @@ EOF
 
 pid_alive() { [ -f "$DIR/weed.pid" ] && kill -0 "$(cat "$DIR/weed.pid")" 2>/dev/null; }
 
-s3_ready() {  # the filer behind the S3 gateway answers only once the bucket can be created
+# Ready means objects can be written and read back: the gateway lists buckets before the volume
+# server has registered with the master, and a restarted server answers reads of its objects with
+# 500 InternalError until then.
+s3_ready() {
   AWS_ENDPOINT_URL_S3=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY \
     "$PYTHON" - "$BUCKET" <<'EOF' 2>/dev/null
 import os, sys
@@ -44,6 +47,8 @@ import boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"], region_name="us-east-1")
 if sys.argv[1] not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
     s3.create_bucket(Bucket=sys.argv[1])
+s3.put_object(Bucket=sys.argv[1], Key="_health/ready", Body=b"ready")
+assert s3.get_object(Bucket=sys.argv[1], Key="_health/ready")["Body"].read() == b"ready"
 EOF
 }
 

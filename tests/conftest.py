@@ -93,3 +93,28 @@ def s3_env() -> dict[str, str]:
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = value
     return env
+
+
+
+_SUITE_STARTED = __import__("time").monotonic()
+_SPENT: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A line per finished scenario test (and per failure anywhere), with its time and the suite's.
+
+    The integration run prints dots; a CI log cut short by its time limit would then say nothing of
+    where the time went. These lines do, as each test ends:
+    ``[  812s]   45.2s done tests/integration/...::test_x`` (setup, call and teardown together).
+    Printed by the controller only (pytest-xdist forwards the workers' reports to it).
+    """
+    import os
+    import time
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    spent = _SPENT[report.nodeid] = _SPENT.get(report.nodeid, 0.0) + report.duration
+    if not (report.failed or (report.when == "teardown" and "tests/integration/" in report.nodeid)):
+        return
+    outcome = f"FAILED in {report.when}" if report.failed else "done"
+    print(f"\n[{time.monotonic() - _SUITE_STARTED:6.0f}s] {spent:6.1f}s {outcome} {report.nodeid}", flush=True)

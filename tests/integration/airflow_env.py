@@ -250,6 +250,35 @@ class AirflowProject:
             args += ["--conf", json.dumps(conf)]
         return self.airflow(*args, check=False)
 
+    def runs(self, dag_id: str) -> list[dict[str, str]]:
+        """The runs of ``dag_id`` as ``airflow dags list-runs -o json`` lists them (latest first), read
+        from the metadata database: a poll every few seconds through the CLI would spend a core on
+        starting Airflow again and again, beside the services it waits for."""
+        import datetime as dt
+
+        def iso(value: object) -> str:
+            if value in (None, ""):
+                return ""
+            when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+            return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat()
+
+        rows = self._metadata(
+            "SELECT run_id, state, logical_date, start_date, end_date FROM dag_run WHERE dag_id = :dag "
+            "ORDER BY run_after DESC, id DESC",
+            dag=dag_id,
+        )
+        return [
+            {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "state": state,
+                "logical_date": iso(logical),
+                "start_date": iso(start),
+                "end_date": iso(end),
+            }
+            for run_id, state, logical, start, end in rows
+        ]
+
     def task_states(self, dag_id: str, date: str) -> dict[str, str]:
         """Task id -> final state of the latest run of ``dag_id`` with logical date ``date``."""
         runs = self._metadata(
@@ -287,10 +316,15 @@ class AirflowProject:
     def _asset_rows(self, query: str, pipeline: str) -> list[tuple]:
         return self._metadata(query, uri=f"mlcycle://{pipeline}/champion")
 
-    def steps_cli(self, *args: str, timeout: int = 900) -> dict:
-        """Run ``mlcycle <args>`` with this project's environment; its JSON result (exit 0 required)."""
+    def steps_cli(self, *args: str, timeout: int = 900, env: dict[str, str] | None = None) -> dict:
+        """Run ``mlcycle <args>`` with this project's environment (and ``env`` over it); its JSON
+        result (exit 0 required)."""
         proc = subprocess.run(
-            [str(STEPS_BIN / "mlcycle"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            [str(STEPS_BIN / "mlcycle"), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         assert proc.returncode == 0, (
             f"mlcycle {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
@@ -344,11 +378,112 @@ class AirflowProject:
         """)
 
 
+@contextmanager
+def fresh_database(postgres_dsn: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the local PostgreSQL server (SQLAlchemy URL); dropped afterwards."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(postgres_dsn)
+        yield urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextmanager
+def mlflow_server(
+    postgres_dsn: str, artifacts: str, folder: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """A real `mlflow server` (step environment) on a fresh PostgreSQL database of its own, keeping
+    artifacts at ``artifacts`` (a folder or s3://...); yields its URL and backend store URI, drops
+    the database after."""
+    with fresh_database(postgres_dsn, "mlflow") as backend:
+        port = free_port()
+        log_path = folder / "mlflow-server.log"
+        log = log_path.open("w")
+        command = [
+            str(STEPS_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            artifacts,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not come up:\n{log_path.read_text()[-3000:]}")
+                time.sleep(2)
+            yield url, backend
+        finally:
+            _signal_group(proc, signal.SIGTERM)
+            proc.wait(timeout=30)
+            log.close()
+
+
+#: Ports handed out by ``free_port``: below the kernel's ephemeral range (32768-60999 by default on
+#: Linux), so that no outgoing connection's local port can take one, in a block of its own per
+#: pytest-xdist worker, so that two workers never hand out the same port.
+PORT_BASE, PORTS_PER_WORKER = 20_000, 1_500
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, and that this test process hands out once.
+
+    A port the kernel picks for ``bind(0)`` is free only until the socket closes: before the server
+    it is meant for binds it, another worker's ``bind(0)`` may get it too, or a client's outgoing
+    connection may take it as its local port (both from the same ephemeral range). Here each worker
+    walks its own block below that range, skipping whatever is bound already.
+    """
+    if not _next_port:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        block = PORT_BASE + (int(worker) if worker.isdigit() else 0) * PORTS_PER_WORKER
+        _next_port.append(block + os.getpid() % (PORTS_PER_WORKER // 2))  # two sessions side by side
+        _next_port.append(block)
+    block = _next_port[1]
+    for _ in range(PORTS_PER_WORKER):
+        port = _next_port[0]
+        _next_port[0] = block + (port + 1 - block) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {block}-{block + PORTS_PER_WORKER - 1}")
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
