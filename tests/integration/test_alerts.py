@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.datasets import EXPECTED_FAILURE, make_bad_bikeshare
-from tests.integration.airflow_env import AirflowProject, _json_output, free_port
+from tests.integration.airflow_env import AirflowProject, free_port
 
 RUN_DATE = "2011-06-30"   # the run's data interval is [06-29, 06-30); window_days 7 reaches back to 06-23
 BAD_DAY = "2011-06-29"
@@ -140,7 +140,7 @@ def alert_connections(smtp_port: int, webhook_port: int) -> dict[str, str]:
 
 
 def run_id_of(project: AirflowProject, dag_id: str, date: str) -> str:
-    runs = _json_output(project.airflow("dags", "list-runs", dag_id, "-o", "json").stdout)
+    runs = project.runs(dag_id)
     matching = [r["run_id"] for r in runs if str(r.get("logical_date", "")).startswith(date)]
     assert matching, f"no run of {dag_id} at {date}: {runs}"
     return matching[0]

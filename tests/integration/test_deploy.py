@@ -303,6 +303,8 @@ def test_a_broken_v3_never_reaches_production(project, ports):
     states, out = _deploy(project, {"version": "3", "auto_approve": True})
     assert states["staging"] == "failed" and states["rollout"] == "upstream_failed", out
     assert "production keeps serving version 2" in out
+    # Told at its first crash, not after the ready timeout: Docker's restarts would not make it load.
+    assert "crashed before it was ready" in out or "exited before it was ready" in out, out
     assert _served(ports["production"]) == "2"
     after = _status(project)
     assert (after["live"], after["slots"]) == (before["live"], before["slots"]) and after["staging"] is None

@@ -27,14 +27,12 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 
 from tests.conftest import AIRFLOW_BIN, ROOT, STEPS_BIN
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
-from tests.integration.airflow_env import AirflowProject, free_port
+from tests.integration.airflow_env import AirflowProject, free_port, fresh_database
 
 pytestmark = [pytest.mark.integration]
 
@@ -175,18 +173,8 @@ def _wait_for(done, what: str, log: Path, alive=lambda: True, stall: float = STA
 @pytest.fixture(scope="module")
 def private_database(postgres_dsn):
     """A database of this module's own on the shared server (never restarted here); dropped afterwards."""
-    name = f"faults_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(postgres_dsn)
-    try:
-        yield urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database(postgres_dsn, "faults") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -26,7 +26,7 @@ import uuid
 import pytest
 
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
-from tests.integration.airflow_env import AirflowProject, _json_output, free_port
+from tests.integration.airflow_env import AirflowProject, free_port
 from tests.integration.test_backfill import metadata_db  # noqa: F401 - the fixture
 from tests.integration.test_deploy import (  # noqa: F401 - docker_ready: the fixture
     _load_generator,
@@ -51,7 +51,7 @@ TRAINING, MONITORING, DEPLOY = "training_bikeshare", "monitoring_bikeshare", "de
 
 
 def _runs(project: AirflowProject, dag_id: str) -> list[dict]:
-    return _json_output(project.airflow("dags", "list-runs", dag_id, "-o", "json").stdout)
+    return project.runs(dag_id)
 
 
 def _wait(project: AirflowProject, done, what: str):

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
-from tests.integration.airflow_env import AirflowProject, _json_output, free_port
+from tests.integration.airflow_env import AirflowProject, free_port
 from tests.integration.test_backfill import metadata_db  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -87,7 +87,7 @@ def seed_champion(
 
 
 def _runs(project: AirflowProject, dag_id: str) -> list[dict]:
-    return _json_output(project.airflow("dags", "list-runs", dag_id, "-o", "json").stdout)
+    return project.runs(dag_id)
 
 
 def _asset_triggered(run: dict) -> bool:

@@ -43,6 +43,10 @@ def _env(home: Path) -> dict[str, str]:
             "MLFLOW_ENABLE_TELEMETRY": "false",
             "DO_NOT_TRACK": "1",
             "OMP_NUM_THREADS": "1",
+            # The training steps fork from the warm step server (tests/integration/airflow_env.py
+            # says why): the six steps of each case skip their imports.
+            "MLCYCLE_WARM": "1",
+            "MLCYCLE_WARM_IDLE_SECONDS": "300",
         }
     )
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
