@@ -33,12 +33,13 @@ ensure_env() {
     fi
     local key value
     for key in POSTGRES_PASSWORD AIRFLOW_ADMIN_PASSWORD AIRFLOW_API_SECRET_KEY AIRFLOW_JWT_SECRET \
-               GRAFANA_ADMIN_PASSWORD AIRFLOW_FERNET_KEY DOCKER_GID; do
+               GRAFANA_ADMIN_PASSWORD AIRFLOW_FERNET_KEY DOCKER_GID S3_ACCESS_KEY S3_SECRET_KEY; do
         value=$(sed -n "s/^$key=//p" "$ENV_FILE" | tail -n 1)
         [ -n "$value" ] && continue
         case $key in
             AIRFLOW_FERNET_KEY) value=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())') ;;
             DOCKER_GID) value=$(stat -c %g /var/run/docker.sock) ;;
+            S3_ACCESS_KEY) value=mlcycle-$(python3 -c 'import secrets; print(secrets.token_hex(8))') ;;
             *) value=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))') ;;
         esac
         if grep -q "^$key=" "$ENV_FILE"; then
@@ -59,6 +60,7 @@ use_official_images() {
     export PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.55.1}
     export STATSD_EXPORTER_IMAGE=${STATSD_EXPORTER_IMAGE:-prom/statsd-exporter:v0.28.0}
     export PROXY_IMAGE=${PROXY_IMAGE:-nginx:1.28.0}
+    export SEAWEEDFS_IMAGE=${SEAWEEDFS_IMAGE:-chrislusf/seaweedfs:4.48}
 }
 
 # MLCYCLE_IMAGES from the environment, else from docker/.env; `official` sets the official images.
@@ -66,6 +68,10 @@ select_images() {
     MLCYCLE_IMAGES=${MLCYCLE_IMAGES:-$(setting MLCYCLE_IMAGES)}
     export MLCYCLE_IMAGES
     if [ "$MLCYCLE_IMAGES" = official ]; then use_official_images; fi
+    # No endpoint given: the stack's own SeaweedFS.
+    S3_ENDPOINT_URL=${S3_ENDPOINT_URL:-$(setting S3_ENDPOINT_URL)}
+    local s3_port; s3_port=$(setting SEAWEEDFS_S3_PORT)
+    export S3_ENDPOINT_URL=${S3_ENDPOINT_URL:-http://127.0.0.1:${s3_port:-18333}}
 }
 
 compose() {
@@ -132,6 +138,7 @@ print_urls() {
 ==> the stack $(project) is up ($(states | grep -c worker) worker(s))
     Airflow UI and REST API  http://127.0.0.1:$(setting AIRFLOW_PORT)   user ${user:-admin}, password $pw
     MLflow                   http://127.0.0.1:$(setting MLFLOW_PORT)
+    object store (S3)        $S3_ENDPOINT_URL   bucket $(setting S3_BUCKET), keys S3_ACCESS_KEY/S3_SECRET_KEY in $ENV_FILE
     Prometheus               http://127.0.0.1:$(setting PROMETHEUS_PORT)
     StatsD exporter          http://127.0.0.1:$(setting STATSD_EXPORTER_PORT)/metrics
     production (after deploy_bikeshare)  http://127.0.0.1:8700

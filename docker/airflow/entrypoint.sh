@@ -36,6 +36,8 @@ if [ "${1:-}" = "init" ]; then
     airflow db migrate
     echo "init: loading airflow_settings.yaml (connections, pools, variables)"
     python /opt/mlcycle/scripts/load_airflow_settings.py --file /opt/mlcycle/airflow_settings.yaml
+    echo "init: the object store's bucket (MLCYCLE_STORE, remote logs)"
+    python /opt/mlcycle/scripts/ensure_bucket.py
     echo "init: done"
     exit 0
 fi

@@ -34,6 +34,7 @@ LOCAL_IMAGES = (
     "mlcycle-redis:7",
     "mlcycle-prometheus:2.42",
     "mlcycle-statsd-exporter:0.1",
+    "mlcycle-seaweedfs:4.48",
 )
 PORT_KEYS = (
     "POSTGRES_PORT",
@@ -47,6 +48,11 @@ PORT_KEYS = (
     "GRAFANA_PORT",
     "SERVING_BLUE_PORT",
     "SERVING_GREEN_PORT",
+    # SeaweedFS opens each one's gRPC port 10000 above it too.
+    "SEAWEEDFS_S3_PORT",
+    "SEAWEEDFS_MASTER_PORT",
+    "SEAWEEDFS_VOLUME_PORT",
+    "SEAWEEDFS_FILER_PORT",
 )
 
 
@@ -197,6 +203,27 @@ class Stack:
         return "\n".join(lines[-tail:])
 
     # --- other services -----------------------------------------------------------------------
+    def s3(self) -> Any:
+        """A boto3 client of the stack's object store, with the stack's keys."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url("SEAWEEDFS_S3_PORT"),
+            aws_access_key_id=self.setting("S3_ACCESS_KEY"),
+            aws_secret_access_key=self.setting("S3_SECRET_KEY"),
+            region_name="us-east-1",
+        )
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key of the stack's bucket under ``prefix``."""
+        pages = (
+            self.s3()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.setting("S3_BUCKET"), Prefix=prefix)
+        )
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
     def get_json(self, port_key: str, path: str, timeout: float = 30) -> Any:
         with urllib.request.urlopen(self.url(port_key) + path, timeout=timeout) as resp:
             return json.loads(resp.read())
