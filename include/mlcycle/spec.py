@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mlcycle import spec_schema
@@ -40,6 +40,9 @@ from mlcycle.spec_schema import DeploySection as _DeploySection
 from mlcycle.spec_schema import MonitoringSection as _MonitoringSection
 from mlcycle.spec_schema import ScoringSection as _ScoringSection
 from mlcycle.spec_schema import ServingSection as _ServingSection
+
+if TYPE_CHECKING:
+    from mlcycle.storepath import StorePath
 
 ColumnType = Literal["numeric", "integer", "categorical", "string", "timestamp"]
 Role = Literal["feature", "target", "ignore"]
@@ -79,7 +82,8 @@ class Column:
 class Source:
     """Where rows come from. ``kind`` selects the reader in ``mlcycle.sources``.
 
-    - ``file``: ``path`` (relative to the spec file) and ``format`` (csv or parquet).
+    - ``file``: ``path`` (relative to the spec file, absolute, or ``s3://bucket/key`` in object
+      storage, read with the store's keys) and ``format`` (csv or parquet).
     - ``postgres``: ``table`` and ``conn_id`` (an Airflow connection); ``timestamp_column`` on the table.
     - ``http``: ``url`` of a CSV or Parquet file.
     """
@@ -88,8 +92,13 @@ class Source:
     options: dict[str, Any]
     base_dir: Path
 
-    def path(self) -> Path:
-        raw = Path(str(self.options["path"]))
+    def path(self) -> StorePath:
+        text = str(self.options["path"])
+        if text.startswith("s3://"):
+            from mlcycle.storepath import store_root
+
+            return store_root(text)
+        raw = Path(text)
         return raw if raw.is_absolute() else (self.base_dir / raw).resolve()
 
 

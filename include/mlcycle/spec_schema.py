@@ -308,7 +308,8 @@ def unknown_key_problems(
 
 # --- reading a spec file ----------------------------------------------------------------------------
 
-#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it.
+#: Keys of a spec that hold paths relative to the spec file: made absolute when a variant extends it
+#: (a URI such as ``s3://bucket/key`` is left as it is).
 PATH_KEYS = (("source", "path"), ("validation", "suite"))
 
 
@@ -337,7 +338,7 @@ def read_spec_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise SpecFileError(f"pipeline spec {path} must be a YAML mapping at the top level")
     for section, key in PATH_KEYS:
         value = raw[section].get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str) and not Path(value).is_absolute():
+        if isinstance(value, str) and not Path(value).is_absolute() and "://" not in value:
             raw[section] = {**raw[section], key: str((path.parent / value).resolve())}
     base_ref = raw.pop("extends", None)
     if base_ref is None:

@@ -1,15 +1,17 @@
-"""Read a local CSV or Parquet file (the embedded default).
+"""Read a CSV or Parquet file: on a disk (the embedded default) or in object storage (``s3://``).
 
 A CSV file is read whole (once per reader). A Parquet file is read column-wise: its timestamps
-first, then only the row groups and columns the window needs (``read_parquet_window``).
+first, then only the row groups and columns the window needs (``read_parquet_window``); in object
+storage through pyarrow's S3 file, which fetches only the footer and those byte ranges. An object
+is read with the store's keys (``AWS_*``, from the Airflow connection under Airflow).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,20 +20,21 @@ import pyarrow.parquet as pq
 from mlcycle.errors import SourceError
 from mlcycle.sources.base import OUTSIDE_BOUNDS, Selection
 from mlcycle.spec import EVENT_TIME, PipelineSpec
+from mlcycle.storepath import StorePath, is_remote, parquet_source
 from mlcycle.timestamps import OUT_OF_RANGE, UNPARSEABLE, day_start, derive_event_time, local_days
 
 log = logging.getLogger(__name__)
 
 
-def read_table(path: Path, fmt: str) -> pd.DataFrame:
+def read_table(path: StorePath, fmt: str) -> pd.DataFrame:
     """Read a whole file, turning every parser error into a SourceError that names the file."""
     if not path.is_file():
         raise SourceError(f"source file {path} does not exist: check `source.path` in the spec")
     try:
         if fmt == "parquet":
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(parquet_source(path))
         elif fmt == "csv":
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(io.BytesIO(path.read_bytes()) if is_remote(path) else path)
         else:
             raise SourceError(f"source.format {fmt!r}: use csv or parquet")
     except SourceError:
@@ -98,7 +101,7 @@ def source_columns(spec: PipelineSpec, available: list[str]) -> list[str]:
     return [c for c in available if c in wanted]
 
 
-def read_parquet_window(spec: PipelineSpec, path: Path, start: dt.date, end: dt.date) -> Selection:
+def read_parquet_window(spec: PipelineSpec, path: StorePath, start: dt.date, end: dt.date) -> Selection:
     """The rows of [start, end) of a Parquet file, without reading the rest of it into pandas.
 
     The timestamp column(s) of the whole file are read first (every row must be counted: in the
@@ -110,7 +113,7 @@ def read_parquet_window(spec: PipelineSpec, path: Path, start: dt.date, end: dt.
     if not path.is_file():
         raise SourceError(f"source file {path} does not exist: check `source.path` in the spec")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(parquet_source(path))
         available = parquet.schema_arrow.names
         missing = [c for c in _timestamp_columns(spec) if c not in available]
         if missing:

@@ -27,6 +27,7 @@ from mlcycle.sources import reader_for
 from mlcycle.spec import EVENT_TIME, PipelineSpec
 from mlcycle.steps._common import Interval, Result, training_window
 from mlcycle.store import Store, atomic_path, days, write_json, write_parquet, write_text
+from mlcycle.storepath import is_remote
 from mlcycle.timestamps import local_days
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,13 @@ def _quarantine_unreadable(spec: PipelineSpec, store: Store, interval: Interval,
     folder = store.quarantine_dir(interval.start, attempt)
     folder.mkdir(parents=True, exist_ok=True)
     failure = {"expectation": "source is readable", "observed": str(error)}
-    if spec.source.kind == "file" and spec.source.path().is_file():
-        with atomic_path(folder / spec.source.path().name) as tmp:
-            shutil.copyfile(spec.source.path(), tmp)
+    source = spec.source.path() if spec.source.kind == "file" else None
+    if source is not None and source.is_file():
+        with atomic_path(folder / source.name) as tmp:
+            if is_remote(source):
+                tmp.write_bytes(source.read_bytes())
+            else:
+                shutil.copyfile(source, tmp)
     write_json({"pipeline": spec.name, "partition": interval.start.isoformat(), "failures": [failure]},
                folder / "failures.json")
     report = folder / "report.html"
