@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,10 @@ def _compose_with_example_settings(tmp_path) -> str:
         pytest.skip("docker-compose is not installed (.ci/run installs it)")
     env = (ROOT / "docker" / ".env.example").read_text()
     env = re.sub(
-        r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID)=$", r"\1=x", env, flags=re.M
+        r"^(POSTGRES_PASSWORD|AIRFLOW_\w*(PASSWORD|KEY|SECRET)|DOCKER_GID|S3_\w*_KEY)=$",
+        r"\1=x",
+        env,
+        flags=re.M,
     )
     (tmp_path / ".env").write_text(env)
     return binary
@@ -85,6 +89,30 @@ def test_specs_outside_the_repository_are_mounted_at_their_own_path(tmp_path):
         assert service["environment"]["MLCYCLE_PIPELINES_DIR"] == "/opt/mlcycle/include/pipelines:/srv/specs"
 
 
+def test_data_models_and_logs_live_in_the_bucket_and_only_workers_keep_a_volume(tmp_path):
+    config = _config(tmp_path, S3_ENDPOINT_URL="http://127.0.0.1:18333")
+    services = config["services"]
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "worker"):
+        env = services[name]["environment"]
+        assert env["MLCYCLE_STORE"] == "s3://mlcycle/store", name
+        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True", name
+        assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://mlcycle/logs", name
+        connection = json.loads(env["AIRFLOW_CONN_MLCYCLE_S3"])
+        assert connection["conn_type"] == "aws" and connection["login"] == "x", name
+        assert connection["extra"]["endpoint_url"] == "http://127.0.0.1:18333", name
+    command = services["mlflow"]["command"]
+    assert command[command.index("--artifacts-destination") + 1] == "s3://mlcycle/mlflow"
+    # No data volume but the workers' own (the deploy's proxy files and lock) and the store's server.
+    holders = {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if str(volume).split(":")[1:2] == ["/data"]
+    }
+    assert holders == {"worker", "airflow-init", "seaweedfs"}, holders
+    assert services["seaweedfs"]["healthcheck"]["test"][-1] == "http://127.0.0.1:18333/healthz"
+
+
 def test_without_secrets_the_stack_refuses_to_start_and_says_how(tmp_path):
     binary = shutil.which("docker-compose")
     if binary is None:
@@ -129,7 +157,14 @@ def test_images_are_pinned_and_no_secret_is_in_the_file(compose):
         image = service["image"].split(":-", 1)[-1].rstrip("}")
         assert ":" in image and not image.endswith(":latest"), (name, image)
     # Secrets are required variables of docker/.env, never values in the file.
-    for key in ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET"):
+    for key in (
+        "POSTGRES_PASSWORD",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_JWT_SECRET",
+        "S3_ACCESS_KEY",
+        "S3_SECRET_KEY",
+    ):
         assert re.search(rf"\${{{key}(:\?[^}}]*)?}}", text), key
     assert not re.search(r"(?i)password:\s*['\"]?\w{6,}", text)
     example = (ROOT / "docker" / ".env.example").read_text()
