@@ -276,15 +276,23 @@ def test_a_live_slot_killed_during_a_burst_costs_no_request(project, ports):
         assert time.monotonic() - quiet_since < 120, f"the killed slot made no progress: {state}"
         time.sleep(0.2)
     back = time.time()
-    time.sleep(3)
+    time.sleep(5)
     samples = load.stop()
 
     figures = load_module.summary(samples)
     during = [s for s in samples if killed < s.sent < back]
-    after = {s.version for s in samples if s.sent > back + 1.5}  # past the 1 s the slot is benched
+    # Production serves v2 again: every request of the last 2 s. (Right after the slot is back, nginx
+    # may still bench it for its 1 s fail_timeout, and again after a first request that a slot still
+    # warming up answers too slowly on a busy machine: the standby answers those, which is the point.)
+    last = max(s.sent for s in samples)
+    after = {s.version for s in samples if s.sent > last - 2}
     assert figures["failed"] == 0 and len(during) > 10, (figures, len(during))
     assert "1" in {s.version for s in during}, "the standby slot answered nothing while the live one was down"
-    assert after == {"2"}, (figures, after)
+    assert after == {"2"}, (
+        figures,
+        after,
+        sorted((round(s.sent - back, 2), s.version) for s in samples if s.sent > back),
+    )
     status = _status(project)
     assert status["slots"][status["live"]]["version"] == "2" and status["production_version"] == "2"
     print(

@@ -1,8 +1,9 @@
 """Source rows through the real serving image: the server derives the spec's features as ingest does.
 
 For the generated flight events (local New York time across the daylight-saving change of
-2023-03-12, ``dow``/``hour`` derived from the timestamp, a ``cancelled == 0`` filter) and the bundled
-bikeshare (no derivations; the file's other columns sent along), trained by the real steps and
+2023-03-12, ``dow``/``hour`` derived from the timestamp, a ``cancelled == 0`` filter), the bundled
+bikeshare (no derivations; the file's other columns sent along) and the generated classification set
+(a classifier; its label column sent along), trained by the real steps and
 registered: the rows of the source file, exactly as it holds them, sent to the image built by
 ``mlcycle serving-image``, get what ``mlflow.pyfunc`` predicts for the same rows after the pipeline's
 own derivation (``mlcycle.derive.apply``). A row the filter drops gets a 422 naming the rule; a
@@ -18,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, make_events_dataset, write_spec_variant
+from tests.datasets import (
+    BIKESHARE_SPEC,
+    LEAN_MODEL,
+    make_classification_dataset,
+    make_events_dataset,
+    write_spec_variant,
+)
 from tests.integration.airflow_env import free_port
 from tests.integration.test_serving import (
     _close,
@@ -69,10 +76,21 @@ def _cases(tmp: Path) -> dict[str, tuple]:
         # the day clocks go forward in New York, in the evaluation window
         "flights": (flights, dt.date(2023, 3, 14), 14, "flights", True, "ts", "2023-03-12"),
         "bikeshare": (bike, dt.date(2011, 6, 30), 14, "bikeshare", False, "day", "180"),
+        # a classifier (logistic regression) on a categorical and an hour column; the label and the
+        # ignored timestamp string sent along
+        "synthclass": (
+            make_classification_dataset(tmp / "synth", days=30),
+            dt.date(2011, 3, 25),
+            14,
+            "synthclass",
+            True,
+            "ts",
+            "2011-03-20",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["flights", "bikeshare"])
+@pytest.mark.parametrize("case", ["flights", "bikeshare", "synthclass"])
 def test_source_rows_in_answer_like_mlflow_on_the_derived_rows(case, tmp_path, docker_engine):
     spec, end, window, name, classification, column, prefix = _cases(tmp_path)[case]
     env = _env(tmp_path / "home")
