@@ -96,6 +96,15 @@ def s3_env() -> dict[str, str]:
 
 
 
+def s3_client(env: dict[str, str]):
+    """A boto3 S3 client of the server ``env`` names (the ``s3_env`` mapping)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
 _SUITE_STARTED = __import__("time").monotonic()
 _SPENT: dict[str, float] = {}
 

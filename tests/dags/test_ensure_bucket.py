@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import s3_client
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ensure_bucket.py"
 
@@ -57,20 +59,12 @@ def test_the_buckets_the_settings_name():
 
 
 def test_creates_a_missing_bucket_through_the_connection_and_keeps_an_existing_one(s3_env):
-    import boto3
-
     bucket = f"ensure-{uuid.uuid4().hex[:12]}"
     env = {
         "MLCYCLE_STORE": f"s3://{bucket}/store",
         "AIRFLOW_CONN_MLCYCLE_S3": _connection(s3_env["AWS_ENDPOINT_URL_S3"], s3_env),
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
-        region_name=s3_env["AWS_REGION"],
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_env)
     try:
         first = _run(env, "--timeout", "20")
         assert first.returncode == 0, first.stdout + first.stderr

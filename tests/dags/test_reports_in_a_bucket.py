@@ -18,6 +18,7 @@ import mlcycle_ui
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import s3_client
 from tests.dags.test_report_links import ESCAPES, airflow_tokens
 
 PAGE = "validation/data_docs/validations/s/2011-06-29/p.html"
@@ -31,17 +32,9 @@ def tokens():
 
 @pytest.fixture
 def bucket(s3_env, monkeypatch):
-    import boto3
-
     name, prefix = s3_env["MLCYCLE_TEST_S3_BUCKET"], f"tests/{uuid.uuid4().hex}/store"
     location = f"s3://{name}/{prefix}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
-        region_name=s3_env["AWS_REGION"],
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_env)
     objects = {
         f"bikeshare/reports/{PAGE}": b"<html>GX page</html>",
         f"bikeshare/reports/{DRIFT_REPORT}": b"<html>drift report</html>",

@@ -21,6 +21,7 @@ from mlcycle.errors import ValidationFailed
 from mlcycle.spec import load_spec
 from mlcycle.steps.ingest import ingest
 from mlcycle.store import Store, file_sha256
+from tests.conftest import s3_client
 from tests.datasets import make_classification_dataset
 from tests.unit.conftest import day_interval
 
@@ -30,17 +31,9 @@ DAY = dt.date(2011, 3, 10)
 @pytest.fixture
 def bucket(s3_env, monkeypatch):
     """A fresh prefix of the test bucket, the client environment set, and a boto3 client."""
-    import boto3
-
     for name, value in s3_env.items():
         monkeypatch.setenv(name, value)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
-        region_name=s3_env["AWS_REGION"],
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_env)
     return client, s3_env["MLCYCLE_TEST_S3_BUCKET"], f"tests/{uuid.uuid4().hex}"
 
 
