@@ -183,10 +183,10 @@ def wait_ready(container: str, url: str, version: str, seconds: float) -> float:
             )
         if not running(container):
             raise NotReady(f"container {container} exited before it was ready:\n{logs_tail(container)}")
-        if restarts(container):
+        if count := restarts(container):
             raise NotReady(
                 f"container {container} crashed before it was ready (Docker restarted it "
-                f"{restarts(container)} time(s)):\n{logs_tail(container)}"
+                f"{count} time(s)):\n{logs_tail(container)}"
             )
         time.sleep(0.5)
     raise NotReady(
