@@ -26,6 +26,7 @@ from mlcycle.derive import (
     parse_derivations,
 )
 from mlcycle.errors import SpecError
+from mlcycle.history import HistorySpec, parse_features
 from mlcycle.registry import MODELS, SOURCES, families_for
 from mlcycle.spec_schema import (
     PATH_KEYS,  # noqa: F401 - re-exported: the keys whose relative paths a variant resolves
@@ -291,6 +292,8 @@ class PipelineSpec:
     monitoring: MonitoringSpec = field(default_factory=lambda: MonitoringSpec())
     #: ``scoring:``; None when the spec has no such section (no ``scoring_<name>`` DAG).
     scoring: ScoringSpec | None = None
+    #: ``features:``: history features (lags, rolling aggregates), computed from the store.
+    history: HistorySpec = HistorySpec()
 
     @property
     def timezone(self) -> str:
@@ -298,7 +301,18 @@ class PipelineSpec:
 
     @property
     def feature_columns(self) -> list[Column]:
+        """The model's inputs: the row's feature columns, then the history features."""
+        return self.row_feature_columns + self.history_columns
+
+    @property
+    def row_feature_columns(self) -> list[Column]:
+        """The feature columns a row carries (from the source, or derived from its columns)."""
         return [c for c in self.columns if c.role == "feature"]
+
+    @property
+    def history_columns(self) -> list[Column]:
+        """The history features (``features:``), numbers computed from the entity's past rows."""
+        return [Column(name=name, type="numeric") for name in self.history.names]
 
     @property
     def feature_names(self) -> list[str]:
@@ -668,7 +682,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
     suite_rel = (val or {}).get("suite") or f"../expectations/{name}.json"
     suite_path = Path(suite_rel) if Path(suite_rel).is_absolute() else (path.parent / suite_rel).resolve()
     serving = _parse_serving(r, raw.get("serving"))
-    monitoring = _parse_monitoring(r, raw.get("monitoring"), columns, target, derivations)
+    history = parse_features(raw.get("features"), {c.name: c.type for c in columns}, r.problems)
+    monitoring = _parse_monitoring(r, raw.get("monitoring"), columns, target, derivations, history.names)
     deploy = _parse_deploy(r, raw.get("deploy"))
     scoring = _parse_scoring(r, raw.get("scoring"))
     if monitoring.source == "scoring" and scoring is None:
@@ -682,7 +697,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> PipelineSpec:
         min_training_rows=min_training_rows, model=model, evaluation=evaluation,
         suite_path=suite_path, experiment=str(raw.get("experiment") or name), schedule=schedule,
         key=key, derivations=derivations, serving=serving, integrity=integrity, monitoring=monitoring,
-        deploy=deploy, scoring=scoring,
+        deploy=deploy, scoring=scoring, history=history,
     )
 
 
@@ -716,13 +731,13 @@ NUMERIC_DRIFT_METHODS = ("ks", "wasserstein", "anderson", "cramer_von_mises", "e
 
 
 def _parse_monitoring(r: _Reader, raw: Any, columns: list[Column], target: Any,
-                      derivations: Derivations) -> MonitoringSpec:
+                      derivations: Derivations, history: list[str]) -> MonitoringSpec:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         r.problems.append(f"monitoring: a mapping with {', '.join(MONITORING_KEYS)}")
         return MonitoringSpec()
-    features = [c.name for c in columns if c.role == "feature"]
+    features = [c.name for c in columns if c.role == "feature"] + list(history)
     listed: dict[str, tuple[str, ...]] = {}
     for key in ("columns", "exclude"):
         value = raw.get(key) or []

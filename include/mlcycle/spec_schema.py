@@ -169,6 +169,29 @@ class ScoringSection(_Section):
     postgres: ScoringPostgresSection | None = None
 
 
+class HistoryFeatureSection(_Section):
+    """One history feature: a lag (``of`` and ``lag``) or a rolling aggregate (``agg`` and ``window``)."""
+
+    of: str | None = Field(None, description="the column (or expression) it reads; a condition for share")
+    lag: str | None = Field(None, description="lag: the value this long before the row (24h, 7d)")
+    agg: Literal["count", "sum", "mean", "min", "max", "share"] | None = Field(
+        None, description="a rolling aggregate over `window` (share: the share of rows where `of` holds)")
+    window: str | None = Field(None, description="the rolling window ending at the row (1h, 7d)")
+    available_after: str | None = Field(None, description="the data's delay: rows newer than this are not seen")
+    entity: list[str] | None = Field(None, description="the entity's columns (default: the section's entity)")
+    fill: float | None = Field(None, description="the value when the history is missing (default: null)")
+
+
+class FeaturesSection(_Section):
+    """``features:``: history features computed from the store, point-in-time correct (mlcycle.history)."""
+
+    entity: list[str] = Field(default_factory=list, description="the entity's columns; []: one global series")
+    every: str = Field("1d", description="the grid the features are computed on (a divisor of a day)")
+    available_after: str = Field("0h", description="default delay of every feature")
+    max_age: str = Field("2d", description="monitoring warns when the online store is older than this")
+    history: dict[str, HistoryFeatureSection] = Field(default_factory=dict, description="name -> feature")
+
+
 class DeploySection(_Section):
     production_port: int = 8700
     slot_ports: list[int] = Field(default_factory=lambda: [8701, 8702])
@@ -212,6 +235,7 @@ class PipelineSpecSchema(_Section):
     monitoring: MonitoringSection | None = None
     deploy: DeploySection | None = None
     scoring: ScoringSection | None = None
+    features: FeaturesSection | None = None
 
 
 def json_schema() -> dict[str, Any]:
@@ -431,6 +455,43 @@ def clipped_window(
     clipped to the data's bounds. The steps and the DAG side's extract both use it."""
     stop = min(end, data_end + dt.timedelta(days=1)) if data_end is not None else end
     return max(end - dt.timedelta(days=days), data_start), stop
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d)\s*$")
+_DURATION_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, where: str, problems: list[str]) -> dt.timedelta | None:
+    """``30min``, ``1h``, ``7d`` (or a whole number of seconds); else a problem naming ``where``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return dt.timedelta(seconds=value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        problems.append(f"{where}: a duration such as 30min, 1h or 7d (got {value!r})")
+        return None
+    return dt.timedelta(seconds=int(match.group(1)) * _DURATION_UNIT[match.group(2)])
+
+
+def history_lookback_days(raw: dict[str, Any]) -> int:
+    """Whole days before the training window that the ``features:`` section's longest window or lag
+    reads (0 without one; a malformed value counts as none: the full check is the step package's)."""
+    section = raw.get("features") if isinstance(raw.get("features"), dict) else {}
+    history = section.get("history") if isinstance(section.get("history"), dict) else {}
+    longest = dt.timedelta(0)
+    for body in history.values():
+        if isinstance(body, dict):
+            span = parse_duration(body.get("lag") or body.get("window"), "", [])
+            longest = max(longest, span or dt.timedelta(0))
+    return -(-longest // dt.timedelta(days=1))
+
+
+def data_window(
+    end: dt.date, days: int, data_start: dt.date, data_end: dt.date | None, lookback_days: int
+) -> tuple[dt.date, dt.date]:
+    """The days ingest and validate bring into the store for a run ending ``end``: its training window
+    (:func:`clipped_window`) and the ``lookback_days`` before it that history features read."""
+    start, stop = clipped_window(end, days, data_start, data_end)
+    return max(start - dt.timedelta(days=lookback_days), data_start), stop
 
 
 def parse_schedule(

@@ -38,7 +38,7 @@ from tests.conftest import ROOT
 from tests.unit.test_spec_rules import MINI, PATH
 
 #: A name each ``<name>`` of a key path takes in MINI (a column, a search parameter).
-NAMES = {"columns": "x", "space": "alpha"}
+NAMES = {"columns": "x", "space": "alpha", "history": "x_lag"}
 SCHEMA_FILE = ROOT / "docs" / "pipeline-spec.schema.json"
 
 
