@@ -26,7 +26,14 @@ from typing import Any
 
 from airflow.sdk import task
 
-from pipeline_support.specs import PROJECT_ROOT, SpecProblem, read_spec, resolve_spec, training_window
+from pipeline_support.specs import (
+    PROJECT_ROOT,
+    SpecProblem,
+    read_spec,
+    resolve_spec,
+    spec_schema,
+    training_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +104,8 @@ def extract_to_landing(pipeline: str, start: str | dt.date, end: str | dt.date,
 
     start_day, end_day = _as_date(start, "start"), _as_date(end, "end")
     try:
-        first, stop = training_window(spec.get("window") or {}, end_day, int(window_days) if window_days else None)
+        first, stop = training_window(spec.get("window") or {}, end_day, int(window_days) if window_days else None,
+                                      spec_schema.history_lookback_days(spec))
     except SpecProblem as exc:
         raise ExtractError(f"pipeline spec {spec_path}: {exc}") from exc
     days = [first + dt.timedelta(days=i) for i in range(max((stop - first).days, 0))]

@@ -217,10 +217,12 @@ def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path
     return entries, broken
 
 
-def training_window(window: dict[str, Any], end: dt.date, window_days: int | None) -> tuple[dt.date, dt.date]:
-    """The steps' window (``spec_schema.clipped_window``): [start, end) clipped to the data."""
+def training_window(window: dict[str, Any], end: dt.date, window_days: int | None,
+                    lookback_days: int = 0) -> tuple[dt.date, dt.date]:
+    """The steps' window (``spec_schema.clipped_window``): [start, end) clipped to the data; with
+    ``lookback_days``, the days ingest reads (``spec_schema.data_window``: history features' too)."""
     problems: list[str] = []
     data_start, data_end, days = spec_schema.window_bounds({"window": window}, problems)
     if problems or data_start is None:
         raise SpecProblem("; ".join(problems) or "window.data_start: required")
-    return spec_schema.clipped_window(end, window_days or days, data_start, data_end)
+    return spec_schema.data_window(end, window_days or days, data_start, data_end, lookback_days)

@@ -14,6 +14,7 @@ partition is an error, not a silently different reference.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import pandas as pd
 
 from mlcycle.errors import NothingToDo, StepError
 from mlcycle.settings import Settings
-from mlcycle.spec import PipelineSpec
+from mlcycle.spec import EVENT_TIME, PipelineSpec
+from mlcycle.steps.features import add_history
 from mlcycle.store import LineageError, Store, days, read_parquet
 
 log = logging.getLogger(__name__)
@@ -126,9 +128,9 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
             )
         return _checked(
             spec,
-            CurrentData(
+            _with_history(spec, store, CurrentData(
                 frame=frame, source="scoring", labelled=labelled, days=tuple(d.isoformat() for d in wanted)
-            ),
+            )),
             start,
             end,
         )
@@ -150,10 +152,25 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
         )
     return _checked(
         spec,
-        CurrentData(frame=frame, source=source, labelled=labelled, days=tuple(d.isoformat() for d in wanted)),
+        _with_history(spec, store, CurrentData(frame=frame, source=source, labelled=labelled,
+                                               days=tuple(d.isoformat() for d in wanted))),
         start,
         end,
     )
+
+
+def _with_history(spec: PipelineSpec, store: Store, current: CurrentData) -> CurrentData:
+    """The spec's history features on the current rows, computed from the store where the rows do not
+    carry them (the validated batch, the scored rows; the serving log carries what the server used)."""
+    if not spec.history:
+        return current
+
+    def added(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        if frame is None or EVENT_TIME not in frame.columns:
+            return frame
+        return add_history(spec, store, frame)
+
+    return dataclasses.replace(current, frame=added(current.frame), labelled=added(current.labelled))
 
 
 def _checked(spec: PipelineSpec, current: CurrentData, start: dt.date, end: dt.date) -> CurrentData:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mlcycle.spec import PipelineSpec
 from mlcycle.spec_schema import clipped_window
+from mlcycle.spec_schema import data_window as spec_data_window
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ def training_window(
 ) -> tuple[dt.date, dt.date]:
     """The days a run trains on: ``window_days`` before the interval end, clipped to the data's bounds."""
     return clipped_window(interval.end, window_days or spec.window_days, spec.data_start, spec.data_end)
+
+
+def data_window(spec: PipelineSpec, interval: Interval, window_days: int | None) -> tuple[dt.date, dt.date]:
+    """The days ingest and validate bring into the store: the training window and, before it, the days
+    its history features read (``features:``), clipped to the data's bounds."""
+    return spec_data_window(interval.end, window_days or spec.window_days, spec.data_start, spec.data_end,
+                            spec.history.lookback_days)
 
 
 class Result:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mlcycle import history
 from mlcycle.derive import CALENDAR_NAMES
 from mlcycle.errors import DataQualityError, NotEnoughData, StepError
 from mlcycle.settings import Settings
@@ -77,7 +78,7 @@ def collapsed_features(spec: PipelineSpec, frame: pd.DataFrame, what: str) -> li
     Judged by kind (``column_kind``): measured columns are; calendar parts and constants by declaration
     are not, unless the column sets ``constant_guard: true`` (``false`` exempts a measured one)."""
     problems = []
-    for column in spec.feature_columns:
+    for column in spec.row_feature_columns:
         values = frame[column.name]
         kind, why = column_kind(spec, column)
         found = []
@@ -101,11 +102,10 @@ def collapsed_features(spec: PipelineSpec, frame: pd.DataFrame, what: str) -> li
     return problems
 
 
-def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
-                   window_days: int | None = None) -> FeaturesResult:
-    start, end = training_window(spec, interval, window_days)
-    store = Store(settings.store, spec.name)
-    store.remove_stale_temporaries()
+def read_validated(store: Store, start: dt.date, end: dt.date,
+                   ) -> tuple[list[pd.DataFrame], list[ValidatedVersion], list[str]]:
+    """The validated partitions of ``[start, end)``, each checked against the hash its pointer names:
+    the frames, their versions, and the days without one."""
     frames: list[pd.DataFrame] = []
     versions: list[ValidatedVersion] = []
     missing: list[str] = []
@@ -121,13 +121,71 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
                             f"re-run ingest and validate for {day}")
         frames.append(pd.read_parquet(io.BytesIO(data)))
         versions.append(version)
+    return frames, versions, missing
+
+
+def with_history(spec: PipelineSpec, store: Store, rows: pd.DataFrame, start: dt.date,
+                 versions: list[ValidatedVersion]) -> tuple[pd.DataFrame, list[ValidatedVersion]]:
+    """``rows`` (the days from ``start`` on, whose ``versions`` are given) with the spec's history
+    features, computed from those days and the validated days before ``start`` that the longest
+    feature reads (from the store: a restated day counts as it stands now). Returns the rows and the
+    versions of the days read before ``start`` (they are part of what the features were made of)."""
+    lookback = start - dt.timedelta(days=spec.history.lookback_days)
+    earlier, earlier_versions, _ = read_validated(store, max(lookback, spec.data_start), start)
+    wanted = sorted({*spec.history.reads, EVENT_TIME})
+    frame = pd.concat([f[wanted] for f in earlier] + [rows[wanted]], ignore_index=True)
+    known = [v.day for v in (*earlier_versions, *versions)]
+    log.info("history features %s: %d rows of %d day(s) before %s read for their lookback",
+             ", ".join(spec.history.names), sum(len(f) for f in earlier), len(earlier), start)
+    return history.for_rows(rows, frame, spec.history, known, spec.timezone), earlier_versions
+
+
+def history_inputs(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date,
+                   ) -> tuple[pd.DataFrame, list[dt.date]]:
+    """What the history features of rows in ``[start, end)`` read: the columns they need of the
+    validated days from the longest feature's lookback before ``start`` to ``end``, and those days."""
+    first = max(start - dt.timedelta(days=spec.history.lookback_days), spec.data_start)
+    frames, versions, _ = read_validated(store, first, end)
+    wanted = sorted({*spec.history.reads, EVENT_TIME})
+    frame = pd.concat([f[wanted] for f in frames], ignore_index=True) if frames else pd.DataFrame(columns=wanted)
+    return frame, [v.day for v in versions]
+
+
+def day_history(spec: PipelineSpec, store: Store, day: dt.date) -> history.Snapshots:
+    """The history snapshots the rows of ``day`` get, from the store (batch scoring, monitoring)."""
+    frame, known = history_inputs(spec, store, day, day + dt.timedelta(days=1))
+    return history.Snapshots.of_day(frame, spec.history, day, known, spec.timezone)
+
+
+def add_history(spec: PipelineSpec, store: Store, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (``event_time`` and the entity columns) with the spec's history features, computed from
+    the store for the days they span; rows that carry them already are returned as they are."""
+    if not spec.history or all(name in rows.columns for name in spec.history.names):
+        return rows
+    if rows.empty:
+        return history.for_rows(rows, rows, spec.history, [], spec.timezone)
+    local = rows[EVENT_TIME].dt.tz_convert(spec.timezone)
+    first, last = local.min().date(), local.max().date()
+    frame, known = history_inputs(spec, store, first, last + dt.timedelta(days=1))
+    return history.for_rows(rows, frame, spec.history, known, spec.timezone)
+
+
+def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
+                   window_days: int | None = None) -> FeaturesResult:
+    start, end = training_window(spec, interval, window_days)
+    store = Store(settings.store, spec.name)
+    store.remove_stale_temporaries()
+    window, versions, missing = read_validated(store, start, end)
     if missing:
         log.warning("%d day(s) of the window have no validated partition: %s", len(missing), ", ".join(missing))
     # Every column of the spec, not only today's features: a champion trained on another feature set
     # is scored on the columns of its own signature (evaluate), as long as the data still has them.
     columns = [*(c for c in spec.column_names if c != spec.target), spec.target, EVENT_TIME]
-    table = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    table = pd.concat(window, ignore_index=True)[columns] if window else pd.DataFrame(columns=columns)
     table = table.sort_values(EVENT_TIME, kind="stable").reset_index(drop=True)
+    if spec.history:
+        table, history_versions = with_history(spec, store, table, start, versions)
+        versions = history_versions + versions
     if len(table) < spec.min_training_rows:
         raise NotEnoughData(
             f"the window {start} to {end} holds {len(table)} validated rows; {spec.name} needs at least "
@@ -158,7 +216,8 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
         write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
                     "split_at": cutoff.isoformat(), "train_rows": len(train), "eval_rows": len(evaluation),
                     "features": spec.feature_names, "target": spec.target, "fingerprint": fingerprint,
-                    "partitions": [v.to_dict(store.base) for v in versions], "missing_days": missing},
+                    "partitions": [v.to_dict(store.base) for v in versions], "missing_days": missing,
+                    "history": {f.name: f.describe() for f in spec.history.features}},
                    building / "manifest.json")
     folder = store.features_dir(end)
     log.info("feature table: %d training rows before %s, %d evaluation rows; fingerprint %s",

@@ -25,7 +25,7 @@ from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
 from mlcycle.sources import reader_for
 from mlcycle.spec import EVENT_TIME, PipelineSpec
-from mlcycle.steps._common import Interval, Result, training_window
+from mlcycle.steps._common import Interval, Result, data_window
 from mlcycle.store import Store, atomic_path, days, write_json, write_parquet, write_text
 from mlcycle.storepath import is_remote
 from mlcycle.timestamps import local_days
@@ -127,7 +127,7 @@ def ingest(spec: PipelineSpec, settings: Settings, interval: Interval, window_da
                           f"nothing to ingest for {interval.start}")
     if interval.end <= spec.data_start:
         raise NothingToDo(f"the interval ends before the data starts ({spec.data_start})")
-    start, end = training_window(spec, interval, window_days)
+    start, end = data_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
     store.remove_stale_temporaries()
     log.info("ingesting %s from %s source, window %s to %s", spec.name, spec.source.kind, start, end)

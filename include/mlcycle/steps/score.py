@@ -40,10 +40,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlcycle import history
 from mlcycle.errors import NothingToDo, RegistryError, StepError
 from mlcycle.settings import Settings
 from mlcycle.spec import EVENT_TIME, PipelineSpec, ScoringSpec
 from mlcycle.steps._common import Interval, Result
+from mlcycle.steps.features import day_history
 from mlcycle.store import Store, ValidatedVersion, atomic_path, days, file_sha256, fingerprint_of, write_json
 from mlcycle.storepath import parquet_source
 
@@ -266,8 +268,13 @@ def _constant(value: str, n: int) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
 
 
-def _features(model, batch: pa.RecordBatch) -> pd.DataFrame:
-    return batch.select([n for n in model.names if n in batch.schema.names]).to_pandas()
+def _features(model, batch: pa.RecordBatch, snapshots: history.Snapshots | None = None) -> pd.DataFrame:
+    """The batch's model inputs; with ``snapshots``, its history features looked up by entity and time."""
+    if snapshots is None:
+        return batch.select([n for n in model.names if n in batch.schema.names]).to_pandas()
+    keys = [*snapshots.spec.entity_columns, EVENT_TIME]
+    columns = list(dict.fromkeys([*(n for n in model.names if n in batch.schema.names), *keys]))
+    return snapshots.lookup(batch.select(columns).to_pandas())[model.names]
 
 
 def _batch_table(
@@ -377,7 +384,9 @@ def _score_day(
     target, load = folder / SCORES_FILE, folder / LOAD_FILE
     source = pq.ParquetFile(parquet_source(version.path))
     total, done, began = source.metadata.num_rows, 0, time.perf_counter()
-    wanted = {*model.names, *_key_columns(spec)}
+    wanted = {*model.names, *_key_columns(spec), *spec.history.entity_columns}
+    # History features are not in the validated file: looked up per batch from the day's snapshots.
+    snapshots = day_history(spec, store, day) if spec.history else None
     columns = [c for c in source.schema_arrow.names if c in wanted]  # only what is scored or kept
     batches = (
         source.iter_batches(batch_size=batch_rows, columns=columns)
@@ -392,7 +401,7 @@ def _score_day(
 
         def read() -> tuple[pa.RecordBatch, pd.DataFrame] | None:
             batch = next(batches, None)
-            return None if batch is None else (batch, _features(model, batch))
+            return None if batch is None else (batch, _features(model, batch, snapshots))
 
         def write(table: pa.Table) -> None:
             if out["writer"] is None:

@@ -40,7 +40,7 @@ from mlcycle.expectations import describe, load_suite
 from mlcycle.reports import validation_report
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
-from mlcycle.steps._common import Interval, Result, training_window
+from mlcycle.steps._common import Interval, Result, data_window
 from mlcycle.store import Store, ValidatedVersion, days, read_parquet, upload_tree, write_json, write_text
 from mlcycle.storepath import is_remote
 
@@ -366,7 +366,7 @@ def _reject_window(spec: PipelineSpec, store: Store, interval: Interval, attempt
 def validate(spec: PipelineSpec, settings: Settings, interval: Interval, window_days: int | None = None,
              attempt: str = "manual") -> ValidateResult:
     """Validate every raw partition of the window; publish the good ones, quarantine the bad."""
-    start, end = training_window(spec, interval, window_days)
+    start, end = data_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
     store.remove_stale_temporaries()
     suite = load_suite(spec)
