@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="", help="model version (empty: the alias of scoring.alias, now)")
     p.add_argument("--alias", default="", help="the alias --version was resolved from (recorded)")
     p.add_argument("--resolve", action="store_true", help="only name the version the alias points at")
+    step("materialize", "write the interval's history feature snapshots to the offline and online stores")
     step("monitor", "drift and performance of the interval against the production model's training data")
     p = step("replay", "send a day's real rows to a serving endpoint at a set rate", interval=False)
     p.add_argument("--date", type=_date, required=True, help="the day whose rows are replayed, YYYY-MM-DD")
@@ -263,6 +264,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "build_features": lambda: _step("features").build_features(spec, settings, interval, window),
         "train": lambda: _step("train").train(spec, settings, interval, window),
         "evaluate": lambda: _step("evaluate").evaluate(spec, settings, interval, args.run_id, args.model_uri, window),
+        "materialize": lambda: _step("materialize").materialize(spec, settings, interval),
         "monitor": lambda: _monitor(spec, settings, interval),
         "score": lambda: _step("score").resolve_version(spec, settings) if args.resolve
         else _step("score").score(spec, settings, interval, args.version or None, args.alias),

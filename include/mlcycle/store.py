@@ -56,7 +56,7 @@ PARTITION_FILE = "data.parquet"
 POINTER_FILE = "CURRENT.json"
 #: Suffix of every temporary name the store writes; nothing else in the store ends with it.
 #: Folders the steps write; the landing folder belongs to the DAG's extract task.
-_STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports", "scores")
+_STEP_FOLDERS = ("raw", "validated", "quarantine", "features", "lineage", "reports", "scores", "history")
 
 
 def days(start: dt.date, end: dt.date) -> list[dt.date]:

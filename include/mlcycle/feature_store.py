@@ -1,0 +1,225 @@
+"""The pipeline's Feast feature repository, generated from its spec's ``features:`` section.
+
+One Feast project per pipeline (named after it), one feature view per entity of the section (``by_zone``,
+``global``): its entities are the entity's columns (a global series gets the constant entity ``scope``
+= ``global``), its fields the history features of that entity, its source the snapshot tables that
+``materialize`` writes to the store (``history/<view>/date=<day>/data.parquet``, timestamp field
+``snapshot_time``). The repository is configured in Python (no ``feature_store.yaml``):
+
+- the registry and the SQLite online store live with the store, under ``<store>/<pipeline>/feast/``
+  (``MLCYCLE_ONLINE_STORE`` unset or ``sqlite``); ``MLCYCLE_ONLINE_STORE=redis://host:port/db`` puts
+  the online store in Redis (the compose stack's);
+- the offline store is DuckDB (point-in-time joins over the snapshot files).
+
+Feast is the store of record for serving: ``materialize`` loads each day's newest snapshot per entity
+into the online store with ``write_to_online_store`` (never an older one over a newer one), and the
+server reads the online store (``mlcycle.serving.online``). Training computes the same snapshots
+itself (``mlcycle.history``); a test checks them equal to Feast's historical retrieval.
+
+Only ``materialize`` (and the tests) import this module: ``import feast`` takes seconds and changes
+process-wide settings (the Prometheus multiprocess directory, a warnings filter), which the import
+here undoes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlcycle.errors import StepError
+from mlcycle.history import SNAPSHOT_TIME, HistorySpec
+
+log = logging.getLogger(__name__)
+
+#: The join key of a global series' constant entity.
+GLOBAL_KEY = "scope"
+GLOBAL_VALUE = "global"
+#: Environment variable choosing the online store: unset/``sqlite`` or ``redis://host:port/db``.
+ONLINE_ENV = "MLCYCLE_ONLINE_STORE"
+
+
+def _import_feast():
+    """``import feast`` without its process-wide side effects (see the module's docstring)."""
+    saved = {k: os.environ.get(k) for k in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir",
+                                            "PROMETHEUS_MULTIPROCESS_DIR")}
+    filters = list(warnings.filters)
+    import prometheus_client  # noqa: F401 - imported first: its registry is made before feast's changes
+
+    feast = importlib.import_module("feast")
+
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    warnings.filters[:] = filters
+    return feast
+
+
+@dataclass(frozen=True)
+class OnlineStore:
+    """Where the online store is: ``kind`` sqlite (``path``) or redis (``url``)."""
+
+    kind: str
+    path: str | None = None
+    url: str | None = None
+
+    @classmethod
+    def from_env(cls, folder: Path | None, env: dict[str, str] | None = None) -> OnlineStore:
+        value = (env if env is not None else os.environ).get(ONLINE_ENV, "").strip()
+        if value.startswith("redis://"):
+            return cls(kind="redis", url=value)
+        if value not in ("", "sqlite"):
+            raise StepError(f"{ONLINE_ENV}={value!r}: sqlite (the default, a file with the store) or "
+                            "redis://host:port/db")
+        if folder is None:
+            raise StepError(f"the store is in object storage, where an SQLite online store cannot live: set "
+                            f"{ONLINE_ENV}=redis://host:port/db (the compose stack's Redis)")
+        return cls(kind="sqlite", path=str(folder / "online.db"))
+
+    def feast_config(self) -> Any:
+        if self.kind == "redis":
+            from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
+            rest = self.url.removeprefix("redis://")
+            host, _, db = rest.partition("/")
+            return RedisOnlineStoreConfig(connection_string=f"{host},db={db or 0}")
+        from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+
+        return SqliteOnlineStoreConfig(path=self.path)
+
+
+def feature_view_names(history: HistorySpec) -> list[str]:
+    return [history.view_name(e) for e in history.entities]
+
+
+class FeatureRepo:
+    """The Feast repository of one pipeline: definitions, apply, online writes and reads."""
+
+    def __init__(self, spec, store_base, online: OnlineStore | None = None):
+        self.spec, self.history = spec, spec.history
+        self.folder = store_base / "feast" if isinstance(store_base, Path) else None
+        self.online = online or OnlineStore.from_env(self.folder)
+        self.store_base = store_base
+        self._feast = _import_feast()
+        self._store = None
+
+    @property
+    def project(self) -> str:
+        return self.spec.name
+
+    def _config(self):
+        from feast import RepoConfig
+        from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+
+        if self.folder is None:
+            raise StepError("the Feast registry of a store in object storage is not supported yet: use a local "
+                            "store folder for history features")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return RepoConfig(project=self.project, provider="local", registry=str(self.folder / "registry.db"),
+                          online_store=self.online.feast_config(), offline_store=DuckDBOfflineStoreConfig(),
+                          entity_key_serialization_version=3, repo_path=self.folder)
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = self._feast.FeatureStore(config=self._config())
+        return self._store
+
+    def entity_types(self, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, str]:
+        """Each entity column's Feast type: INT64 for whole numbers, STRING otherwise."""
+        types = {}
+        for column in self.history.entity_columns:
+            kind = self.spec.column(column).type
+            types[column] = "INT64" if kind == "integer" or self._integer_values(column) else "STRING"
+        return types
+
+    def _integer_values(self, column: str) -> bool:
+        values = self.spec.column(column).values
+        return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+    def definitions(self) -> list[Any]:
+        from feast import Entity, FeatureView, Field, FileSource, ValueType
+        from feast.data_format import ParquetFormat
+        from feast.types import Float64, Int64, String
+
+        types = self.entity_types()
+        objects: list[Any] = []
+        entities = {}
+        for column, kind in types.items():
+            entities[column] = Entity(name=column, join_keys=[column], value_type=getattr(ValueType, kind),
+                                      description=f"the {column} column of {self.project}")
+        if () in self.history.entities:
+            entities[GLOBAL_KEY] = Entity(name=GLOBAL_KEY, join_keys=[GLOBAL_KEY], value_type=ValueType.STRING,
+                                          description="one global series (the constant 'global')")
+        objects.extend(entities.values())
+        # The snapshot at or before a row is at most a grid step old (25 hours on a day grid at a clock
+        # change); two steps, in one unit (ibis reads a mixed days-and-seconds interval as an error).
+        ttl = 2 * self.history.every
+        for entity in self.history.entities:
+            view = self.history.view_name(entity)
+            keys = list(entity) or [GLOBAL_KEY]
+            schema = [Field(name=k, dtype=Int64 if types.get(k) == "INT64" else String) for k in keys]
+            schema += [Field(name=f.name, dtype=Float64) for f in self.history.of_entity(entity)]
+            source = FileSource(name=f"{view}_snapshots", path=str(Path(str(self.store_base)) / "history" / view),
+                                timestamp_field=SNAPSHOT_TIME, file_format=ParquetFormat())
+            objects.append(FeatureView(
+                name=view, entities=[entities[k] for k in keys], ttl=ttl, schema=schema, source=source,
+                online=True, description="; ".join(f"{f.name}: {f.describe()}" for f in self.history.of_entity(entity)),
+            ))
+        return objects
+
+    def apply(self) -> list[str]:
+        """Register the definitions (``feast apply``); returns the feature views' names."""
+        self.store.apply(self.definitions())
+        return feature_view_names(self.history)
+
+    def feast_frame(self, table: pd.DataFrame, entity: tuple[str, ...]) -> pd.DataFrame:
+        """A snapshot table as Feast takes it: typed entity columns (the constant one of a global series)."""
+        out = table.copy()
+        if not entity:
+            out.insert(0, GLOBAL_KEY, GLOBAL_VALUE)
+        for column, kind in self.entity_types().items():
+            if column in out.columns:
+                out[column] = out[column].astype("int64") if kind == "INT64" else out[column].astype(str)
+        out[SNAPSHOT_TIME] = pd.to_datetime(out[SNAPSHOT_TIME], utc=True).dt.as_unit("us")
+        return out
+
+    def write_online(self, entity: tuple[str, ...], table: pd.DataFrame) -> int:
+        """Each entity's newest snapshot of ``table`` into the online store; the rows written."""
+        if table.empty:
+            return 0
+        frame = self.feast_frame(table, entity)
+        keys = list(entity) or [GLOBAL_KEY]
+        latest = frame.sort_values(SNAPSHOT_TIME, kind="stable").drop_duplicates(keys, keep="last")
+        self.store.write_to_online_store(self.history.view_name(entity), latest)
+        return len(latest)
+
+    def online_features(self, entity: tuple[str, ...], rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """``get_online_features`` of the view of ``entity`` for entity rows (tests, diagnostics)."""
+        view = self.history.view_name(entity)
+        names = [f"{view}:{f.name}" for f in self.history.of_entity(entity)]
+        rows = rows if entity else [{GLOBAL_KEY: GLOBAL_VALUE} for _ in rows]
+        return self.store.get_online_features(features=names, entity_rows=rows).to_df()
+
+    def historical(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Feast's point-in-time join of every history feature onto ``rows`` (``event_time`` and the entity
+        columns), in the order of ``rows``."""
+        entity_df = rows[[*self.history.entity_columns, "event_time"]].copy().reset_index(drop=True)
+        for column, kind in self.entity_types().items():
+            entity_df[column] = entity_df[column].astype("int64") if kind == "INT64" else entity_df[column].astype(str)
+        if () in self.history.entities:
+            entity_df[GLOBAL_KEY] = GLOBAL_VALUE
+        entity_df["event_timestamp"] = pd.to_datetime(entity_df.pop("event_time"), utc=True).dt.floor("us")
+        entity_df["_row"] = range(len(entity_df))
+        refs = [f"{self.history.view_name(f.entity)}:{f.name}" for f in self.history.features]
+        out = self.store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        return out.sort_values("_row").reset_index(drop=True)[self.history.names]

@@ -1,0 +1,137 @@
+"""History features through the steps: ingest brings the lookback into the store, build_features adds
+the features to both slices, materialize writes the snapshot tables they equal, day by day and
+idempotently. The flight events of the tests, by zone, in New York time across a daylight-saving
+change.
+
+The partitions are published straight to the validated store (what validate does once the suite
+passes), as in test_features.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlcycle.errors import NothingToDo
+from mlcycle.spec import EVENT_TIME, load_spec
+from mlcycle.steps._common import Interval
+from mlcycle.steps.features import build_features
+from mlcycle.steps.ingest import ingest
+from mlcycle.steps.materialize import history_file, materialize
+from mlcycle.store import Store, days, file_sha256
+from tests.datasets import make_events_dataset, write_spec_variant
+from tests.unit.conftest import day_interval
+
+FIRST = dt.date(2023, 2, 27)
+LAST = dt.date(2023, 3, 19)  # 21 days of events: the window of a run for LAST is 14 days, the lookback 7
+FEATURES = {"entity": ["zone"], "history": {
+    "late_share_7d": {"of": "late == 1", "agg": "share", "window": "7d"},
+    "flights_7d": {"agg": "count", "window": "7d", "fill": 0},
+    "carrier_delay_max_2d": {"of": "distance", "agg": "max", "window": "2d", "entity": ["carrier"]},
+}}
+
+
+@pytest.fixture
+def spec(tmp_path):
+    base = make_events_dataset(tmp_path / "data", start=FIRST.isoformat(), days=21)
+    return load_spec(write_spec_variant(base, tmp_path / "data" / "flights_history.yaml",
+                                        name="flights_history", features=FEATURES))
+
+
+def _publish(spec, settings, last=LAST):
+    result = ingest(spec, settings, day_interval(last))
+    store = Store(settings.store, spec.name)
+    for day in days(dt.date.fromisoformat(result.window_start), dt.date.fromisoformat(result.window_end)):
+        store.publish(day)
+    return store, result
+
+
+def test_ingest_brings_the_lookback_and_the_features_equal_the_materialized_snapshots(spec, settings):
+    store, ingested = _publish(spec, settings)
+    assert ingested.window_start == FIRST.isoformat()  # 14 days of window + 7 of lookback
+    features = build_features(spec, settings, day_interval(LAST))
+    folder = store.features_dir(LAST + dt.timedelta(days=1))
+    table = pd.concat([pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")])
+    assert table[spec.history.names].notna().all().all()  # the lookback is in the store: no unknown window
+    assert features.train_rows + features.eval_rows == len(table)
+    window = days(LAST - dt.timedelta(days=13), LAST + dt.timedelta(days=1))
+    done = materialize(spec, settings, Interval(window[0] - dt.timedelta(days=1), window[-1]))
+    assert done.rows == {"by_zone": 100 * 14, "by_carrier": 4 * 14}
+    for view, entity in (("by_zone", ["zone"]), ("by_carrier", ["carrier"])):
+        snapshots = pd.concat(pd.read_parquet(history_file(store, view, d))
+                              for d in days(window[0] - dt.timedelta(days=1), window[-1]))
+        local = table[EVENT_TIME].dt.tz_convert(spec.timezone)
+        midnight = local.dt.floor("D", ambiguous=True, nonexistent="shift_forward").dt.tz_convert("UTC")
+        joined = table.assign(snapshot_time=midnight.dt.as_unit("ns")).merge(
+            snapshots, on=[*entity, "snapshot_time"], suffixes=("", "_offline"), validate="many_to_one")
+        assert len(joined) == len(table)
+        names = [f.name for f in spec.history.of_entity(tuple(entity))]
+        for name in names:
+            np.testing.assert_allclose(joined[name], joined[f"{name}_offline"], err_msg=name)
+
+
+def test_materializing_a_day_again_writes_the_same_bytes_and_a_missing_day_is_skipped(spec, settings):
+    store, _ = _publish(spec, settings)
+    day = dt.date(2023, 3, 12)  # clocks go forward in New York
+    materialize(spec, settings, day_interval(day))
+    first = file_sha256(history_file(store, "by_zone", day))
+    again = materialize(spec, settings, day_interval(day))
+    assert file_sha256(history_file(store, "by_zone", day)) == first and again.days == [day.isoformat()]
+    table = pd.read_parquet(history_file(store, "by_zone", day))
+    assert set(table.snapshot_time) == {pd.Timestamp("2023-03-13", tz="America/New_York").tz_convert("UTC")}
+    with pytest.raises(NothingToDo, match="no day of"):
+        materialize(spec, settings, day_interval(LAST + dt.timedelta(days=3)))
+
+
+def test_feast_point_in_time_join_and_online_store_equal_what_training_and_serving_get(spec, settings):
+    """The skew test: Feast's historical retrieval over the materialized snapshot files gives every
+    training row exactly its build_features values, and after the last day is materialized the online
+    store holds, per entity, the vector every row of the next day was trained with."""
+    from mlcycle.feature_store import FeatureRepo
+
+    store, _ = _publish(spec, settings)
+    build_features(spec, settings, day_interval(LAST))
+    folder = store.features_dir(LAST + dt.timedelta(days=1))
+    table = pd.concat([pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")],
+                      ignore_index=True)
+    first = LAST - dt.timedelta(days=14)  # the day before the window: its snapshot is the window's first
+    materialize(spec, settings, Interval(first, LAST))  # up to the eve of the last day
+    repo = FeatureRepo(spec, store.base)
+    sample = table.sample(400, random_state=1).reset_index(drop=True)
+    offline = repo.historical(sample)
+    for name in spec.history.names:
+        np.testing.assert_allclose(offline[name].to_numpy(dtype=float), sample[name].to_numpy(dtype=float),
+                                   err_msg=name)
+    last_day = table[table[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date == LAST]
+    for entity in spec.history.entities:
+        rows = last_day.drop_duplicates(list(entity)).head(20)
+        online = repo.online_features(entity, rows[list(entity)].to_dict("records"))
+        for f in spec.history.of_entity(entity):
+            np.testing.assert_allclose(online[f.name].to_numpy(dtype=float), rows[f.name].to_numpy(dtype=float),
+                                       err_msg=f.name)
+
+
+def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_path, spec, monkeypatch):
+    """Seven one-day runs, then a re-run of an older day: the offline files and the online store are
+    those of one run over the seven days (the online store is never moved back to an older day)."""
+    from mlcycle.feature_store import FeatureRepo
+    from tests.unit.conftest import apply_env
+
+    week = days(dt.date(2023, 3, 8), dt.date(2023, 3, 15))
+    states = []
+    for label, intervals in (("one run", [Interval(week[0], week[-1] + dt.timedelta(days=1))]),
+                             ("day by day", [day_interval(d) for d in (*week, week[2])])):
+        settings = apply_env(monkeypatch, tmp_path / label)
+        store, _ = _publish(spec, settings)
+        for interval in intervals:
+            materialize(spec, settings, interval)
+        repo = FeatureRepo(spec, store.base)
+        online = {("zone",): repo.online_features(("zone",), [{"zone": "z001"}, {"zone": "z050"}]),
+                  ("carrier",): repo.online_features(("carrier",), [{"carrier": "AA"}, {"carrier": "WN"}])}
+        states.append(({d: file_sha256(history_file(store, "by_zone", d)) for d in week}, online))
+    assert states[0][0] == states[1][0]
+    for entity in spec.history.entities:
+        pd.testing.assert_frame_equal(states[0][1][entity], states[1][1][entity])
