@@ -23,7 +23,6 @@ here undoes.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import logging
 import os
@@ -97,6 +96,34 @@ class OnlineStore:
         return SqliteOnlineStoreConfig(path=self.path)
 
 
+def entity_types(spec) -> dict[str, str]:
+    """Each entity column's Feast value type: INT64 for an integer column or a categorical of whole
+    numbers (``hr``, ``workingday``), STRING otherwise. The server builds its keys with the same types."""
+    types = {}
+    for column in spec.history.entity_columns:
+        declared = spec.column(column)
+        values = declared.values or ()
+        whole = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        types[column] = "INT64" if declared.type == "integer" or whole else "STRING"
+    return types
+
+
+def serving_history(spec) -> dict[str, Any]:
+    """What the server needs to look the history features up (``mlcycle.serving.online``): the Feast
+    project, and per feature view its entity columns, their types and the features with their fill."""
+    types = entity_types(spec)
+    return {
+        "project": spec.name,
+        "every_seconds": int(spec.history.every.total_seconds()),
+        "max_age_seconds": int(spec.history.max_age.total_seconds()),
+        "views": [{"name": spec.history.view_name(e), "entity": list(e),
+                   "types": {c: types[c] for c in e} if e else {GLOBAL_KEY: "STRING"},
+                   "features": [{"name": f.name, "fill": f.fill, "definition": f.describe()}
+                                for f in spec.history.of_entity(e)]}
+                  for e in spec.history.entities],
+    }
+
+
 def feature_view_names(history: HistorySpec) -> list[str]:
     return [history.view_name(e) for e in history.entities]
 
@@ -134,17 +161,8 @@ class FeatureRepo:
             self._store = self._feast.FeatureStore(config=self._config())
         return self._store
 
-    def entity_types(self, tables: dict[str, pd.DataFrame] | None = None) -> dict[str, str]:
-        """Each entity column's Feast type: INT64 for whole numbers, STRING otherwise."""
-        types = {}
-        for column in self.history.entity_columns:
-            kind = self.spec.column(column).type
-            types[column] = "INT64" if kind == "integer" or self._integer_values(column) else "STRING"
-        return types
-
-    def _integer_values(self, column: str) -> bool:
-        values = self.spec.column(column).values
-        return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    def entity_types(self) -> dict[str, str]:
+        return entity_types(self.spec)
 
     def definitions(self) -> list[Any]:
         from feast import Entity, FeatureView, Field, FileSource, ValueType

@@ -310,6 +310,10 @@ class PipelineSpec:
         return [c for c in self.columns if c.role == "feature"]
 
     @property
+    def row_feature_names(self) -> list[str]:
+        return [c.name for c in self.row_feature_columns]
+
+    @property
     def history_columns(self) -> list[Column]:
         """The history features (``features:``), numbers computed from the entity's past rows."""
         return [Column(name=name, type="numeric") for name in self.history.names]

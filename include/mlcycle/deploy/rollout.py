@@ -101,7 +101,8 @@ def stage(spec: PipelineSpec, settings: Settings, version: str, image: str) -> S
             ready = wait_ready(
                 container, f"http://127.0.0.1:{deploy.staging_port}", version, deploy.ready_timeout_seconds
             )
-            smoke = smoke_test(spec, model_uri, deploy.staging_port, eval_path, settings.tracking_uri)
+            smoke = smoke_test(spec, model_uri, deploy.staging_port, eval_path, settings.tracking_uri,
+                               str(settings.store))
         except DeployError as exc:
             remove(container)
             state = states.read()
@@ -258,7 +259,7 @@ def watch(spec: PipelineSpec, settings: Settings, version: str) -> WatchResult:
                 f"{slot.version if slot else 'nothing'}): nothing to watch"
             )
         url = f"http://127.0.0.1:{slot.port}"
-        _, rows = eval_rows(latest_eval_slice(settings.store, spec.name), spec.feature_names, 100)
+        _, rows = eval_rows(latest_eval_slice(settings.store, spec.name), spec.row_feature_names, 100)
         before = read_metrics(url)
         began = time.monotonic()
         figures = window_figures(before, before)

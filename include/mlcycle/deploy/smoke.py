@@ -94,16 +94,33 @@ def bad_inputs(row: dict[str, Any], spec: PipelineSpec) -> dict[str, tuple[bytes
     }
 
 
+def with_online_history(spec: PipelineSpec, rows: list[dict[str, Any]], store: str | None):
+    """The rows with the history features the server fetches, read from the same online store: the
+    reference pyfunc predicts from exactly what the server gets (the smoke test checks the model and
+    the server, not the day's values)."""
+    import pandas as pd
+
+    from mlcycle.feature_store import serving_history
+    from mlcycle.serving.online import OnlineFeatures, locate
+
+    history = serving_history(spec)
+    full = OnlineFeatures(history, locate(history, store)).add(rows)
+    return pd.DataFrame(full)[spec.feature_names]
+
+
 def smoke_test(
-    spec: PipelineSpec, model_uri: str, port: int, eval_path: StorePath, tracking_uri: str | None = None
+    spec: PipelineSpec, model_uri: str, port: int, eval_path: StorePath, tracking_uri: str | None = None,
+    store: str | None = None,
 ) -> SmokeResult:
     """Run the three checks against the server on 127.0.0.1:``port``; ``SmokeFailed`` names the first failure."""
     import mlflow
 
     deploy = spec.deploy
-    frame, rows = eval_rows(eval_path, spec.feature_names, deploy.smoke_rows)
+    frame, rows = eval_rows(eval_path, spec.row_feature_names, deploy.smoke_rows)  # history: the server fetches it
     if not rows:
         raise SmokeFailed(f"the evaluation slice {eval_path} is empty")
+    if spec.history:
+        frame = with_online_history(spec, rows, store)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)

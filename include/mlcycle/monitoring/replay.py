@@ -87,7 +87,7 @@ def replay(
 ) -> ReplayResult:
     if rate <= 0 or batch < 1:
         raise StepError(f"--rate must be above 0 rows/s and --batch at least 1 (got {rate}, {batch})")
-    frame = _day_rows(spec, Store(settings.store, spec.name), day)[spec.feature_names]
+    frame = _day_rows(spec, Store(settings.store, spec.name), day)[spec.row_feature_names]
     rows = _records(frame.head(limit) if limit else frame)
     endpoint = url.rstrip("/") + "/predict"
     log.info(

@@ -31,6 +31,7 @@ from fastapi.responses import Response
 from mlcycle import __version__
 from mlcycle.serving import metrics as m
 from mlcycle.serving.model import ServedModel, read_schema
+from mlcycle.serving.online import OnlineFeatures, locate
 from mlcycle.serving.parsing import JSON, parse_invocations, parse_predict, read_body
 from mlcycle.serving.predlog import LoggedRequest, PredictionLog
 from mlcycle.serving.schema import response_models
@@ -85,6 +86,10 @@ class Server:
         self.settings = settings
         self.schema = read_schema(settings.model_dir)
         self.rows = RowValidator(self.schema)
+        # History features come from the online store, by each row's entity (mlcycle.serving.online).
+        store = None if settings.store is None else str(settings.store)
+        self.online = (OnlineFeatures(self.schema.history, locate(self.schema.history, store))
+                       if self.schema.history else None)
         self.model: ServedModel | None = None
         self.predlog: PredictionLog | None = None
         self.ready = False
@@ -126,6 +131,8 @@ class Server:
         day: dt.date | None = None,
     ):
         model = self.model
+        if self.online is not None:  # the fetched values are the model's inputs, and logged with the rows
+            rows = self.online.add(rows)
         result = model.predict(rows)
         latency = time.perf_counter() - started
         m.observe_predictions(model, result.predictions)
@@ -411,6 +418,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 "derive": [{"column": name, "expression": rule} for name, rule in schema.derive],
                 "filters": list(schema.filters),
                 "timestamp": schema.timestamp,
+                "history": None if server.online is None else {
+                    **schema.history, "online_store": server.online.path, "freshness": server.online.freshness()},
                 "load_seconds": round(model.load_seconds, 3),
                 "prediction_log": str(server.predlog.folder) if server.predlog else None,
                 "tags": info.tags,

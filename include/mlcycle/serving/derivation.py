@@ -262,11 +262,12 @@ class RowDerivation:
     def __init__(self, schema: ServingSchema):
         self.schema = schema
         self.clock = Clock(schema.timestamp or {"kind": "column", "column": None})
-        names = [f.name for f in schema.features] + [i.name for i in schema.inputs]
+        features = schema.request_features  # history features are fetched after the rules ran
+        names = [f.name for f in features] + [i.name for i in schema.inputs]
         rules = [(name, Expression.parse(source, f"derive.{name}")) for name, source in schema.derive]
         self.source = source_columns([(n, e.names) for n, e in rules], names, list(self.clock.columns))
-        self.source &= {i.name for i in schema.inputs} | set(schema.feature_names) | set(self.clock.columns)
-        self.dtypes = {f.name: f.dtype for f in schema.features} | {i.name: i.dtype for i in schema.inputs}
+        self.source &= {i.name for i in schema.inputs} | {f.name for f in features} | set(self.clock.columns)
+        self.dtypes = {f.name: f.dtype for f in features} | {i.name: i.dtype for i in schema.inputs}
         self.steps, before = [], set()
         for name, expression in rules:
             self.steps.append(_Step(name, expression, self._reads(expression, self.source | before)))
@@ -277,10 +278,10 @@ class RowDerivation:
             self.filters.append(
                 _Step(f"filter[{i}]", expression, self._reads(expression, self.source | before))
             )
-        self.features = set(schema.feature_names)
+        self.features = {f.name for f in features}
         self.derived = set(schema.derived_features)
         self.relevant = tuple(sorted(self.source | set(self.derived)))
-        derived_features = [f for f in schema.features if f.name in {s.name for s in self.steps}]
+        derived_features = [f for f in features if f.name in {s.name for s in self.steps}]
         fields = {f.name: NotRequired[_feature_field(f, schema)[0]] for f in derived_features}
         typed = with_config(ConfigDict(extra="ignore"))(TypedDict("ComputedFeatures", fields))  # type: ignore[operator]
         self.check = TypeAdapter(list[typed])

@@ -117,7 +117,7 @@ def parse_invocations(rows_of: RowValidator, body: bytes) -> list[dict[str, Any]
             raise BadRequest(
                 400, "dataframe_split needs `columns` and `data` (a list of rows)", reason="wrong_type"
             )
-        columns = data.get("columns") or rows_of.schema.feature_names
+        columns = data.get("columns") or [f.name for f in rows_of.schema.request_features]
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
             raise BadRequest(400, "dataframe_split.columns must be a list of names", reason="wrong_type")
         twice = sorted({c for c in columns if columns.count(c) > 1})

@@ -80,10 +80,26 @@ class ServingSchema:
     filters: tuple[str, ...] = ()
     #: The spec's ``timestamp`` section (kind, column, format, year, day_column, hour_column, timezone).
     timestamp: dict[str, Any] | None = None
+    #: History features the server reads from the online store (``mlcycle.serving.online``): the Feast
+    #: project and its feature views (entity columns and types, features and fills); None: none.
+    history: dict[str, Any] | None = None
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def history_names(self) -> list[str]:
+        if not self.history:
+            return []
+        return [f["name"] for view in self.history["views"] for f in view["features"]]
+
+    @property
+    def request_features(self) -> tuple[FeatureSchema, ...]:
+        """The features a request row carries (or the server derives from it): all but the history
+        features, which the server fetches."""
+        fetched = set(self.history_names)
+        return tuple(f for f in self.features if f.name not in fetched)
 
     @property
     def derived_features(self) -> list[str]:
@@ -101,6 +117,7 @@ class ServingSchema:
         out["derive"] = [list(pair) for pair in self.derive]
         out["filters"] = list(self.filters)
         out["timestamp"] = dict(self.timestamp) if self.timestamp is not None else None
+        out["history"] = self.history
         return out
 
     @classmethod
@@ -127,6 +144,7 @@ class ServingSchema:
             derive=tuple((str(name), str(source)) for name, source in raw.get("derive") or ()),
             filters=tuple(str(f) for f in raw.get("filters") or ()),
             timestamp=dict(raw["timestamp"]) if raw.get("timestamp") else None,
+            history=dict(raw["history"]) if raw.get("history") else None,
         )
 
 
@@ -145,6 +163,8 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
     ``spec`` is a ``mlcycle.spec.PipelineSpec`` (typed loosely so the server never needs the spec module).
     """
     serving = getattr(spec, "serving", None)
+    history = getattr(spec, "history", None)
+    fetched = set(history.names) if history else set()
     features = []
     for col in spec.feature_columns:
         dtype = _dtype_of(dtypes.get(col.name, "string"))
@@ -165,10 +185,12 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
                 # A null category has no encoding the fast path shares with the
                 # Pipeline: only numbers may be null (NaN, which both handle).
                 values=values,
-                nullable=col.max_null_share > 0 and col.type not in ("categorical", "string"),
+                nullable=(col.max_null_share > 0 or col.name in fetched) and col.type not in ("categorical", "string"),
             )
         )
     inputs, derive, filters, timestamp = _source_side(spec)
+    if fetched:
+        from mlcycle.feature_store import serving_history  # training side only: the server reads the result
     return ServingSchema(
         pipeline=spec.name,
         task=spec.task,
@@ -182,6 +204,7 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
         derive=derive,
         filters=filters,
         timestamp=timestamp,
+        history=serving_history(spec) if fetched else None,
     )
 
 
@@ -403,7 +426,7 @@ def request_fields(schema: ServingSchema) -> list[tuple[str, Any, bool]]:
     derived = set(schema.derived_features)
     inputs = {i.name: i for i in schema.inputs}
     fields = []
-    for f in schema.features:
+    for f in schema.request_features:
         if f.name in inputs:  # a source column the spec replaces: the request holds the source's value
             continue
         note = (

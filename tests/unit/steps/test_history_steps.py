@@ -31,6 +31,8 @@ FEATURES = {"entity": ["zone"], "history": {
     "late_share_7d": {"of": "late == 1", "agg": "share", "window": "7d"},
     "flights_7d": {"agg": "count", "window": "7d", "fill": 0},
     "carrier_delay_max_2d": {"of": "distance", "agg": "max", "window": "2d", "entity": ["carrier"]},
+    # two entity columns, one a whole number: Feast's key sorts them and types each
+    "distance_mean_2d_by_hour": {"of": "distance", "agg": "mean", "window": "2d", "entity": ["hour", "carrier"]},
 }}
 
 
@@ -55,12 +57,13 @@ def test_ingest_brings_the_lookback_and_the_features_equal_the_materialized_snap
     features = build_features(spec, settings, day_interval(LAST))
     folder = store.features_dir(LAST + dt.timedelta(days=1))
     table = pd.concat([pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")])
-    assert table[spec.history.names].notna().all().all()  # the lookback is in the store: no unknown window
+    # the lookback is in the store: no unknown window (an hour and carrier without flights has no mean)
+    assert table[["late_share_7d", "flights_7d", "carrier_delay_max_2d"]].notna().all().all()
     assert features.train_rows + features.eval_rows == len(table)
     window = days(LAST - dt.timedelta(days=13), LAST + dt.timedelta(days=1))
     done = materialize(spec, settings, Interval(window[0] - dt.timedelta(days=1), window[-1]))
-    assert done.rows == {"by_zone": 100 * 14, "by_carrier": 4 * 14}
-    for view, entity in (("by_zone", ["zone"]), ("by_carrier", ["carrier"])):
+    assert done.rows == {"by_zone": 100 * 14, "by_carrier": 4 * 14, "by_hour_carrier": 24 * 4 * 14}
+    for view, entity in (("by_zone", ["zone"]), ("by_carrier", ["carrier"]), ("by_hour_carrier", ["hour", "carrier"])):
         snapshots = pd.concat(pd.read_parquet(history_file(store, view, d))
                               for d in days(window[0] - dt.timedelta(days=1), window[-1]))
         local = table[EVENT_TIME].dt.tz_convert(spec.timezone)
@@ -133,5 +136,38 @@ def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_pa
                   ("carrier",): repo.online_features(("carrier",), [{"carrier": "AA"}, {"carrier": "WN"}])}
         states.append(({d: file_sha256(history_file(store, "by_zone", d)) for d in week}, online))
     assert states[0][0] == states[1][0]
-    for entity in spec.history.entities:
+    for entity in states[0][1]:
         pd.testing.assert_frame_equal(states[0][1][entity], states[1][1][entity])
+
+
+def test_the_server_builds_from_the_online_store_the_vector_training_used(spec, settings, tmp_path):
+    """The skew test at the server: rows of the day after the last materialized one, sent without
+    history features, are answered exactly as the Pipeline answers their training vectors (history
+    values from build_features); the prediction log and /metadata show what was fetched; a client
+    cannot send a history feature."""
+    from mlcycle.modeling import build_pipeline
+    from tests.unit.serving.conftest import app_client, save_model_folder
+
+    store, _ = _publish(spec, settings)
+    build_features(spec, settings, day_interval(LAST))
+    folder = store.features_dir(LAST + dt.timedelta(days=1))
+    train, evaluation = pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")
+    model = build_pipeline(spec).set_params(model__max_iter=30)
+    model.fit(train[spec.feature_names], train[spec.target])
+    saved = save_model_folder(spec, model, train[spec.feature_names], evaluation[spec.feature_names],
+                              tmp_path / "model")
+    materialize(spec, settings, Interval(LAST - dt.timedelta(days=3), LAST))  # through the eve of LAST
+    rows = evaluation[evaluation[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date == LAST].head(40)
+    sent = [{c.name: (v.item() if hasattr(v, "item") else v) for c, v in zip(spec.row_feature_columns, r)}
+            for r in rows[spec.row_feature_names].itertuples(index=False)]
+    expected = model.predict_proba(rows[spec.feature_names])
+    with app_client(saved, store.root, max_body_bytes=1 << 20) as client:
+        answer = client.post("/predict", json=sent)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose([p["1"] for p in answer.json()["probabilities"]], expected[:, 1], atol=1e-6)
+        meta = client.get("/metadata").json()["history"]
+        assert {v["name"] for v in meta["views"]} == {"by_zone", "by_carrier", "by_hour_carrier"}
+        newest = pd.Timestamp(LAST, tz=spec.timezone).tz_convert("UTC")
+        assert pd.Timestamp(meta["freshness"]["by_zone"]["newest_snapshot"]) == newest
+        refused = client.post("/predict", json=[{**sent[0], "late_share_7d": 0.5}])
+        assert refused.status_code == 422 and "late_share_7d" in refused.text
