@@ -10,7 +10,8 @@ One such DAG exists per spec in `include/pipelines/` (`training_<name>`), genera
 | `extract` | for a `postgres` source only: each day of the window, streamed from the table (COPY) | `landing/date=…` |
 | `ingest` | rows of the training window from the spec's source, one raw partition per day | `raw/date=…` |
 | `validate` | the Great Expectations suite on each new partition; failures are quarantined with a report, and the run stops | `validated/date=…`, `quarantine/…`, `reports/validation/…` |
-| `build_features` | validated partitions of the window, split by time: the last `holdout_days` are the evaluation slice | `features/end=…` |
+| `build_features` | validated partitions of the window, split by time: the last `holdout_days` are the evaluation slice; the spec's history features added, from the days before each row | `features/end=…` |
+| `materialize` | only for a spec with history features (`features:`): each day's snapshots into the offline store (Feast's file source) and the newest into the online store, which the server reads | `history/<view>/date=…`, online store |
 | `train` | bounded hyper-parameter search, tracked in MLflow (params, metrics, plots, dataset, model) | MLflow run |
 | `evaluate` | candidate vs `@champion` on the same slice; blessed = above the floor and within tolerance | `gate.*` tags on the run |
 | `register` | new model version as `@challenger`; `@champion` moves only when blessed | MLflow registry |
@@ -86,6 +87,8 @@ def training_dag(entry: PipelineEntry) -> DAG:
                                    "--model-uri", "{{ ti.xcom_pull(task_ids='evaluate')['model_uri'] }}"])
 
         plan >> extract >> ingest >> validate >> build_features >> train >> evaluate >> register
+        if entry.history:  # the interval's snapshots, for the offline and online stores (mlcycle.feature_store)
+            validate >> step_task("materialize")
         announce_task(entry.name, register.output)  # after register: the champion event deploy_<name> runs on
     return dag
 

@@ -138,6 +138,8 @@ class PipelineEntry:
     data_start: dt.date
     #: The ``scoring:`` section as written (None: the spec has none, so no ``scoring_<name>`` DAG).
     scoring: dict[str, Any] | None = None
+    #: Whether the spec declares history features (``features.history``): the training DAG materializes them.
+    history: bool = False
 
 
 def parse_schedule(raw: dict[str, Any], origin: str) -> tuple[Schedule | None, list[str]]:
@@ -186,6 +188,7 @@ def load_entry(path: Path) -> PipelineEntry:
         window_days=int(window.get("days", 28)),
         data_start=data_start,
         scoring=scoring,
+        history=spec_schema.history_lookback_days(raw) > 0,
     )
 
 
