@@ -411,6 +411,16 @@ def events_spec(name: str, csv_path: Path, start: dt.date, end: dt.date) -> dict
     }
 
 
+#: History features of the flight events (``features:``): by zone, by carrier, by hour and carrier (two
+#: entity columns, one a whole number), a share, a count and a maximum; 7 days of lookback.
+EVENT_HISTORY_FEATURES = {"entity": ["zone"], "history": {
+    "late_share_7d": {"of": "late == 1", "agg": "share", "window": "7d"},
+    "flights_7d": {"agg": "count", "window": "7d", "fill": 0},
+    "carrier_delay_max_2d": {"of": "distance", "agg": "max", "window": "2d", "entity": ["carrier"]},
+    "distance_mean_2d_by_hour": {"of": "distance", "agg": "mean", "window": "2d", "entity": ["hour", "carrier"]},
+}}
+
+
 def make_events_dataset(folder: Path, *, start: str = "2023-02-27", days: int = 21, per_slot: int = 3,
                         name: str = "flights", seed: int = 11) -> Path:
     """Write ``folder/<name>.csv`` and its spec ``folder/<name>.yaml`` (dates around the US daylight-saving

@@ -327,7 +327,8 @@ class PipelineSpec:
         return [c.name for c in self.columns]
 
     def column(self, name: str) -> Column:
-        for c in self.columns:
+        """A column of the spec, or a history feature (a numeric column the steps compute)."""
+        for c in (*self.columns, *self.history_columns):
             if c.name == name:
                 return c
         raise KeyError(name)

@@ -103,7 +103,8 @@ class WindowSection(_Section):
 class ScheduleSection(_Section):
     interval: str = "@daily"
     timezone: str | None = Field(None, description="IANA name; default the timestamp's, else UTC")
-    start: dt.date | None = Field(None, description="first logical date; default data_start + days")
+    start: dt.date | None = Field(None, description="first logical date; default data_start + days (+ the "
+                                  "history features' lookback)")
     end: dt.date | None = Field(None, description="last logical date; default data_end")
     catchup: bool = False
 
@@ -526,7 +527,8 @@ def parse_schedule(
     start = parse_date(section.get("start"), "schedule.start", problems)
     if start is None and data_start is not None and "start" not in section:
         days = window_days or WindowSection.model_fields["days"].default
-        start = data_start + dt.timedelta(days=days)  # the first day with a full window
+        # the first day with a full window, and with the history its features read before it
+        start = data_start + dt.timedelta(days=days + history_lookback_days(raw))
         if data_end is not None and "end" not in section:
             start = min(start, data_end)  # a data set shorter than its window: its last day at least
     end = parse_date(section.get("end"), "schedule.end", problems) if "end" in section else data_end

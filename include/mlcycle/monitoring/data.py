@@ -209,6 +209,19 @@ def watched_version(client, name: str):
     return None, None
 
 
+def _reference_history(spec: PipelineSpec, frame: pd.DataFrame, files: list, tags: dict) -> pd.DataFrame:
+    """The training window's rows with their history features, as build_features made them: the
+    fingerprint's files hold the window and the days before it that the features read."""
+    from mlcycle.history import for_rows
+    from mlcycle.steps.features import without_warm_up
+
+    known = [dt.date.fromisoformat(Path(str(f)).parent.name.removeprefix("date=")) for f in files]
+    local = frame[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date
+    start, end = (dt.date.fromisoformat(tags[k]) for k in ("mlcycle.window_start", "mlcycle.window_end"))
+    rows = frame[(local >= start) & (local < end)].reset_index(drop=True)
+    return without_warm_up(spec, for_rows(rows, frame, spec.history, known, spec.timezone))
+
+
 def reference_data(spec: PipelineSpec, settings: Settings, store: Store) -> Reference:
     """The watched model version and the exact validated rows it was trained on."""
     from mlflow import MlflowClient
@@ -244,6 +257,8 @@ def reference_data(spec: PipelineSpec, settings: Settings, store: Store) -> Refe
         metrics = client.get_run(version.run_id).data.metrics
         holdout = metrics.get(f"holdout_{spec.evaluation.metric}")
     frame = _read_all(files)
+    if spec.history:
+        frame = _reference_history(spec, frame, files, tags)
     log.info(
         "reference: %s version %s (@%s), trained on %s to %s (fingerprint %s, %d rows); hold-out %s %s",
         name,

@@ -26,7 +26,9 @@ from mlcycle.monitoring.decision import Figures, decay_of, decide_and_record, ju
 from mlcycle.settings import Settings
 from mlcycle.spec import PipelineSpec
 from mlcycle.steps._common import Interval, Result
+from mlcycle.steps.materialize import online_freshness
 from mlcycle.store import Store, local_file, write_json, write_text
+from mlcycle.timestamps import day_start
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class MonitorResult(Result):
     run_id: str
     experiment_id: str
     seconds: float
+    #: History features only: the online store's age at the interval's end, and whether it is stale.
+    online_store: dict | None = None
 
 
 def _load_model(reference: Reference):
@@ -138,6 +142,11 @@ def monitor(spec: PipelineSpec, settings: Settings, interval: Interval) -> Monit
         report=str(report_path.relative_to(store.base)),
     )
     (log.warning if verdict.drift or verdict.decay else log.info)("%s", verdict.line)
+    online = online_freshness(spec, store, day_start(interval.end, spec.timezone).to_pydatetime())
+    if online is not None:
+        (log.warning if online["stale"] else log.info)(
+            "online store of the history features: %s%s", online["why"],
+            "; materialize the missing days (the training DAG's materialize task)" if online["stale"] else "")
     log.info(
         "decision for %s: %s%s",
         interval.start,
@@ -171,6 +180,7 @@ def monitor(spec: PipelineSpec, settings: Settings, interval: Interval) -> Monit
         "verdict": {"status": verdict.status, "line": verdict.line, "reasons": list(verdict.reasons)},
         "decision": dataclasses.asdict(decision),
         "evidently": report.metrics,
+        "online_store": online,
     }
     write_text(report.html, report_path)
     write_json(figures_doc, metrics_path)
@@ -207,6 +217,7 @@ def monitor(spec: PipelineSpec, settings: Settings, interval: Interval) -> Monit
         run_id=run_id,
         experiment_id=experiment_id,
         seconds=round(time.perf_counter() - began, 3),
+        online_store=online,
     )
 
 

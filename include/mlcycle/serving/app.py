@@ -438,6 +438,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         },
     )
     async def metrics() -> Response:
+        if server.online is not None:
+            m.observe_history_age(server.online)
         body, ctype = m.exposition()
         return Response(body, media_type=ctype)
 

@@ -44,7 +44,20 @@ MODEL_INFO = Gauge(
 PREDICTION_LABELS = Counter(
     "mlcycle_predictions_by_label_total", "classification: predicted rows by label", ["label"]
 )
+HISTORY_AGE = Gauge(
+    "mlcycle_history_feature_age_seconds",
+    "history features: age of the online store's newest snapshot, by feature view (at the last scrape)",
+    ["view"],
+    multiprocess_mode="max",
+)
 _prediction_hist: Histogram | None = None
+
+
+def observe_history_age(online: Any) -> None:
+    """Set the age gauge of every feature view the server reads (called when /metrics is scraped)."""
+    for view, state in online.freshness().items():
+        if state["age_seconds"] is not None:
+            HISTORY_AGE.labels(view).set(state["age_seconds"])
 
 
 def model_loaded(model: Any) -> None:

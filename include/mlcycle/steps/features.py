@@ -170,6 +170,18 @@ def add_history(spec: PipelineSpec, store: Store, rows: pd.DataFrame) -> pd.Data
     return history.for_rows(rows, frame, spec.history, known, spec.timezone)
 
 
+def without_warm_up(spec: PipelineSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose history features can be complete: a row of the first ``lookback`` days after
+    ``window.data_start`` has windows reaching before the data, censored rather than missing (the
+    server always has the history): such rows warm the features up and are left out of both slices."""
+    warm = day_start(spec.data_start + dt.timedelta(days=spec.history.lookback_days), spec.timezone)
+    early = table[EVENT_TIME] < warm
+    if early.any():
+        log.info("%d row(s) before %s left out: their history features would read days before "
+                 "window.data_start %s (the features' warm-up)", int(early.sum()), warm.date(), spec.data_start)
+    return table[~early].reset_index(drop=True)
+
+
 def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
                    window_days: int | None = None) -> FeaturesResult:
     start, end = training_window(spec, interval, window_days)
@@ -186,6 +198,7 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
     if spec.history:
         table, history_versions = with_history(spec, store, table, start, versions)
         versions = history_versions + versions
+        table = without_warm_up(spec, table)
     if len(table) < spec.min_training_rows:
         raise NotEnoughData(
             f"the window {start} to {end} holds {len(table)} validated rows; {spec.name} needs at least "

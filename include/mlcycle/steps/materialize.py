@@ -87,6 +87,29 @@ def load_online(spec: PipelineSpec, store: Store, repo, day: dt.date,
     return {"loaded": True, "online_day": day.isoformat(), "entities": written}
 
 
+def online_freshness(spec: PipelineSpec, store: Store, at: dt.datetime) -> dict[str, Any] | None:
+    """How old the online store's newest snapshot is at ``at`` (aware), and whether that is older than
+    ``features.max_age``: stale history features are served as they are, so monitoring says so."""
+    if not spec.history:
+        return None
+    try:
+        record = json.loads(_online_record(store).read_text())
+    except FileNotFoundError:
+        record = {}
+    latest = record.get("latest_snapshot")
+    limit = spec.history.max_age
+    if latest is None:
+        why = "nothing was ever materialized: the server fills every history feature (or leaves it null)"
+        return {"latest_snapshot": None, "age_seconds": None, "max_age_seconds": limit.total_seconds(),
+                "stale": True, "why": why}
+    age = at - dt.datetime.fromisoformat(latest)
+    stale = age > limit
+    why = (f"the newest snapshot ({latest}) is {age} old at {at.isoformat()}, "
+           f"{'more' if stale else 'no more'} than features.max_age ({history.format_duration(limit)})")
+    return {"latest_snapshot": latest, "age_seconds": age.total_seconds(), "max_age_seconds": limit.total_seconds(),
+            "stale": stale, "why": why}
+
+
 def materialize(spec: PipelineSpec, settings: Settings, interval: Interval) -> MaterializeResult:
     if not spec.history:
         raise NothingToDo(f"{spec.name} declares no history features (no `features:` section): nothing to "

@@ -22,18 +22,12 @@ from mlcycle.steps.features import build_features
 from mlcycle.steps.ingest import ingest
 from mlcycle.steps.materialize import history_file, materialize
 from mlcycle.store import Store, days, file_sha256
-from tests.datasets import make_events_dataset, write_spec_variant
+from tests.datasets import EVENT_HISTORY_FEATURES, make_events_dataset, write_spec_variant
 from tests.unit.conftest import day_interval
 
 FIRST = dt.date(2023, 2, 27)
 LAST = dt.date(2023, 3, 19)  # 21 days of events: the window of a run for LAST is 14 days, the lookback 7
-FEATURES = {"entity": ["zone"], "history": {
-    "late_share_7d": {"of": "late == 1", "agg": "share", "window": "7d"},
-    "flights_7d": {"agg": "count", "window": "7d", "fill": 0},
-    "carrier_delay_max_2d": {"of": "distance", "agg": "max", "window": "2d", "entity": ["carrier"]},
-    # two entity columns, one a whole number: Feast's key sorts them and types each
-    "distance_mean_2d_by_hour": {"of": "distance", "agg": "mean", "window": "2d", "entity": ["hour", "carrier"]},
-}}
+FEATURES = EVENT_HISTORY_FEATURES
 
 
 @pytest.fixture
@@ -169,5 +163,20 @@ def test_the_server_builds_from_the_online_store_the_vector_training_used(spec, 
         assert {v["name"] for v in meta["views"]} == {"by_zone", "by_carrier", "by_hour_carrier"}
         newest = pd.Timestamp(LAST, tz=spec.timezone).tz_convert("UTC")
         assert pd.Timestamp(meta["freshness"]["by_zone"]["newest_snapshot"]) == newest
+        assert 'mlcycle_history_feature_age_seconds{view="by_zone"}' in client.get("/metrics").text
         refused = client.post("/predict", json=[{**sent[0], "late_share_7d": 0.5}])
         assert refused.status_code == 422 and "late_share_7d" in refused.text
+
+
+def test_monitoring_calls_the_online_store_stale_past_max_age(spec, settings):
+    from mlcycle.steps.materialize import online_freshness
+
+    store, _ = _publish(spec, settings)
+    midnight = lambda day: pd.Timestamp(day, tz=spec.timezone).to_pydatetime()  # noqa: E731
+    assert online_freshness(spec, store, midnight(LAST))["stale"]  # nothing materialized yet
+    materialize(spec, settings, day_interval(LAST - dt.timedelta(days=1)))
+    fresh = online_freshness(spec, store, midnight(LAST))
+    assert (fresh["age_seconds"], fresh["stale"]) == (0.0, False)
+    assert not online_freshness(spec, store, midnight(LAST + dt.timedelta(days=2)))["stale"]  # max_age 2d
+    late = online_freshness(spec, store, midnight(LAST + dt.timedelta(days=3)))
+    assert late["stale"] and "more than features.max_age (2d)" in late["why"]
