@@ -220,8 +220,9 @@ def discover(folder: Path | None = None) -> tuple[list[PipelineEntry], dict[Path
     return entries, broken
 
 
-def training_window(window: dict[str, Any], end: dt.date, window_days: int | None,
-                    lookback_days: int = 0) -> tuple[dt.date, dt.date]:
+def training_window(
+    window: dict[str, Any], end: dt.date, window_days: int | None, lookback_days: int = 0
+) -> tuple[dt.date, dt.date]:
     """The steps' window (``spec_schema.clipped_window``): [start, end) clipped to the data; with
     ``lookback_days``, the days ingest reads (``spec_schema.data_window``: history features' too)."""
     problems: list[str] = []

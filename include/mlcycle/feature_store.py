@@ -47,8 +47,10 @@ ONLINE_ENV = "MLCYCLE_ONLINE_STORE"
 
 def _import_feast():
     """``import feast`` without its process-wide side effects (see the module's docstring)."""
-    saved = {k: os.environ.get(k) for k in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir",
-                                            "PROMETHEUS_MULTIPROCESS_DIR")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "PROMETHEUS_MULTIPROCESS_DIR")
+    }
     filters = list(warnings.filters)
     import prometheus_client  # noqa: F401 - imported first: its registry is made before feast's changes
 
@@ -77,11 +79,14 @@ class OnlineStore:
         if value.startswith("redis://"):
             return cls(kind="redis", url=value)
         if value not in ("", "sqlite"):
-            raise StepError(f"{ONLINE_ENV}={value!r}: sqlite (the default, a file with the store) or "
-                            "redis://host:port/db")
+            raise StepError(
+                f"{ONLINE_ENV}={value!r}: sqlite (the default, a file with the store) or redis://host:port/db"
+            )
         if folder is None:
-            raise StepError(f"the store is in object storage, where an SQLite online store cannot live: set "
-                            f"{ONLINE_ENV}=redis://host:port/db (the compose stack's Redis)")
+            raise StepError(
+                f"the store is in object storage, where an SQLite online store cannot live: set "
+                f"{ONLINE_ENV}=redis://host:port/db (the compose stack's Redis)"
+            )
         return cls(kind="sqlite", path=str(folder / "online.db"))
 
     def feast_config(self) -> Any:
@@ -116,11 +121,18 @@ def serving_history(spec) -> dict[str, Any]:
         "project": spec.name,
         "every_seconds": int(spec.history.every.total_seconds()),
         "max_age_seconds": int(spec.history.max_age.total_seconds()),
-        "views": [{"name": spec.history.view_name(e), "entity": list(e),
-                   "types": {c: types[c] for c in e} if e else {GLOBAL_KEY: "STRING"},
-                   "features": [{"name": f.name, "fill": f.fill, "definition": f.describe()}
-                                for f in spec.history.of_entity(e)]}
-                  for e in spec.history.entities],
+        "views": [
+            {
+                "name": spec.history.view_name(e),
+                "entity": list(e),
+                "types": {c: types[c] for c in e} if e else {GLOBAL_KEY: "STRING"},
+                "features": [
+                    {"name": f.name, "fill": f.fill, "definition": f.describe()}
+                    for f in spec.history.of_entity(e)
+                ],
+            }
+            for e in spec.history.entities
+        ],
     }
 
 
@@ -148,12 +160,20 @@ class FeatureRepo:
         from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
 
         if self.folder is None:
-            raise StepError("the Feast registry of a store in object storage is not supported yet: use a local "
-                            "store folder for history features")
+            raise StepError(
+                "the Feast registry of a store in object storage is not supported yet: use a local "
+                "store folder for history features"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
-        return RepoConfig(project=self.project, provider="local", registry=str(self.folder / "registry.db"),
-                          online_store=self.online.feast_config(), offline_store=DuckDBOfflineStoreConfig(),
-                          entity_key_serialization_version=3, repo_path=self.folder)
+        return RepoConfig(
+            project=self.project,
+            provider="local",
+            registry=str(self.folder / "registry.db"),
+            online_store=self.online.feast_config(),
+            offline_store=DuckDBOfflineStoreConfig(),
+            entity_key_serialization_version=3,
+            repo_path=self.folder,
+        )
 
     @property
     def store(self):
@@ -173,11 +193,19 @@ class FeatureRepo:
         objects: list[Any] = []
         entities = {}
         for column, kind in types.items():
-            entities[column] = Entity(name=column, join_keys=[column], value_type=getattr(ValueType, kind),
-                                      description=f"the {column} column of {self.project}")
+            entities[column] = Entity(
+                name=column,
+                join_keys=[column],
+                value_type=getattr(ValueType, kind),
+                description=f"the {column} column of {self.project}",
+            )
         if () in self.history.entities:
-            entities[GLOBAL_KEY] = Entity(name=GLOBAL_KEY, join_keys=[GLOBAL_KEY], value_type=ValueType.STRING,
-                                          description="one global series (the constant 'global')")
+            entities[GLOBAL_KEY] = Entity(
+                name=GLOBAL_KEY,
+                join_keys=[GLOBAL_KEY],
+                value_type=ValueType.STRING,
+                description="one global series (the constant 'global')",
+            )
         objects.extend(entities.values())
         # The snapshot at or before a row is at most a grid step old (25 hours on a day grid at a clock
         # change); two steps, in one unit (ibis reads a mixed days-and-seconds interval as an error).
@@ -187,12 +215,25 @@ class FeatureRepo:
             keys = list(entity) or [GLOBAL_KEY]
             schema = [Field(name=k, dtype=Int64 if types.get(k) == "INT64" else String) for k in keys]
             schema += [Field(name=f.name, dtype=Float64) for f in self.history.of_entity(entity)]
-            source = FileSource(name=f"{view}_snapshots", path=str(Path(str(self.store_base)) / "history" / view),
-                                timestamp_field=SNAPSHOT_TIME, file_format=ParquetFormat())
-            objects.append(FeatureView(
-                name=view, entities=[entities[k] for k in keys], ttl=ttl, schema=schema, source=source,
-                online=True, description="; ".join(f"{f.name}: {f.describe()}" for f in self.history.of_entity(entity)),
-            ))
+            source = FileSource(
+                name=f"{view}_snapshots",
+                path=str(Path(str(self.store_base)) / "history" / view),
+                timestamp_field=SNAPSHOT_TIME,
+                file_format=ParquetFormat(),
+            )
+            objects.append(
+                FeatureView(
+                    name=view,
+                    entities=[entities[k] for k in keys],
+                    ttl=ttl,
+                    schema=schema,
+                    source=source,
+                    online=True,
+                    description="; ".join(
+                        f"{f.name}: {f.describe()}" for f in self.history.of_entity(entity)
+                    ),
+                )
+            )
         return objects
 
     def apply(self) -> list[str]:
@@ -233,7 +274,9 @@ class FeatureRepo:
         columns), in the order of ``rows``."""
         entity_df = rows[[*self.history.entity_columns, "event_time"]].copy().reset_index(drop=True)
         for column, kind in self.entity_types().items():
-            entity_df[column] = entity_df[column].astype("int64") if kind == "INT64" else entity_df[column].astype(str)
+            entity_df[column] = (
+                entity_df[column].astype("int64") if kind == "INT64" else entity_df[column].astype(str)
+            )
         if () in self.history.entities:
             entity_df[GLOBAL_KEY] = GLOBAL_VALUE
         entity_df["event_timestamp"] = pd.to_datetime(entity_df.pop("event_time"), utc=True).dt.floor("us")

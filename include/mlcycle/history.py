@@ -159,8 +159,9 @@ def parse_features(raw: Any, columns: Mapping[str, str], problems: list[str]) ->
         return HistorySpec()
     every = parse_duration(raw.get("every", "1d"), "features.every", problems) or _DAY
     if every <= dt.timedelta(0) or _DAY % every:
-        problems.append(f"features.every: a step that divides a day, such as 15min, 1h or 1d "
-                        f"(got {raw.get('every')!r})")
+        problems.append(
+            f"features.every: a step that divides a day, such as 15min, 1h or 1d (got {raw.get('every')!r})"
+        )
         every = _DAY
     default_delay = parse_duration(raw.get("available_after", "0h"), "features.available_after", problems)
     max_age = parse_duration(raw.get("max_age", "2d"), "features.max_age", problems) or dt.timedelta(days=2)
@@ -176,9 +177,13 @@ def parse_features(raw: Any, columns: Mapping[str, str], problems: list[str]) ->
             problems.append(f"{where}: a feature name of letters, digits and underscores")
             continue
         if name in columns:
-            problems.append(f"{where}: `{name}` is already a column of the spec; give the feature its own name")
+            problems.append(
+                f"{where}: `{name}` is already a column of the spec; give the feature its own name"
+            )
             continue
-        feature = _parse_feature(str(name), body, where, columns, every, default_delay, default_entity, problems)
+        feature = _parse_feature(
+            str(name), body, where, columns, every, default_delay, default_entity, problems
+        )
         if feature is not None:
             features.append(feature)
     return HistorySpec(features=tuple(features), every=every, max_age=max_age)
@@ -194,38 +199,55 @@ def _entity(value: Any, where: str, columns: Mapping[str, str], problems: list[s
         if column not in columns:
             problems.append(f"{where}: {column!r} is not among the columns")
         elif columns[column] not in ("categorical", "string", "integer"):
-            problems.append(f"{where}: {column!r} is {columns[column]}; an entity is named by categorical, "
-                            "string or integer columns")
+            problems.append(
+                f"{where}: {column!r} is {columns[column]}; an entity is named by categorical, "
+                "string or integer columns"
+            )
     return tuple(value)
 
 
-def _parse_feature(name: str, body: Any, where: str, columns: Mapping[str, str], every: dt.timedelta,
-                   default_delay: dt.timedelta | None, default_entity: tuple[str, ...],
-                   problems: list[str]) -> HistoryFeature | None:
+def _parse_feature(
+    name: str,
+    body: Any,
+    where: str,
+    columns: Mapping[str, str],
+    every: dt.timedelta,
+    default_delay: dt.timedelta | None,
+    default_entity: tuple[str, ...],
+    problems: list[str],
+) -> HistoryFeature | None:
     if not isinstance(body, dict):
-        problems.append(f"{where}: a mapping such as {{of: riders, lag: 24h}} or "
-                        f"{{of: riders, agg: mean, window: 24h}}")
+        problems.append(
+            f"{where}: a mapping such as {{of: riders, lag: 24h}} or {{of: riders, agg: mean, window: 24h}}"
+        )
         return None
     before = len(problems)
     lag, agg, window = body.get("lag"), body.get("agg"), body.get("window")
     if lag is not None and (agg is not None or window is not None):
-        problems.append(f"{where}: either `lag` (a past value) or `agg` with `window` (a rolling aggregate), "
-                        "not both")
+        problems.append(
+            f"{where}: either `lag` (a past value) or `agg` with `window` (a rolling aggregate), not both"
+        )
         return None
     if lag is None and (agg is None or window is None):
-        problems.append(f"{where}: needs `lag` (such as 24h), or `agg` ({', '.join(AGGREGATES)}) with `window`")
+        problems.append(
+            f"{where}: needs `lag` (such as 24h), or `agg` ({', '.join(AGGREGATES)}) with `window`"
+        )
         return None
     if agg is not None and agg not in AGGREGATES:
         problems.append(f"{where}.agg: one of {', '.join(AGGREGATES)} (got {agg!r})")
         return None
     kind: Aggregate = "lag" if lag is not None else agg
-    span = parse_duration(lag if lag is not None else window, f"{where}.{'lag' if lag is not None else 'window'}",
-                          problems)
+    span = parse_duration(
+        lag if lag is not None else window, f"{where}.{'lag' if lag is not None else 'window'}", problems
+    )
     delay = default_delay
     if "available_after" in body and body["available_after"] is not None:
         delay = parse_duration(body["available_after"], f"{where}.available_after", problems)
-    entity = default_entity if body.get("entity") is None else _entity(body["entity"], f"{where}.entity",
-                                                                        columns, problems)
+    entity = (
+        default_entity
+        if body.get("entity") is None
+        else _entity(body["entity"], f"{where}.entity", columns, problems)
+    )
     of = None
     if body.get("of") is None:
         if kind != "count":
@@ -244,18 +266,31 @@ def _parse_feature(name: str, body: Any, where: str, columns: Mapping[str, str],
     if span is not None and delay is not None:
         for label, value in (("window" if kind != "lag" else "lag", span), ("available_after", delay)):
             if value % every:
-                problems.append(f"{where}.{label}: a whole multiple of features.every "
-                                f"({format_duration(every)}; got {format_duration(value)})")
+                problems.append(
+                    f"{where}.{label}: a whole multiple of features.every "
+                    f"({format_duration(every)}; got {format_duration(value)})"
+                )
         if kind == "lag" and span < delay + every:
-            problems.append(f"{where}.lag: at least available_after + every ({format_duration(delay + every)}): "
-                            f"a lag of {format_duration(span)} would read rows that have not arrived yet")
+            problems.append(
+                f"{where}.lag: at least available_after + every ({format_duration(delay + every)}): "
+                f"a lag of {format_duration(span)} would read rows that have not arrived yet"
+            )
         if kind != "lag" and span <= delay:
-            problems.append(f"{where}.window: longer than available_after ({format_duration(delay)}): "
-                            "the window would hold no row that has arrived")
+            problems.append(
+                f"{where}.window: longer than available_after ({format_duration(delay)}): "
+                "the window would hold no row that has arrived"
+            )
     if len(problems) > before or span is None or delay is None:
         return None
-    return HistoryFeature(name=name, agg=kind, of=of, span=span, available_after=delay, entity=entity,
-                          fill=None if fill is None else float(fill))
+    return HistoryFeature(
+        name=name,
+        agg=kind,
+        of=of,
+        span=span,
+        available_after=delay,
+        entity=entity,
+        fill=None if fill is None else float(fill),
+    )
 
 
 # --- the computation ----------------------------------------------------------------------------
@@ -271,8 +306,9 @@ def grid_time(points: np.ndarray, every: dt.timedelta, timezone: str) -> pd.Date
     """The instants (UTC) of grid points: local wall-clock times; one that a daylight-saving change
     skips moves forward, one it repeats is its first occurrence."""
     local = pd.DatetimeIndex(np.asarray(points, dtype=np.int64) * _ns(every))
-    return local.tz_localize(timezone, ambiguous=np.ones(len(local), dtype=bool),
-                             nonexistent="shift_forward").tz_convert("UTC")
+    return local.tz_localize(
+        timezone, ambiguous=np.ones(len(local), dtype=bool), nonexistent="shift_forward"
+    ).tz_convert("UTC")
 
 
 def _ns(value: dt.timedelta) -> int:
@@ -293,7 +329,7 @@ class _Cells:
     codes: pd.DataFrame  # the entities' column values, one row per entity code
     first: int
     width: int
-    known: np.ndarray    # bool per cell: the cell lies in a day the store holds
+    known: np.ndarray  # bool per cell: the cell lies in a day the store holds
 
 
 def _entity_codes(frame: pd.DataFrame, entity: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
@@ -303,7 +339,9 @@ def _entity_codes(frame: pd.DataFrame, entity: tuple[str, ...]) -> tuple[np.ndar
     unique = keys.drop_duplicates(ignore_index=True)
     if len(unique) and not len(keys):
         return np.zeros(0, dtype=np.int64), unique
-    index = pd.MultiIndex.from_frame(unique.astype(object)) if len(entity) > 1 else pd.Index(unique[entity[0]])
+    index = (
+        pd.MultiIndex.from_frame(unique.astype(object)) if len(entity) > 1 else pd.Index(unique[entity[0]])
+    )
     lookup = pd.MultiIndex.from_frame(keys.astype(object)) if len(entity) > 1 else pd.Index(keys[entity[0]])
     return index.get_indexer(lookup).astype(np.int64), unique
 
@@ -333,8 +371,9 @@ def _values(frame: pd.DataFrame, feature: HistoryFeature) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def _per_cell(flat: np.ndarray, values: np.ndarray, order: np.ndarray, size: int,
-              agg: Aggregate) -> dict[str, np.ndarray]:
+def _per_cell(
+    flat: np.ndarray, values: np.ndarray, order: np.ndarray, size: int, agg: Aggregate
+) -> dict[str, np.ndarray]:
     """Per (entity, cell), ``flat`` being ``entity * width + cell``: what the aggregate needs."""
     present = ~np.isnan(values)
     out: dict[str, np.ndarray] = {}
@@ -353,23 +392,33 @@ def _per_cell(flat: np.ndarray, values: np.ndarray, order: np.ndarray, size: int
     return out
 
 
-def _window_sum(per_cell: np.ndarray, entities: int, width: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+def _window_sum(
+    per_cell: np.ndarray, entities: int, width: int, start: np.ndarray, stop: np.ndarray
+) -> np.ndarray:
     """Sum of ``per_cell`` (entities x width) over cells ``[start, stop)`` for each snapshot column."""
     cumulative = np.zeros((entities, width + 1))
     np.cumsum(per_cell.reshape(entities, width), axis=1, out=cumulative[:, 1:])
     return cumulative[:, stop] - cumulative[:, start]
 
 
-def _window_extreme(values: np.ndarray, entities: int, width: int, cells: int, stop: np.ndarray,
-                    agg: str) -> np.ndarray:
+def _window_extreme(
+    values: np.ndarray, entities: int, width: int, cells: int, stop: np.ndarray, agg: str
+) -> np.ndarray:
     """min or max over the ``cells`` cells before ``stop`` (exclusive), ignoring empty cells."""
     table = pd.DataFrame(values.reshape(entities, width).T)
     rolled = getattr(table.rolling(cells, min_periods=1), agg)().to_numpy().T  # over (j - cells, j]
     return rolled[:, stop - 1]
 
 
-def snapshots(frame: pd.DataFrame, spec: HistorySpec, entity: tuple[str, ...], first: int, last: int,
-              known_days: Iterable[dt.date], timezone: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def snapshots(
+    frame: pd.DataFrame,
+    spec: HistorySpec,
+    entity: tuple[str, ...],
+    first: int,
+    last: int,
+    known_days: Iterable[dt.date],
+    timezone: str,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The snapshots of one entity group's features at grid points ``first..last`` (inclusive).
 
     ``frame`` holds the validated rows (``event_time`` aware) of every day from the lookback before
@@ -381,7 +430,11 @@ def snapshots(frame: pd.DataFrame, spec: HistorySpec, entity: tuple[str, ...], f
     width = last - lo + 1
     codes, entities = _entity_codes(frame, entity)
     n_entities = max(len(entities), 1) if not entity else len(entities)
-    cells = grid_index(frame[EVENT_TIME], spec.every, timezone) - lo if len(frame) else np.zeros(0, dtype=np.int64)
+    cells = (
+        grid_index(frame[EVENT_TIME], spec.every, timezone) - lo
+        if len(frame)
+        else np.zeros(0, dtype=np.int64)
+    )
     inside = (cells >= 0) & (cells < width)
     known = _known_cells(known_days, lo, width, spec.every)
     unknown = (~known).astype(np.float64)
@@ -423,8 +476,14 @@ def snapshots(frame: pd.DataFrame, spec: HistorySpec, entity: tuple[str, ...], f
     return entities, out
 
 
-def snapshot_table(frame: pd.DataFrame, spec: HistorySpec, entity: tuple[str, ...], day: dt.date,
-                   known_days: Iterable[dt.date], timezone: str) -> pd.DataFrame:
+def snapshot_table(
+    frame: pd.DataFrame,
+    spec: HistorySpec,
+    entity: tuple[str, ...],
+    day: dt.date,
+    known_days: Iterable[dt.date],
+    timezone: str,
+) -> pd.DataFrame:
     """The snapshots that local day ``day`` completes: at every grid point after its midnight up to the
     next midnight included (the next day's first snapshot reads nothing newer than ``day``), for every
     entity of ``frame``. The rows of the offline store: entity columns, ``snapshot_time`` (UTC), one
@@ -435,8 +494,11 @@ def snapshot_table(frame: pd.DataFrame, spec: HistorySpec, entity: tuple[str, ..
     entities, values = snapshots(frame, spec, entity, first, last, known_days, timezone)
     points = np.arange(first, last + 1)
     n_entities, n_points = len(entities) if entity else 1, len(points)
-    table = entities.loc[np.repeat(np.arange(n_entities), n_points)].reset_index(drop=True) if entity \
+    table = (
+        entities.loc[np.repeat(np.arange(n_entities), n_points)].reset_index(drop=True)
+        if entity
         else pd.DataFrame(index=range(n_points))
+    )
     table[SNAPSHOT_TIME] = grid_time(np.tile(points, n_entities), spec.every, timezone)
     for name, array in values.items():
         table[name] = array.reshape(-1)
@@ -462,8 +524,15 @@ class Snapshots:
     groups: dict[tuple[str, ...], tuple[pd.Index | None, dict[str, np.ndarray]]]
 
     @classmethod
-    def compute(cls, frame: pd.DataFrame, spec: HistorySpec, first: int, last: int,
-                known_days: Iterable[dt.date], timezone: str) -> Snapshots:
+    def compute(
+        cls,
+        frame: pd.DataFrame,
+        spec: HistorySpec,
+        first: int,
+        last: int,
+        known_days: Iterable[dt.date],
+        timezone: str,
+    ) -> Snapshots:
         known_days = list(known_days)
         groups = {}
         for entity in spec.entities:
@@ -472,23 +541,34 @@ class Snapshots:
         return cls(spec=spec, timezone=timezone, first=first, last=last, groups=groups)
 
     @classmethod
-    def of_day(cls, frame: pd.DataFrame, spec: HistorySpec, day: dt.date, known_days: Iterable[dt.date],
-               timezone: str) -> Snapshots:
+    def of_day(
+        cls,
+        frame: pd.DataFrame,
+        spec: HistorySpec,
+        day: dt.date,
+        known_days: Iterable[dt.date],
+        timezone: str,
+    ) -> Snapshots:
         """The snapshots the rows of local day ``day`` get (``frame``: the day and its lookback)."""
         step = _ns(spec.every)
         midnight = (day - dt.date(1970, 1, 1)).days * _ns(_DAY)
-        return cls.compute(frame, spec, midnight // step, (midnight + _ns(_DAY)) // step - 1, known_days,
-                           timezone)
+        return cls.compute(
+            frame, spec, midnight // step, (midnight + _ns(_DAY)) // step - 1, known_days, timezone
+        )
 
     def lookup(self, rows: pd.DataFrame) -> pd.DataFrame:
         """``rows`` with every history feature added: each row gets its entity's snapshot at the grid
         point at or before its ``event_time`` (an entity without history: null, or the ``fill``)."""
         out = rows.copy()
-        points = grid_index(rows[EVENT_TIME], self.spec.every, self.timezone) if len(rows) else np.zeros(0, int)
+        points = (
+            grid_index(rows[EVENT_TIME], self.spec.every, self.timezone) if len(rows) else np.zeros(0, int)
+        )
         outside = (points < self.first) | (points > self.last)
         if outside.any():
-            raise ValueError(f"{int(outside.sum())} row(s) fall outside the snapshots computed "
-                             f"({grid_time(np.array([self.first, self.last]), self.spec.every, self.timezone)})")
+            raise ValueError(
+                f"{int(outside.sum())} row(s) fall outside the snapshots computed "
+                f"({grid_time(np.array([self.first, self.last]), self.spec.every, self.timezone)})"
+            )
         for entity, (index, values) in self.groups.items():
             codes = index.get_indexer(_index(rows, entity)) if entity else np.zeros(len(rows), dtype=np.int64)
             seen = codes >= 0
@@ -502,8 +582,9 @@ class Snapshots:
         return out
 
 
-def for_rows(rows: pd.DataFrame, frame: pd.DataFrame, spec: HistorySpec, known_days: Iterable[dt.date],
-             timezone: str) -> pd.DataFrame:
+def for_rows(
+    rows: pd.DataFrame, frame: pd.DataFrame, spec: HistorySpec, known_days: Iterable[dt.date], timezone: str
+) -> pd.DataFrame:
     """``rows`` with every history feature added, computed from ``frame`` (the rows and their lookback)."""
     if not len(rows):
         out = rows.copy()
@@ -511,4 +592,6 @@ def for_rows(rows: pd.DataFrame, frame: pd.DataFrame, spec: HistorySpec, known_d
             out[name] = pd.Series(dtype=np.float64)
         return out
     points = grid_index(rows[EVENT_TIME], spec.every, timezone)
-    return Snapshots.compute(frame, spec, int(points.min()), int(points.max()), known_days, timezone).lookup(rows)
+    return Snapshots.compute(frame, spec, int(points.min()), int(points.max()), known_days, timezone).lookup(
+        rows
+    )

@@ -103,8 +103,9 @@ class WindowSection(_Section):
 class ScheduleSection(_Section):
     interval: str = "@daily"
     timezone: str | None = Field(None, description="IANA name; default the timestamp's, else UTC")
-    start: dt.date | None = Field(None, description="first logical date; default data_start + days (+ the "
-                                  "history features' lookback)")
+    start: dt.date | None = Field(
+        None, description="first logical date; default data_start + days (+ the history features' lookback)"
+    )
     end: dt.date | None = Field(None, description="last logical date; default data_end")
     catchup: bool = False
 
@@ -176,9 +177,12 @@ class HistoryFeatureSection(_Section):
     of: str | None = Field(None, description="the column (or expression) it reads; a condition for share")
     lag: str | None = Field(None, description="lag: the value this long before the row (24h, 7d)")
     agg: Literal["count", "sum", "mean", "min", "max", "share"] | None = Field(
-        None, description="a rolling aggregate over `window` (share: the share of rows where `of` holds)")
+        None, description="a rolling aggregate over `window` (share: the share of rows where `of` holds)"
+    )
     window: str | None = Field(None, description="the rolling window ending at the row (1h, 7d)")
-    available_after: str | None = Field(None, description="the data's delay: rows newer than this are not seen")
+    available_after: str | None = Field(
+        None, description="the data's delay: rows newer than this are not seen"
+    )
     entity: list[str] | None = Field(None, description="the entity's columns (default: the section's entity)")
     fill: float | None = Field(None, description="the value when the history is missing (default: null)")
 

@@ -251,16 +251,25 @@ def test_history_features_train_materialize_and_are_monitored_through_the_dags(p
     from the store, trains on the features, materializes the interval into the offline and online
     stores (Feast), and the monitoring DAG judges the features with the rest and the store's age."""
     base = make_events_dataset(pipelines / "events", start="2023-02-27", days=21, name="flights_base")
-    write_spec_variant(base, pipelines / "flights_history.yaml", name="flights_history", features=EVENT_HISTORY_FEATURES,
-                       model={"registered_name": "flights_history"}, experiment="flights_history",
-                       schedule={"start": "2023-03-13"})  # before the default: the first 7 days only warm up
+    write_spec_variant(
+        base,
+        pipelines / "flights_history.yaml",
+        name="flights_history",
+        features=EVENT_HISTORY_FEATURES,
+        model={"registered_name": "flights_history"},
+        experiment="flights_history",
+        schedule={"start": "2023-03-13"},
+    )  # before the default: the first 7 days only warm up
     states = _run(project, "2023-03-16", {}, dag_id="training_flights_history")
     assert all(states[t] == "success" for t in [*STEPS, "materialize"]), states
     run = project.run_tags(project.registry("flights_history")["versions"][0]["run_id"])
     assert run["metrics"]["holdout_roc_auc"] > 0.7
     store = project.store / "flights_history"
     manifest = json.loads(next((store / "features").glob("end=2023-03-15/*/manifest.json")).read_text())
-    assert set(manifest["history"]) == set(EVENT_HISTORY_FEATURES["history"]) and manifest["window_start"] == "2023-03-01"
+    assert (
+        set(manifest["history"]) == set(EVENT_HISTORY_FEATURES["history"])
+        and manifest["window_start"] == "2023-03-01"
+    )
     assert manifest["partitions"][0]["date"] == "2023-02-27"  # the lookback, clipped to the data's first day
     assert (store / "history" / "by_zone" / "date=2023-03-14" / "data.parquet").is_file()
     assert (store / "feast" / "online.db").is_file()

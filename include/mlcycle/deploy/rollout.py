@@ -101,8 +101,9 @@ def stage(spec: PipelineSpec, settings: Settings, version: str, image: str) -> S
             ready = wait_ready(
                 container, f"http://127.0.0.1:{deploy.staging_port}", version, deploy.ready_timeout_seconds
             )
-            smoke = smoke_test(spec, model_uri, deploy.staging_port, eval_path, settings.tracking_uri,
-                               str(settings.store))
+            smoke = smoke_test(
+                spec, model_uri, deploy.staging_port, eval_path, settings.tracking_uri, str(settings.store)
+            )
         except DeployError as exc:
             remove(container)
             state = states.read()

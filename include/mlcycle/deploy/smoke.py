@@ -109,14 +109,19 @@ def with_online_history(spec: PipelineSpec, rows: list[dict[str, Any]], store: s
 
 
 def smoke_test(
-    spec: PipelineSpec, model_uri: str, port: int, eval_path: StorePath, tracking_uri: str | None = None,
+    spec: PipelineSpec,
+    model_uri: str,
+    port: int,
+    eval_path: StorePath,
+    tracking_uri: str | None = None,
     store: str | None = None,
 ) -> SmokeResult:
     """Run the three checks against the server on 127.0.0.1:``port``; ``SmokeFailed`` names the first failure."""
     import mlflow
 
     deploy = spec.deploy
-    frame, rows = eval_rows(eval_path, spec.row_feature_names, deploy.smoke_rows)  # history: the server fetches it
+    # the row's own features: the server fetches the history features itself
+    frame, rows = eval_rows(eval_path, spec.row_feature_names, deploy.smoke_rows)
     if not rows:
         raise SmokeFailed(f"the evaluation slice {eval_path} is empty")
     if spec.history:

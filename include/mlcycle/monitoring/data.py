@@ -128,9 +128,16 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
             )
         return _checked(
             spec,
-            _with_history(spec, store, CurrentData(
-                frame=frame, source="scoring", labelled=labelled, days=tuple(d.isoformat() for d in wanted)
-            )),
+            _with_history(
+                spec,
+                store,
+                CurrentData(
+                    frame=frame,
+                    source="scoring",
+                    labelled=labelled,
+                    days=tuple(d.isoformat() for d in wanted),
+                ),
+            ),
             start,
             end,
         )
@@ -152,8 +159,13 @@ def current_data(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date)
         )
     return _checked(
         spec,
-        _with_history(spec, store, CurrentData(frame=frame, source=source, labelled=labelled,
-                                               days=tuple(d.isoformat() for d in wanted))),
+        _with_history(
+            spec,
+            store,
+            CurrentData(
+                frame=frame, source=source, labelled=labelled, days=tuple(d.isoformat() for d in wanted)
+            ),
+        ),
         start,
         end,
     )

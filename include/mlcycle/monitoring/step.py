@@ -145,8 +145,10 @@ def monitor(spec: PipelineSpec, settings: Settings, interval: Interval) -> Monit
     online = online_freshness(spec, store, day_start(interval.end, spec.timezone).to_pydatetime())
     if online is not None:
         (log.warning if online["stale"] else log.info)(
-            "online store of the history features: %s%s", online["why"],
-            "; materialize the missing days (the training DAG's materialize task)" if online["stale"] else "")
+            "online store of the history features: %s%s",
+            online["why"],
+            "; materialize the missing days (the training DAG's materialize task)" if online["stale"] else "",
+        )
     log.info(
         "decision for %s: %s%s",
         interval.start,

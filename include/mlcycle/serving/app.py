@@ -88,8 +88,11 @@ class Server:
         self.rows = RowValidator(self.schema)
         # History features come from the online store, by each row's entity (mlcycle.serving.online).
         store = None if settings.store is None else str(settings.store)
-        self.online = (OnlineFeatures(self.schema.history, locate(self.schema.history, store))
-                       if self.schema.history else None)
+        self.online = (
+            OnlineFeatures(self.schema.history, locate(self.schema.history, store))
+            if self.schema.history
+            else None
+        )
         self.model: ServedModel | None = None
         self.predlog: PredictionLog | None = None
         self.ready = False
@@ -418,8 +421,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 "derive": [{"column": name, "expression": rule} for name, rule in schema.derive],
                 "filters": list(schema.filters),
                 "timestamp": schema.timestamp,
-                "history": None if server.online is None else {
-                    **schema.history, "online_store": server.online.path, "freshness": server.online.freshness()},
+                "history": None
+                if server.online is None
+                else {
+                    **schema.history,
+                    "online_store": server.online.path,
+                    "freshness": server.online.freshness(),
+                },
                 "load_seconds": round(model.load_seconds, 3),
                 "prediction_log": str(server.predlog.folder) if server.predlog else None,
                 "tags": info.tags,

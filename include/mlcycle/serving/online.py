@@ -63,15 +63,18 @@ def locate(history: dict[str, Any], store: str | None, env: dict[str, str] | Non
     store folder's ``<pipeline>/feast/online.db``."""
     value = (env if env is not None else os.environ).get(ONLINE_ENV, "").strip()
     if value.startswith("redis://"):
-        raise OnlineStoreError(f"{ONLINE_ENV}={value}: the server reads the SQLite online store; a Redis one "
-                               "is written by materialize but not read by the server yet")
+        raise OnlineStoreError(
+            f"{ONLINE_ENV}={value}: the server reads the SQLite online store; a Redis one "
+            "is written by materialize but not read by the server yet"
+        )
     if value not in ("", "sqlite"):
         return value.removeprefix("sqlite://")
     if store and "://" not in store:
         return str(Path(store) / history["project"] / "feast" / "online.db")
     raise OnlineStoreError(
         f"the model reads history features ({', '.join(history_names(history))}) from an online store: set "
-        f"{ONLINE_ENV} to its SQLite file, or MLCYCLE_STORE to the store folder it lives in")
+        f"{ONLINE_ENV} to its SQLite file, or MLCYCLE_STORE to the store folder it lives in"
+    )
 
 
 def history_names(history: dict[str, Any]) -> list[str]:
@@ -127,7 +130,9 @@ class OnlineFeatures:
                 values = tuple(row.get(c) for c in entity) if entity else (GLOBAL_VALUE,)
                 if values not in cache:
                     known = None not in values
-                    cache[values] = self._read(view, entity_key(keys, list(values), view["types"])) if known else {}
+                    cache[values] = (
+                        self._read(view, entity_key(keys, list(values), view["types"])) if known else {}
+                    )
                 found = cache[values]
                 for feature in view["features"]:
                     value = found.get(feature["name"], math.nan)
@@ -150,8 +155,10 @@ class OnlineFeatures:
                 except sqlite3.OperationalError:
                     newest = None
             when = _timestamp(newest)
-            out[view["name"]] = {"newest_snapshot": when.isoformat() if when else None,
-                                 "age_seconds": (now - when).total_seconds() if when else None}
+            out[view["name"]] = {
+                "newest_snapshot": when.isoformat() if when else None,
+                "age_seconds": (now - when).total_seconds() if when else None,
+            }
         return out
 
 

@@ -185,7 +185,8 @@ def schema_from_spec(spec: Any, dtypes: dict[str, str], classes: list[Any] | Non
                 # A null category has no encoding the fast path shares with the
                 # Pipeline: only numbers may be null (NaN, which both handle).
                 values=values,
-                nullable=(col.max_null_share > 0 or col.name in fetched) and col.type not in ("categorical", "string"),
+                nullable=(col.max_null_share > 0 or col.name in fetched)
+                and col.type not in ("categorical", "string"),
             )
         )
     inputs, derive, filters, timestamp = _source_side(spec)

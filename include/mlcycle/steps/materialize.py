@@ -64,8 +64,9 @@ def _online_record(store: Store):
     return store.base / "history" / "_online.json"
 
 
-def load_online(spec: PipelineSpec, store: Store, repo, day: dt.date,
-                tables: dict[tuple[str, ...], pd.DataFrame]) -> dict[str, Any]:
+def load_online(
+    spec: PipelineSpec, store: Store, repo, day: dt.date, tables: dict[tuple[str, ...], pd.DataFrame]
+) -> dict[str, Any]:
     """Each entity's newest snapshot of ``day`` into the online store, unless it holds a newer day already
     (a backfill of older days then leaves it as it is: the online store serves the newest)."""
     record_path = _online_record(store)
@@ -79,11 +80,19 @@ def load_online(spec: PipelineSpec, store: Store, repo, day: dt.date,
         return {"loaded": False, "online_day": newest}
     written = {spec.history.view_name(e): repo.write_online(e, t) for e, t in tables.items()}
     latest = max((t[history.SNAPSHOT_TIME].max() for t in tables.values() if len(t)), default=None)
-    record = {"day": day.isoformat(), "latest_snapshot": None if latest is None else latest.isoformat(),
-              "entities": written, "online_store": repo.online.kind}
+    record = {
+        "day": day.isoformat(),
+        "latest_snapshot": None if latest is None else latest.isoformat(),
+        "entities": written,
+        "online_store": repo.online.kind,
+    }
     write_json(record, record_path)
-    log.info("online store (%s): the snapshots of %s for %s", repo.online.kind, day,
-             ", ".join(f"{n} {view} entities" for view, n in written.items()))
+    log.info(
+        "online store (%s): the snapshots of %s for %s",
+        repo.online.kind,
+        day,
+        ", ".join(f"{n} {view} entities" for view, n in written.items()),
+    )
     return {"loaded": True, "online_day": day.isoformat(), "entities": written}
 
 
@@ -100,34 +109,54 @@ def online_freshness(spec: PipelineSpec, store: Store, at: dt.datetime) -> dict[
     limit = spec.history.max_age
     if latest is None:
         why = "nothing was ever materialized: the server fills every history feature (or leaves it null)"
-        return {"latest_snapshot": None, "age_seconds": None, "max_age_seconds": limit.total_seconds(),
-                "stale": True, "why": why}
+        return {
+            "latest_snapshot": None,
+            "age_seconds": None,
+            "max_age_seconds": limit.total_seconds(),
+            "stale": True,
+            "why": why,
+        }
     age = at - dt.datetime.fromisoformat(latest)
     stale = age > limit
-    why = (f"the newest snapshot ({latest}) is {age} old at {at.isoformat()}, "
-           f"{'more' if stale else 'no more'} than features.max_age ({history.format_duration(limit)})")
-    return {"latest_snapshot": latest, "age_seconds": age.total_seconds(), "max_age_seconds": limit.total_seconds(),
-            "stale": stale, "why": why}
+    why = (
+        f"the newest snapshot ({latest}) is {age} old at {at.isoformat()}, "
+        f"{'more' if stale else 'no more'} than features.max_age ({history.format_duration(limit)})"
+    )
+    return {
+        "latest_snapshot": latest,
+        "age_seconds": age.total_seconds(),
+        "max_age_seconds": limit.total_seconds(),
+        "stale": stale,
+        "why": why,
+    }
 
 
 def materialize(spec: PipelineSpec, settings: Settings, interval: Interval) -> MaterializeResult:
     if not spec.history:
-        raise NothingToDo(f"{spec.name} declares no history features (no `features:` section): nothing to "
-                          "materialize")
+        raise NothingToDo(
+            f"{spec.name} declares no history features (no `features:` section): nothing to materialize"
+        )
     store = Store(settings.store, spec.name)
     store.remove_stale_temporaries()
     from mlcycle.feature_store import FeatureRepo
 
     repo = FeatureRepo(spec, store.base)
     views = repo.apply()
-    log.info("feature repository %s applied: feature views %s; online store %s", repo.project, ", ".join(views),
-             repo.online.kind)
+    log.info(
+        "feature repository %s applied: feature views %s; online store %s",
+        repo.project,
+        ", ".join(views),
+        repo.online.kind,
+    )
     done, skipped, rows = [], [], {spec.history.view_name(e): 0 for e in spec.history.entities}
     online: dict[str, Any] = {}
     for day in days(interval.start, interval.end):
         if store.current_validated(day) is None:
-            log.warning("%s has no validated partition: its snapshots are not written (the online store keeps "
-                        "its older ones); validate the day, then materialize it again", day)
+            log.warning(
+                "%s has no validated partition: its snapshots are not written (the online store keeps "
+                "its older ones); validate the day, then materialize it again",
+                day,
+            )
             skipped.append(day.isoformat())
             continue
         tables = write_snapshots(spec, store, day)
@@ -137,10 +166,20 @@ def materialize(spec: PipelineSpec, settings: Settings, interval: Interval) -> M
         done.append(day.isoformat())
         log.info("snapshots of %s written for %d view(s)", day, len(rows))
     if not done:
-        raise NothingToDo(f"no day of [{interval.start}, {interval.end}) has a validated partition: nothing to "
-                          "materialize")
+        raise NothingToDo(
+            f"no day of [{interval.start}, {interval.end}) has a validated partition: nothing to materialize"
+        )
     last = dt.date.fromisoformat(done[-1]) + dt.timedelta(days=1)
-    latest = history.grid_time([((last - dt.date(1970, 1, 1)).days * 86400) // int(
-        spec.history.every.total_seconds())], spec.history.every, spec.timezone)[0]
-    return MaterializeResult(pipeline=spec.name, days=done, skipped_days=skipped, rows=rows,
-                             latest_snapshot=latest.isoformat(), online=online)
+    latest = history.grid_time(
+        [((last - dt.date(1970, 1, 1)).days * 86400) // int(spec.history.every.total_seconds())],
+        spec.history.every,
+        spec.timezone,
+    )[0]
+    return MaterializeResult(
+        pipeline=spec.name,
+        days=done,
+        skipped_days=skipped,
+        rows=rows,
+        latest_snapshot=latest.isoformat(),
+        online=online,
+    )

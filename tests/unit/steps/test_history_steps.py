@@ -33,8 +33,11 @@ FEATURES = EVENT_HISTORY_FEATURES
 @pytest.fixture
 def spec(tmp_path):
     base = make_events_dataset(tmp_path / "data", start=FIRST.isoformat(), days=21)
-    return load_spec(write_spec_variant(base, tmp_path / "data" / "flights_history.yaml",
-                                        name="flights_history", features=FEATURES))
+    return load_spec(
+        write_spec_variant(
+            base, tmp_path / "data" / "flights_history.yaml", name="flights_history", features=FEATURES
+        )
+    )
 
 
 def _publish(spec, settings, last=LAST):
@@ -57,13 +60,20 @@ def test_ingest_brings_the_lookback_and_the_features_equal_the_materialized_snap
     window = days(LAST - dt.timedelta(days=13), LAST + dt.timedelta(days=1))
     done = materialize(spec, settings, Interval(window[0] - dt.timedelta(days=1), window[-1]))
     assert done.rows == {"by_zone": 100 * 14, "by_carrier": 4 * 14, "by_hour_carrier": 24 * 4 * 14}
-    for view, entity in (("by_zone", ["zone"]), ("by_carrier", ["carrier"]), ("by_hour_carrier", ["hour", "carrier"])):
-        snapshots = pd.concat(pd.read_parquet(history_file(store, view, d))
-                              for d in days(window[0] - dt.timedelta(days=1), window[-1]))
+    for view, entity in (
+        ("by_zone", ["zone"]),
+        ("by_carrier", ["carrier"]),
+        ("by_hour_carrier", ["hour", "carrier"]),
+    ):
+        snapshots = pd.concat(
+            pd.read_parquet(history_file(store, view, d))
+            for d in days(window[0] - dt.timedelta(days=1), window[-1])
+        )
         local = table[EVENT_TIME].dt.tz_convert(spec.timezone)
         midnight = local.dt.floor("D", ambiguous=True, nonexistent="shift_forward").dt.tz_convert("UTC")
         joined = table.assign(snapshot_time=midnight.dt.as_unit("ns")).merge(
-            snapshots, on=[*entity, "snapshot_time"], suffixes=("", "_offline"), validate="many_to_one")
+            snapshots, on=[*entity, "snapshot_time"], suffixes=("", "_offline"), validate="many_to_one"
+        )
         assert len(joined) == len(table)
         names = [f.name for f in spec.history.of_entity(tuple(entity))]
         for name in names:
@@ -92,23 +102,27 @@ def test_feast_point_in_time_join_and_online_store_equal_what_training_and_servi
     store, _ = _publish(spec, settings)
     build_features(spec, settings, day_interval(LAST))
     folder = store.features_dir(LAST + dt.timedelta(days=1))
-    table = pd.concat([pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")],
-                      ignore_index=True)
+    table = pd.concat(
+        [pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")],
+        ignore_index=True,
+    )
     first = LAST - dt.timedelta(days=14)  # the day before the window: its snapshot is the window's first
     materialize(spec, settings, Interval(first, LAST))  # up to the eve of the last day
     repo = FeatureRepo(spec, store.base)
     sample = table.sample(400, random_state=1).reset_index(drop=True)
     offline = repo.historical(sample)
     for name in spec.history.names:
-        np.testing.assert_allclose(offline[name].to_numpy(dtype=float), sample[name].to_numpy(dtype=float),
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            offline[name].to_numpy(dtype=float), sample[name].to_numpy(dtype=float), err_msg=name
+        )
     last_day = table[table[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date == LAST]
     for entity in spec.history.entities:
         rows = last_day.drop_duplicates(list(entity)).head(20)
         online = repo.online_features(entity, rows[list(entity)].to_dict("records"))
         for f in spec.history.of_entity(entity):
-            np.testing.assert_allclose(online[f.name].to_numpy(dtype=float), rows[f.name].to_numpy(dtype=float),
-                                       err_msg=f.name)
+            np.testing.assert_allclose(
+                online[f.name].to_numpy(dtype=float), rows[f.name].to_numpy(dtype=float), err_msg=f.name
+            )
 
 
 def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_path, spec, monkeypatch):
@@ -119,15 +133,19 @@ def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_pa
 
     week = days(dt.date(2023, 3, 8), dt.date(2023, 3, 15))
     states = []
-    for label, intervals in (("one run", [Interval(week[0], week[-1] + dt.timedelta(days=1))]),
-                             ("day by day", [day_interval(d) for d in (*week, week[2])])):
+    for label, intervals in (
+        ("one run", [Interval(week[0], week[-1] + dt.timedelta(days=1))]),
+        ("day by day", [day_interval(d) for d in (*week, week[2])]),
+    ):
         settings = apply_env(monkeypatch, tmp_path / label)
         store, _ = _publish(spec, settings)
         for interval in intervals:
             materialize(spec, settings, interval)
         repo = FeatureRepo(spec, store.base)
-        online = {("zone",): repo.online_features(("zone",), [{"zone": "z001"}, {"zone": "z050"}]),
-                  ("carrier",): repo.online_features(("carrier",), [{"carrier": "AA"}, {"carrier": "WN"}])}
+        online = {
+            ("zone",): repo.online_features(("zone",), [{"zone": "z001"}, {"zone": "z050"}]),
+            ("carrier",): repo.online_features(("carrier",), [{"carrier": "AA"}, {"carrier": "WN"}]),
+        }
         states.append(({d: file_sha256(history_file(store, "by_zone", d)) for d in week}, online))
     assert states[0][0] == states[1][0]
     for entity in states[0][1]:
@@ -148,17 +166,25 @@ def test_the_server_builds_from_the_online_store_the_vector_training_used(spec, 
     train, evaluation = pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "eval.parquet")
     model = build_pipeline(spec).set_params(model__max_iter=30)
     model.fit(train[spec.feature_names], train[spec.target])
-    saved = save_model_folder(spec, model, train[spec.feature_names], evaluation[spec.feature_names],
-                              tmp_path / "model")
+    saved = save_model_folder(
+        spec, model, train[spec.feature_names], evaluation[spec.feature_names], tmp_path / "model"
+    )
     materialize(spec, settings, Interval(LAST - dt.timedelta(days=3), LAST))  # through the eve of LAST
     rows = evaluation[evaluation[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date == LAST].head(40)
-    sent = [{c.name: (v.item() if hasattr(v, "item") else v) for c, v in zip(spec.row_feature_columns, r)}
-            for r in rows[spec.row_feature_names].itertuples(index=False)]
+    sent = [
+        {
+            c.name: (v.item() if hasattr(v, "item") else v)
+            for c, v in zip(spec.row_feature_columns, r, strict=True)
+        }
+        for r in rows[spec.row_feature_names].itertuples(index=False)
+    ]
     expected = model.predict_proba(rows[spec.feature_names])
     with app_client(saved, store.root, max_body_bytes=1 << 20) as client:
         answer = client.post("/predict", json=sent)
         assert answer.status_code == 200, answer.text
-        np.testing.assert_allclose([p["1"] for p in answer.json()["probabilities"]], expected[:, 1], atol=1e-6)
+        np.testing.assert_allclose(
+            [p["1"] for p in answer.json()["probabilities"]], expected[:, 1], atol=1e-6
+        )
         meta = client.get("/metadata").json()["history"]
         assert {v["name"] for v in meta["views"]} == {"by_zone", "by_carrier", "by_hour_carrier"}
         newest = pd.Timestamp(LAST, tz=spec.timezone).tz_convert("UTC")
