@@ -319,6 +319,8 @@ def _local_ns(times: Any, timezone: str) -> np.ndarray:
     values = pd.DatetimeIndex(times)
     if values.tz is None:
         raise ValueError("history features need time-zone aware event times")
+    if timezone == "UTC":  # wall-clock time is the instant: no conversion of millions of rows
+        return values.as_unit("ns").asi8
     return values.tz_convert(timezone).tz_localize(None).as_unit("ns").asi8
 
 
@@ -333,17 +335,17 @@ class _Cells:
 
 
 def _entity_codes(frame: pd.DataFrame, entity: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each row's entity as a code 0..k-1 (hashing each column once), and the k entities in code order."""
     if not entity:
         return np.zeros(len(frame), dtype=np.int64), pd.DataFrame(index=range(1))
-    keys = frame[list(entity)].reset_index(drop=True)
-    unique = keys.drop_duplicates(ignore_index=True)
-    if len(unique) and not len(keys):
-        return np.zeros(0, dtype=np.int64), unique
-    index = (
-        pd.MultiIndex.from_frame(unique.astype(object)) if len(entity) > 1 else pd.Index(unique[entity[0]])
-    )
-    lookup = pd.MultiIndex.from_frame(keys.astype(object)) if len(entity) > 1 else pd.Index(keys[entity[0]])
-    return index.get_indexer(lookup).astype(np.int64), unique
+    codes, uniques = pd.factorize(frame[entity[0]], use_na_sentinel=False)
+    if len(entity) == 1:
+        return codes.astype(np.int64), pd.DataFrame({entity[0]: uniques})
+    for column in entity[1:]:  # combine column by column: codes of (previous columns, this column)
+        part, _ = pd.factorize(frame[column], use_na_sentinel=False)
+        codes, _ = pd.factorize(codes * (int(part.max(initial=0)) + 1) + part)
+    first = pd.Series(np.arange(len(codes))).groupby(codes).min().to_numpy()  # each entity's first row
+    return codes.astype(np.int64), frame[list(entity)].iloc[first].reset_index(drop=True)
 
 
 def _known_cells(known_days: Iterable[dt.date], first: int, width: int, every: dt.timedelta) -> np.ndarray:
@@ -372,7 +374,7 @@ def _values(frame: pd.DataFrame, feature: HistoryFeature) -> np.ndarray:
 
 
 def _per_cell(
-    flat: np.ndarray, values: np.ndarray, order: np.ndarray, size: int, agg: Aggregate
+    flat: np.ndarray, values: np.ndarray, order: np.ndarray | None, size: int, agg: Aggregate
 ) -> dict[str, np.ndarray]:
     """Per (entity, cell), ``flat`` being ``entity * width + cell``: what the aggregate needs."""
     present = ~np.isnan(values)
@@ -439,7 +441,8 @@ def snapshots(
     known = _known_cells(known_days, lo, width, spec.every)
     unknown = (~known).astype(np.float64)
     points = np.arange(first, last + 1) - lo  # snapshot grid points, relative to lo
-    times = _local_ns(frame[EVENT_TIME], timezone) if len(frame) else np.zeros(0, dtype=np.int64)
+    ordered = any(f.agg in ("lag", "min", "max") for f in features) and len(frame)
+    times = _local_ns(frame[EVENT_TIME], timezone) if ordered else np.zeros(len(frame), dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for feature in features:
         step = int(feature.span // spec.every)
@@ -450,7 +453,9 @@ def snapshots(
             start, stop = points - step, points - delay
         values = _values(frame, feature)[inside]
         flat = codes[inside] * width + cells[inside]
-        order = np.argsort(times[inside], kind="stable")
+        # the rows in time order, for the last value and the extremes of a cell (rows of a store day are
+        # in time order already: the sort is then a check)
+        order = np.argsort(times[inside], kind="stable") if feature.agg in ("lag", "min", "max") else None
         size = n_entities * width
         parts = _per_cell(flat, values, order, size, feature.agg)
         gaps = _window_sum(np.tile(unknown, n_entities), n_entities, width, start, stop) > 0
@@ -557,9 +562,12 @@ class Snapshots:
         )
 
     def lookup(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """``rows`` with every history feature added: each row gets its entity's snapshot at the grid
-        point at or before its ``event_time`` (an entity without history: null, or the ``fill``)."""
-        out = rows.copy()
+        """``rows`` with every history feature added (a copy; :meth:`add_to` adds them in place)."""
+        return self.add_to(rows.copy())
+
+    def add_to(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Every history feature added to ``rows`` itself: each row gets its entity's snapshot at the
+        grid point at or before its ``event_time`` (an entity without history: null, or the ``fill``)."""
         points = (
             grid_index(rows[EVENT_TIME], self.spec.every, self.timezone) if len(rows) else np.zeros(0, int)
         )
@@ -578,20 +586,25 @@ class Snapshots:
                 fill = next(f.fill for f in self.spec.features if f.name == name)
                 if fill is not None:
                     column[~seen] = fill
-                out[name] = column
-        return out
+                rows[name] = column
+        return rows
 
 
 def for_rows(
-    rows: pd.DataFrame, frame: pd.DataFrame, spec: HistorySpec, known_days: Iterable[dt.date], timezone: str
+    rows: pd.DataFrame,
+    frame: pd.DataFrame,
+    spec: HistorySpec,
+    known_days: Iterable[dt.date],
+    timezone: str,
+    inplace: bool = False,
 ) -> pd.DataFrame:
-    """``rows`` with every history feature added, computed from ``frame`` (the rows and their lookback)."""
+    """``rows`` with every history feature added, computed from ``frame`` (the rows and their lookback);
+    ``inplace``: added to ``rows`` itself (no copy of a large table)."""
     if not len(rows):
         out = rows.copy()
         for name in spec.names:
             out[name] = pd.Series(dtype=np.float64)
         return out
     points = grid_index(rows[EVENT_TIME], spec.every, timezone)
-    return Snapshots.compute(frame, spec, int(points.min()), int(points.max()), known_days, timezone).lookup(
-        rows
-    )
+    snapshots = Snapshots.compute(frame, spec, int(points.min()), int(points.max()), known_days, timezone)
+    return snapshots.add_to(rows) if inplace else snapshots.lookup(rows)

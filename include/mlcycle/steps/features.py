@@ -89,23 +89,35 @@ def collapsed_features(spec: PipelineSpec, frame: pd.DataFrame, what: str) -> li
                 detail = f"constant at {values.dropna().iloc[0]:g}" if std == 0 else f"std {std:.3g}"
                 found.append(f"is {detail} over the {what} ({len(frame)} rows; allowed: std above {floor:g})")
         if column.min_distinct is not None and values.nunique() < column.min_distinct:
-            found.append(f"has {values.nunique()} distinct value(s) over the {what} "
-                         f"(min_distinct {column.min_distinct})")
+            found.append(
+                f"has {values.nunique()} distinct value(s) over the {what} "
+                f"(min_distinct {column.min_distinct})"
+            )
         if not found:
             continue
         if not guarded(spec, column):
-            log.info("`%s` %s; not judged: a %s column (%s)%s", column.name, "; ".join(found), kind, why,
-                     "" if column.constant_guard is None else ", constant_guard: false")
+            log.info(
+                "`%s` %s; not judged: a %s column (%s)%s",
+                column.name,
+                "; ".join(found),
+                kind,
+                why,
+                "" if column.constant_guard is None else ", constant_guard: false",
+            )
             continue
         reason = f"{why}; constant_guard: true" if column.constant_guard and kind != "measured" else why
         problems.extend(f"`{column.name}` {f}: judged as a {kind} column ({reason})" for f in found)
     return problems
 
 
-def read_validated(store: Store, start: dt.date, end: dt.date,
-                   ) -> tuple[list[pd.DataFrame], list[ValidatedVersion], list[str]]:
-    """The validated partitions of ``[start, end)``, each checked against the hash its pointer names:
-    the frames, their versions, and the days without one."""
+def read_validated(
+    store: Store,
+    start: dt.date,
+    end: dt.date,
+    columns: list[str] | None = None,
+) -> tuple[list[pd.DataFrame], list[ValidatedVersion], list[str]]:
+    """The validated partitions of ``[start, end)`` (``columns`` of them, or all), each checked against
+    the hash its pointer names: the frames, their versions, and the days without one."""
     frames: list[pd.DataFrame] = []
     versions: list[ValidatedVersion] = []
     missing: list[str] = []
@@ -116,38 +128,50 @@ def read_validated(store: Store, start: dt.date, end: dt.date,
             continue
         data = version.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != version.sha256:
-            raise StepError(f"the validated file {version.path} no longer holds the bytes its name says "
-                            f"(sha256 {version.sha256}): the store was modified outside the pipeline; "
-                            f"re-run ingest and validate for {day}")
-        frames.append(pd.read_parquet(io.BytesIO(data)))
+            raise StepError(
+                f"the validated file {version.path} no longer holds the bytes its name says "
+                f"(sha256 {version.sha256}): the store was modified outside the pipeline; "
+                f"re-run ingest and validate for {day}"
+            )
+        frames.append(pd.read_parquet(io.BytesIO(data), columns=columns))
         versions.append(version)
     return frames, versions, missing
 
 
-def with_history(spec: PipelineSpec, store: Store, rows: pd.DataFrame, start: dt.date,
-                 versions: list[ValidatedVersion]) -> tuple[pd.DataFrame, list[ValidatedVersion]]:
+def with_history(
+    spec: PipelineSpec, store: Store, rows: pd.DataFrame, start: dt.date, versions: list[ValidatedVersion]
+) -> tuple[pd.DataFrame, list[ValidatedVersion]]:
     """``rows`` (the days from ``start`` on, whose ``versions`` are given) with the spec's history
     features, computed from those days and the validated days before ``start`` that the longest
     feature reads (from the store: a restated day counts as it stands now). Returns the rows and the
     versions of the days read before ``start`` (they are part of what the features were made of)."""
     lookback = start - dt.timedelta(days=spec.history.lookback_days)
-    earlier, earlier_versions, _ = read_validated(store, max(lookback, spec.data_start), start)
     wanted = sorted({*spec.history.reads, EVENT_TIME})
-    frame = pd.concat([f[wanted] for f in earlier] + [rows[wanted]], ignore_index=True)
+    earlier, earlier_versions, _ = read_validated(store, max(lookback, spec.data_start), start, wanted)
+    frame = pd.concat([*earlier, rows[wanted]], ignore_index=True)
     known = [v.day for v in (*earlier_versions, *versions)]
-    log.info("history features %s: %d rows of %d day(s) before %s read for their lookback",
-             ", ".join(spec.history.names), sum(len(f) for f in earlier), len(earlier), start)
-    return history.for_rows(rows, frame, spec.history, known, spec.timezone), earlier_versions
+    log.info(
+        "history features %s: %d rows of %d day(s) before %s read for their lookback",
+        ", ".join(spec.history.names),
+        sum(len(f) for f in earlier),
+        len(earlier),
+        start,
+    )
+    return history.for_rows(rows, frame, spec.history, known, spec.timezone, inplace=True), earlier_versions
 
 
-def history_inputs(spec: PipelineSpec, store: Store, start: dt.date, end: dt.date,
-                   ) -> tuple[pd.DataFrame, list[dt.date]]:
+def history_inputs(
+    spec: PipelineSpec,
+    store: Store,
+    start: dt.date,
+    end: dt.date,
+) -> tuple[pd.DataFrame, list[dt.date]]:
     """What the history features of rows in ``[start, end)`` read: the columns they need of the
     validated days from the longest feature's lookback before ``start`` to ``end``, and those days."""
     first = max(start - dt.timedelta(days=spec.history.lookback_days), spec.data_start)
-    frames, versions, _ = read_validated(store, first, end)
     wanted = sorted({*spec.history.reads, EVENT_TIME})
-    frame = pd.concat([f[wanted] for f in frames], ignore_index=True) if frames else pd.DataFrame(columns=wanted)
+    frames, versions, _ = read_validated(store, first, end, wanted)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=wanted)
     return frame, [v.day for v in versions]
 
 
@@ -176,20 +200,29 @@ def without_warm_up(spec: PipelineSpec, table: pd.DataFrame) -> pd.DataFrame:
     server always has the history): such rows warm the features up and are left out of both slices."""
     warm = day_start(spec.data_start + dt.timedelta(days=spec.history.lookback_days), spec.timezone)
     early = table[EVENT_TIME] < warm
-    if early.any():
-        log.info("%d row(s) before %s left out: their history features would read days before "
-                 "window.data_start %s (the features' warm-up)", int(early.sum()), warm.date(), spec.data_start)
+    if not early.any():
+        return table  # the common case, and no copy of a large table
+    log.info(
+        "%d row(s) before %s left out: their history features would read days before "
+        "window.data_start %s (the features' warm-up)",
+        int(early.sum()),
+        warm.date(),
+        spec.data_start,
+    )
     return table[~early].reset_index(drop=True)
 
 
-def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
-                   window_days: int | None = None) -> FeaturesResult:
+def build_features(
+    spec: PipelineSpec, settings: Settings, interval: Interval, window_days: int | None = None
+) -> FeaturesResult:
     start, end = training_window(spec, interval, window_days)
     store = Store(settings.store, spec.name)
     store.remove_stale_temporaries()
     window, versions, missing = read_validated(store, start, end)
     if missing:
-        log.warning("%d day(s) of the window have no validated partition: %s", len(missing), ", ".join(missing))
+        log.warning(
+            "%d day(s) of the window have no validated partition: %s", len(missing), ", ".join(missing)
+        )
     # Every column of the spec, not only today's features: a champion trained on another feature set
     # is scored on the columns of its own signature (evaluate), as long as the data still has them.
     columns = [*(c for c in spec.column_names if c != spec.target), spec.target, EVENT_TIME]
@@ -208,10 +241,13 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
     cutoff = day_start(end - dt.timedelta(days=spec.evaluation.holdout_days), spec.timezone)
     train, evaluation = table[table[EVENT_TIME] < cutoff], table[table[EVENT_TIME] >= cutoff]
     if train.empty or evaluation.empty:
-        raise NotEnoughData(f"the split at {cutoff.date()} leaves an empty slice "
-                            f"(train {len(train)} rows, evaluation {len(evaluation)} rows)")
-    problems = collapsed_features(spec, train, "training slice") + collapsed_features(spec, evaluation,
-                                                                                      "evaluation slice")
+        raise NotEnoughData(
+            f"the split at {cutoff.date()} leaves an empty slice "
+            f"(train {len(train)} rows, evaluation {len(evaluation)} rows)"
+        )
+    problems = collapsed_features(spec, train, "training slice") + collapsed_features(
+        spec, evaluation, "evaluation slice"
+    )
     if problems:
         raise DataQualityError(
             f"the window {start} to {end} of {spec.name} passed validation day by day, but as a whole it "
@@ -219,22 +255,45 @@ def build_features(spec: PipelineSpec, settings: Settings, interval: Interval,
             "training nor the gate sees it. Look for a stuck source (a dead sensor) in those days, then "
             "restate them or widen the window. A measured column is judged; calendar parts and columns "
             "constant by declaration are not. Per column, `min_std`/`min_distinct` set the floors and "
-            "`constant_guard: false` exempts it (a column that may legitimately stay constant).")
+            "`constant_guard: false` exempts it (a column that may legitimately stay constant)."
+        )
     # The fingerprint names exactly which validated bytes went into this feature table.
     fingerprint = fingerprint_of(versions)
     store.record_lineage(fingerprint, versions)
     with store.new_features(end) as building:
         write_parquet(train, building / "train.parquet")
         write_parquet(evaluation, building / "eval.parquet")
-        write_json({"pipeline": spec.name, "window_start": start.isoformat(), "window_end": end.isoformat(),
-                    "split_at": cutoff.isoformat(), "train_rows": len(train), "eval_rows": len(evaluation),
-                    "features": spec.feature_names, "target": spec.target, "fingerprint": fingerprint,
-                    "partitions": [v.to_dict(store.base) for v in versions], "missing_days": missing,
-                    "history": {f.name: f.describe() for f in spec.history.features}},
-                   building / "manifest.json")
+        write_json(
+            {
+                "pipeline": spec.name,
+                "window_start": start.isoformat(),
+                "window_end": end.isoformat(),
+                "split_at": cutoff.isoformat(),
+                "train_rows": len(train),
+                "eval_rows": len(evaluation),
+                "features": spec.feature_names,
+                "target": spec.target,
+                "fingerprint": fingerprint,
+                "partitions": [v.to_dict(store.base) for v in versions],
+                "missing_days": missing,
+                "history": {f.name: f.describe() for f in spec.history.features},
+            },
+            building / "manifest.json",
+        )
     folder = store.features_dir(end)
-    log.info("feature table: %d training rows before %s, %d evaluation rows; fingerprint %s",
-             len(train), cutoff.date(), len(evaluation), fingerprint)
-    return FeaturesResult(pipeline=spec.name, window_start=start.isoformat(), window_end=end.isoformat(),
-                          train_rows=len(train), eval_rows=len(evaluation), fingerprint=fingerprint,
-                          path=str(folder))
+    log.info(
+        "feature table: %d training rows before %s, %d evaluation rows; fingerprint %s",
+        len(train),
+        cutoff.date(),
+        len(evaluation),
+        fingerprint,
+    )
+    return FeaturesResult(
+        pipeline=spec.name,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        train_rows=len(train),
+        eval_rows=len(evaluation),
+        fingerprint=fingerprint,
+        path=str(folder),
+    )
