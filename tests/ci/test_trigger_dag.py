@@ -126,8 +126,22 @@ def trigger(base: str, *args: str, password: str = PASSWORD) -> subprocess.Compl
     )
 
 
+def _pause(base: str, dag_id: str) -> None:
+    """Pause ``dag_id`` through the API: what is under test is the script facing a paused DAG, not
+    whether the dag-processor applied dags_are_paused_at_creation (it did not, now and then)."""
+    req = urllib.request.Request(
+        f"{base}/api/v2/dags/{dag_id}",
+        method="PATCH",
+        data=json.dumps({"is_paused": True}).encode(),
+        headers={"Authorization": f"Bearer {_token(base)}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read())["is_paused"] is True
+
+
 def test_refuses_a_paused_dag_then_unpauses_it_and_follows_the_run_to_success(airflow):
     conf = {"version": "", "target": "staging", "auto_approve": True}
+    _pause(airflow, "deploy_probe")
     paused = trigger(airflow, "--dag-id", "deploy_probe", "--conf", json.dumps(conf))
     assert paused.returncode == 1
     assert "is paused" in paused.stderr
