@@ -36,13 +36,10 @@ import pandas as pd
 from mlcycle.errors import StepError
 from mlcycle.history import SNAPSHOT_TIME, HistorySpec
 
-log = logging.getLogger(__name__)
+# the global series' constant entity and the online store's variable: the server reads them the same way
+from mlcycle.serving.online import GLOBAL_KEY, GLOBAL_VALUE, ONLINE_ENV
 
-#: The join key of a global series' constant entity.
-GLOBAL_KEY = "scope"
-GLOBAL_VALUE = "global"
-#: Environment variable choosing the online store: unset/``sqlite`` or ``redis://host:port/db``.
-ONLINE_ENV = "MLCYCLE_ONLINE_STORE"
+log = logging.getLogger(__name__)
 
 
 def _import_feast():
@@ -246,11 +243,18 @@ class FeatureRepo:
         out = table.copy()
         if not entity:
             out.insert(0, GLOBAL_KEY, GLOBAL_VALUE)
-        for column, kind in self.entity_types().items():
-            if column in out.columns:
-                out[column] = out[column].astype("int64") if kind == "INT64" else out[column].astype(str)
+        self._typed_entities(out)
         out[SNAPSHOT_TIME] = pd.to_datetime(out[SNAPSHOT_TIME], utc=True).dt.as_unit("us")
         return out
+
+    def _typed_entities(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame``'s entity columns in the types Feast keys them by (in place; returned)."""
+        for column, kind in self.entity_types().items():
+            if column in frame.columns:
+                frame[column] = (
+                    frame[column].astype("int64") if kind == "INT64" else frame[column].astype(str)
+                )
+        return frame
 
     def write_online(self, entity: tuple[str, ...], table: pd.DataFrame) -> int:
         """Each entity's newest snapshot of ``table`` into the online store; the rows written."""
@@ -272,11 +276,9 @@ class FeatureRepo:
     def historical(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Feast's point-in-time join of every history feature onto ``rows`` (``event_time`` and the entity
         columns), in the order of ``rows``."""
-        entity_df = rows[[*self.history.entity_columns, "event_time"]].copy().reset_index(drop=True)
-        for column, kind in self.entity_types().items():
-            entity_df[column] = (
-                entity_df[column].astype("int64") if kind == "INT64" else entity_df[column].astype(str)
-            )
+        entity_df = self._typed_entities(
+            rows[[*self.history.entity_columns, "event_time"]].reset_index(drop=True)
+        )
         if () in self.history.entities:
             entity_df[GLOBAL_KEY] = GLOBAL_VALUE
         entity_df["event_timestamp"] = pd.to_datetime(entity_df.pop("event_time"), utc=True).dt.floor("us")

@@ -311,6 +311,12 @@ def grid_time(points: np.ndarray, every: dt.timedelta, timezone: str) -> pd.Date
     ).tz_convert("UTC")
 
 
+def day_points(day: dt.date, every: dt.timedelta) -> tuple[int, int]:
+    """The grid points of local day ``day``: its midnight and the next midnight (excluded)."""
+    midnight = (day - dt.date(1970, 1, 1)).days * _ns(_DAY)
+    return midnight // _ns(every), (midnight + _ns(_DAY)) // _ns(every)
+
+
 def _ns(value: dt.timedelta) -> int:
     return int(value.total_seconds()) * 1_000_000_000
 
@@ -493,9 +499,8 @@ def snapshot_table(
     next midnight included (the next day's first snapshot reads nothing newer than ``day``), for every
     entity of ``frame``. The rows of the offline store: entity columns, ``snapshot_time`` (UTC), one
     column per feature."""
-    step = _ns(spec.every)
-    midnight = (day - dt.date(1970, 1, 1)).days * _ns(_DAY)
-    first, last = midnight // step + 1, (midnight + _ns(_DAY)) // step
+    midnight, next_midnight = day_points(day, spec.every)
+    first, last = midnight + 1, next_midnight
     entities, values = snapshots(frame, spec, entity, first, last, known_days, timezone)
     points = np.arange(first, last + 1)
     n_entities, n_points = len(entities) if entity else 1, len(points)
@@ -555,11 +560,8 @@ class Snapshots:
         timezone: str,
     ) -> Snapshots:
         """The snapshots the rows of local day ``day`` get (``frame``: the day and its lookback)."""
-        step = _ns(spec.every)
-        midnight = (day - dt.date(1970, 1, 1)).days * _ns(_DAY)
-        return cls.compute(
-            frame, spec, midnight // step, (midnight + _ns(_DAY)) // step - 1, known_days, timezone
-        )
+        midnight, next_midnight = day_points(day, spec.every)
+        return cls.compute(frame, spec, midnight, next_midnight - 1, known_days, timezone)
 
     def lookup(self, rows: pd.DataFrame) -> pd.DataFrame:
         """``rows`` with every history feature added (a copy; :meth:`add_to` adds them in place)."""

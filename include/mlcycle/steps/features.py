@@ -138,6 +138,20 @@ def read_validated(
     return frames, versions, missing
 
 
+def _history_columns(spec: PipelineSpec) -> list[str]:
+    return sorted({*spec.history.reads, EVENT_TIME})
+
+
+def _lookback(
+    spec: PipelineSpec, store: Store, start: dt.date, end: dt.date
+) -> tuple[list[pd.DataFrame], list[ValidatedVersion]]:
+    """The columns history features read, of the validated days from the longest feature's lookback
+    before ``start`` (not before the data's first day) to ``end``."""
+    first = max(start - dt.timedelta(days=spec.history.lookback_days), spec.data_start)
+    frames, versions, _ = read_validated(store, first, end, _history_columns(spec))
+    return frames, versions
+
+
 def with_history(
     spec: PipelineSpec, store: Store, rows: pd.DataFrame, start: dt.date, versions: list[ValidatedVersion]
 ) -> tuple[pd.DataFrame, list[ValidatedVersion]]:
@@ -145,10 +159,8 @@ def with_history(
     features, computed from those days and the validated days before ``start`` that the longest
     feature reads (from the store: a restated day counts as it stands now). Returns the rows and the
     versions of the days read before ``start`` (they are part of what the features were made of)."""
-    lookback = start - dt.timedelta(days=spec.history.lookback_days)
-    wanted = sorted({*spec.history.reads, EVENT_TIME})
-    earlier, earlier_versions, _ = read_validated(store, max(lookback, spec.data_start), start, wanted)
-    frame = pd.concat([*earlier, rows[wanted]], ignore_index=True)
+    earlier, earlier_versions = _lookback(spec, store, start, start)
+    frame = pd.concat([*earlier, rows[_history_columns(spec)]], ignore_index=True)
     known = [v.day for v in (*earlier_versions, *versions)]
     log.info(
         "history features %s: %d rows of %d day(s) before %s read for their lookback",
@@ -168,10 +180,8 @@ def history_inputs(
 ) -> tuple[pd.DataFrame, list[dt.date]]:
     """What the history features of rows in ``[start, end)`` read: the columns they need of the
     validated days from the longest feature's lookback before ``start`` to ``end``, and those days."""
-    first = max(start - dt.timedelta(days=spec.history.lookback_days), spec.data_start)
-    wanted = sorted({*spec.history.reads, EVENT_TIME})
-    frames, versions, _ = read_validated(store, first, end, wanted)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=wanted)
+    frames, versions = _lookback(spec, store, start, end)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_history_columns(spec))
     return frame, [v.day for v in versions]
 
 

@@ -171,9 +171,7 @@ def materialize(spec: PipelineSpec, settings: Settings, interval: Interval) -> M
         )
     last = dt.date.fromisoformat(done[-1]) + dt.timedelta(days=1)
     latest = history.grid_time(
-        [((last - dt.date(1970, 1, 1)).days * 86400) // int(spec.history.every.total_seconds())],
-        spec.history.every,
-        spec.timezone,
+        [history.day_points(last, spec.history.every)[0]], spec.history.every, spec.timezone
     )[0]
     return MaterializeResult(
         pipeline=spec.name,
