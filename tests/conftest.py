@@ -64,6 +64,26 @@ def postgres_dsn() -> str:
     return dsn
 
 
+@pytest.fixture
+def redis_url() -> str:
+    """``redis://`` URL of an emptied database of a real Redis server: ``MLCYCLE_TEST_REDIS_URL``, else
+    127.0.0.1:6379, database 10 plus the xdist worker's number (workers never share one). Skips where
+    no Redis answers (fails with MLCYCLE_REQUIRE_REDIS=1; .ci/run starts Debian's redis-server)."""
+    import os
+
+    import redis
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    url = os.environ.get("MLCYCLE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{10 + int(worker or 0)}")
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except (redis.RedisError, OSError) as exc:
+        _unavailable("Redis", f"{url} does not answer ({exc})", "MLCYCLE_REQUIRE_REDIS")
+    yield url
+    client.flushdb()
+
+
 @pytest.fixture(scope="session")
 def s3_env() -> dict[str, str]:
     """The client environment of a real S3-compatible server (SeaweedFS) and its test bucket.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from mlcycle.errors import StepError
 from mlcycle.history import SNAPSHOT_TIME, HistorySpec
 
 # the global series' constant entity and the online store's variable: the server reads them the same way
-from mlcycle.serving.online import GLOBAL_KEY, GLOBAL_VALUE, ONLINE_ENV
+from mlcycle.serving.online import GLOBAL_KEY, GLOBAL_VALUE, ONLINE_ENV, freshness_key
 
 log = logging.getLogger(__name__)
 
@@ -157,19 +158,21 @@ class FeatureRepo:
         from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
 
         if self.folder is None:
-            raise StepError(
-                "the Feast registry of a store in object storage is not supported yet: use a local "
-                "store folder for history features"
-            )
-        self.folder.mkdir(parents=True, exist_ok=True)
+            # A store in object storage keeps the registry next to the snapshots, in the same bucket
+            # (Feast's S3 registry; boto3 finds the endpoint in AWS_ENDPOINT_URL_S3 as the store does).
+            registry = f"{str(self.store_base).rstrip('/')}/feast/registry.db"
+            repo_path = Path(tempfile.gettempdir())  # Feast wants a local folder; nothing is written there
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            registry, repo_path = str(self.folder / "registry.db"), self.folder
         return RepoConfig(
             project=self.project,
             provider="local",
-            registry=str(self.folder / "registry.db"),
+            registry=registry,
             online_store=self.online.feast_config(),
             offline_store=DuckDBOfflineStoreConfig(),
             entity_key_serialization_version=3,
-            repo_path=self.folder,
+            repo_path=repo_path,
         )
 
     @property
@@ -214,9 +217,10 @@ class FeatureRepo:
             schema += [Field(name=f.name, dtype=Float64) for f in self.history.of_entity(entity)]
             source = FileSource(
                 name=f"{view}_snapshots",
-                path=str(Path(str(self.store_base)) / "history" / view),
+                path=f"{str(self.store_base).rstrip('/')}/history/{view}",
                 timestamp_field=SNAPSHOT_TIME,
                 file_format=ParquetFormat(),
+                s3_endpoint_override=None if self.folder else os.environ.get("AWS_ENDPOINT_URL_S3"),
             )
             objects.append(
                 FeatureView(
@@ -263,8 +267,23 @@ class FeatureRepo:
         frame = self.feast_frame(table, entity)
         keys = list(entity) or [GLOBAL_KEY]
         latest = frame.sort_values(SNAPSHOT_TIME, kind="stable").drop_duplicates(keys, keep="last")
-        self.store.write_to_online_store(self.history.view_name(entity), latest)
+        view = self.history.view_name(entity)
+        self.store.write_to_online_store(view, latest)
+        if self.online.kind == "redis":
+            self._mark_newest(view, latest[SNAPSHOT_TIME].max())
         return len(latest)
+
+    def _mark_newest(self, view: str, newest: pd.Timestamp) -> None:
+        """The view's newest snapshot time, for the server's freshness (``serving.online.freshness_key``):
+        never moved back, as Feast never writes an older snapshot over a newer one."""
+        import redis
+
+        client = redis.Redis.from_url(self.online.url)
+        key = freshness_key(self.spec.name, view)
+        known = client.get(key)
+        seconds = pd.Timestamp(newest).timestamp()
+        if known is None or float(known) < seconds:
+            client.set(key, repr(seconds))
 
     def online_features(self, entity: tuple[str, ...], rows: list[dict[str, Any]]) -> pd.DataFrame:
         """``get_online_features`` of the view of ``entity`` for entity rows (tests, diagnostics)."""

@@ -23,7 +23,16 @@ from mlcycle.deploy.figures import breach_of, read_metrics, window_figures
 from mlcycle.deploy.load import Load, summary
 from mlcycle.deploy.proxy import Proxy
 from mlcycle.deploy.record import mark_staging
-from mlcycle.deploy.slots import DeployError, NotReady, ready_version, remove, running, start, wait_ready
+from mlcycle.deploy.slots import (
+    DeployError,
+    NotReady,
+    online_location,
+    ready_version,
+    remove,
+    running,
+    start,
+    wait_ready,
+)
 from mlcycle.deploy.smoke import eval_rows, latest_eval_slice, smoke_test
 from mlcycle.deploy.state import Slot, StateStore, namespace
 from mlcycle.settings import Settings
@@ -97,7 +106,8 @@ def stage(spec: PipelineSpec, settings: Settings, version: str, image: str) -> S
     with states.locked():
         try:
             eval_path = latest_eval_slice(settings.store, spec.name)
-            started = start(container, image, deploy.staging_port, deploy.workers, store=None)
+            online = online_location(spec, settings.store)
+            started = start(container, image, deploy.staging_port, deploy.workers, store=None, online=online)
             ready = wait_ready(
                 container, f"http://127.0.0.1:{deploy.staging_port}", version, deploy.ready_timeout_seconds
             )
@@ -174,7 +184,8 @@ def rollout(spec: PipelineSpec, settings: Settings, version: str, image: str) ->
                 container = container_name(spec.name, name)
                 state.slots[name] = None  # whatever ran there is replaced now
                 states.write(state)
-                started = start(container, image, port, deploy.workers, store=settings.store)
+                online = online_location(spec, settings.store)
+                started = start(container, image, port, deploy.workers, store=settings.store, online=online)
                 ready = wait_ready(container, url, version, deploy.ready_timeout_seconds)
                 slot = Slot(name, container, port, version, image, started.image_id, started.started_at)
             switch_began = time.time()

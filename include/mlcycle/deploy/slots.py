@@ -3,7 +3,9 @@
 Every container uses the host network and listens on 127.0.0.1 only. A slot's container gets the
 pipeline's store (mounted when it is a folder; its address and the ``AWS_*`` settings when it is in
 object storage, nothing mounted), so its prediction log lands where monitoring reads it; the
-staging container logs nothing (its traffic is the smoke test's, not the clients').
+staging container logs nothing (its traffic is the smoke test's, not the clients'). A model with
+history features reads the online store in every container, staging included: Redis by its URL, the
+SQLite file by its folder mounted read-only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from mlcycle.deploy.state import namespace
 from mlcycle.errors import StepError
+from mlcycle.serving.online import ONLINE_ENV
 from mlcycle.storepath import StorePath, is_remote
 
 log = logging.getLogger(__name__)
@@ -113,8 +116,42 @@ class Started:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start(container: str, image: str, port: int, workers: int, store: StorePath | None) -> Started:
-    """Replace ``container`` by a new one serving ``image`` on 127.0.0.1:``port``."""
+def online_args(location: str | None) -> list[str]:
+    """``docker run`` arguments that give a container the online store at ``location``
+    (``mlcycle.serving.online.locate``): a Redis URL from this process's environment (it may hold a
+    password), an SQLite file through its folder, mounted read-only."""
+    if location is None:
+        return []
+    if location.startswith("redis://"):
+        return (
+            ["-e", ONLINE_ENV]
+            if os.environ.get(ONLINE_ENV, "").strip() == location
+            else ["-e", f"{ONLINE_ENV}={location}"]
+        )
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    volume, inside = mount(path.parent, "/var/lib/mlcycle/online", read_only=True)
+    return [*volume, "-e", f"{ONLINE_ENV}={inside}/{path.name}"]
+
+
+def online_location(spec, store: StorePath | None) -> str | None:
+    """Where the servers of ``spec``'s models read history features (None: the spec has none)."""
+    if not spec.history:
+        return None
+    from mlcycle.feature_store import serving_history
+    from mlcycle.serving.online import OnlineStoreError, locate
+
+    try:
+        return locate(serving_history(spec), None if store is None or is_remote(store) else str(store))
+    except OnlineStoreError as exc:
+        raise DeployError(str(exc)) from exc
+
+
+def start(
+    container: str, image: str, port: int, workers: int, store: StorePath | None, online: str | None = None
+) -> Started:
+    """Replace ``container`` by a new one serving ``image`` on 127.0.0.1:``port``; ``online``: where its
+    model's history features are (``online_location``)."""
     remove(container)
     args = [
         "run",
@@ -147,6 +184,7 @@ def start(container: str, image: str, port: int, workers: int, store: StorePath 
         args += [*volume, "-e", f"MLCYCLE_STORE={inside}"]
     else:
         args += ["-e", "MLCYCLE_SERVING_LOG=off"]
+    args += online_args(online)
     docker(*args, image)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     log.info("started %s from %s on port %d", container, image, port)

@@ -101,10 +101,10 @@ def with_online_history(spec: PipelineSpec, rows: list[dict[str, Any]], store: s
     import pandas as pd
 
     from mlcycle.feature_store import serving_history
-    from mlcycle.serving.online import OnlineFeatures, locate
+    from mlcycle.serving.online import locate, open_online
 
     history = serving_history(spec)
-    full = OnlineFeatures(history, locate(history, store)).add(rows)
+    full = open_online(history, locate(history, store)).add(rows)
     return pd.DataFrame(full)[spec.feature_names]
 
 

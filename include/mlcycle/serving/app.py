@@ -31,7 +31,7 @@ from fastapi.responses import Response
 from mlcycle import __version__
 from mlcycle.serving import metrics as m
 from mlcycle.serving.model import ServedModel, read_schema
-from mlcycle.serving.online import OnlineFeatures, locate
+from mlcycle.serving.online import OnlineStoreUnavailable, locate, open_online
 from mlcycle.serving.parsing import JSON, parse_invocations, parse_predict, read_body
 from mlcycle.serving.predlog import LoggedRequest, PredictionLog
 from mlcycle.serving.schema import response_models
@@ -47,7 +47,7 @@ ERROR_DESCRIPTIONS = {
     415: f"a content type other than {JSON}",
     422: "invalid rows: each bad field, a derived column that differs from the computed one, or a row "
     "a `filter` rule of the spec drops",
-    503: "the model is still loading",
+    503: "the model is still loading, or the online store of its history features does not answer",
 }
 
 
@@ -89,7 +89,7 @@ class Server:
         # History features come from the online store, by each row's entity (mlcycle.serving.online).
         store = None if settings.store is None else str(settings.store)
         self.online = (
-            OnlineFeatures(self.schema.history, locate(self.schema.history, store))
+            open_online(self.schema.history, locate(self.schema.history, store))
             if self.schema.history
             else None
         )
@@ -221,6 +221,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     def not_ready() -> Response:
         return _json_response({"error_code": "NOT_READY", "message": "the model is still loading"}, 503)
 
+    def online_unavailable(exc: OnlineStoreUnavailable) -> Response:
+        m.REJECTED.labels("ONLINE_STORE_UNAVAILABLE").inc()
+        return _json_response({"error_code": "ONLINE_STORE_UNAVAILABLE", "message": str(exc)}, 503)
+
     def rejected(exc: BadRequest, mlflow_style: bool) -> Response:
         m.REJECTED.labels(exc.reason).inc()
         payload: dict[str, Any] = {
@@ -283,7 +287,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         except BadRequest as exc:
             return rejected(exc, mlflow_style=False)
         request_id = request_id_of(request)
-        result = server.predict(rows, request_id, "predict", started, event_day_of(request))
+        try:
+            result = server.predict(rows, request_id, "predict", started, event_day_of(request))
+        except OnlineStoreUnavailable as exc:
+            return online_unavailable(exc)
         payload: dict[str, Any] = {
             "request_id": request_id,
             "model_name": server.model.info.name,
@@ -364,7 +371,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         except BadRequest as exc:
             return rejected(exc, mlflow_style=True)
         request_id = request_id_of(request)
-        result = server.predict(rows, request_id, "invocations", started, event_day_of(request))
+        try:
+            result = server.predict(rows, request_id, "invocations", started, event_day_of(request))
+        except OnlineStoreUnavailable as exc:
+            return online_unavailable(exc)
         return _json_response({"predictions": result.predictions}, headers={"x-request-id": request_id})
 
     fast_routes.update({"/predict": predict, "/invocations": invocations})
@@ -425,7 +435,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 if server.online is None
                 else {
                     **schema.history,
-                    "online_store": server.online.path,
+                    "online_store": {"kind": server.online.kind, "location": server.online.where},
                     "freshness": server.online.freshness(),
                 },
                 "load_seconds": round(model.load_seconds, 3),

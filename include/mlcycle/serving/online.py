@@ -1,16 +1,25 @@
 """The online store, read by the server: each entity's newest history snapshot, as ``materialize`` loaded it.
 
 The store is Feast's (``mlcycle.feature_store`` writes it); the server reads it without importing
-Feast (seconds of import, process-wide side effects, a tenth of the speed): Feast's SQLite online store
-is one table per feature view, ``<project>_<view>``, one row per (entity key, feature) whose value
-is a serialized ``feast.types.Value``. The entity key is Feast's version-3 serialization (keys sorted by
-name; per key its name and its value, each with a type and a length), rebuilt here; the value of a
-history feature is a double (protobuf field 5, 8 bytes little-endian), or empty for a null. A test
-checks these reads equal Feast's own ``get_online_features``.
+Feast (seconds of import, process-wide side effects, a tenth of the speed). Both of Feast's layouts are
+read here, and a test checks each read equal to Feast's own ``get_online_features``:
+
+- **SQLite** (the embedded default): one table per feature view, ``<project>_<view>``, one row per
+  (entity key, feature) whose value is a serialized ``feast.types.Value``;
+- **Redis** (``MLCYCLE_ONLINE_STORE=redis://host:port/db``, the compose stack's): one hash per entity,
+  keyed by the entity key followed by the project's name, whose fields are the 32-bit MurmurHash3 of
+  ``<view>:<feature>`` (little-endian) and ``_ts:<view>``. ``materialize`` also sets
+  ``mlcycle:<project>:<view>:newest_snapshot`` (epoch seconds): the freshness Feast's layout cannot
+  tell without scanning every key.
+
+The entity key is Feast's version-3 serialization (keys sorted by name; per key its name and its value,
+each with a type and a length), rebuilt here; the value of a history feature is a double (protobuf field
+5, 8 bytes little-endian), or empty for a null.
 
 A row's entity is taken from its columns; an entity the store does not hold (never materialized, or
-new) gets the feature's ``fill``, else null. Freshness: the newest snapshot time per view, reported in
-``/metadata`` and ``/metrics``.
+new) gets the feature's ``fill``, else null. A store that cannot be reached (Redis down) is an
+``OnlineStoreUnavailable``: the server answers 503 rather than predict from fills it was not asked for.
+Freshness: the newest snapshot time per view, reported in ``/metadata`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ class OnlineStoreError(RuntimeError):
     """The online store a model needs cannot be found or read; the message says what to set."""
 
 
+class OnlineStoreUnavailable(OnlineStoreError):
+    """The online store did not answer a lookup (a Redis that is down or too slow)."""
+
+
 def entity_key(keys: list[str], values: list[Any], types: dict[str, str]) -> bytes:
     """Feast's ``serialize_entity_key`` (version 3) of one entity."""
     pairs = sorted(zip(keys, values, strict=True))
@@ -58,23 +71,62 @@ def decode_double(blob: bytes | None) -> float:
     return math.nan
 
 
+def murmur3_32(data: bytes, seed: int = 0) -> int:
+    """MurmurHash3's 32-bit hash (x86), unsigned: what ``mmh3.hash(..., signed=False)`` gives Feast."""
+    c1, c2, mask = 0xCC9E2D51, 0x1B873593, 0xFFFFFFFF
+
+    def mix(k: int) -> int:
+        k = (k * c1) & mask
+        k = ((k << 15) | (k >> 17)) & mask
+        return (k * c2) & mask
+
+    h, whole = seed & mask, len(data) // 4 * 4
+    for i in range(0, whole, 4):
+        h ^= mix(int.from_bytes(data[i : i + 4], "little"))
+        h = ((h << 13) | (h >> 19)) & mask
+        h = (h * 5 + 0xE6546B64) & mask
+    if tail := data[whole:]:
+        h ^= mix(int.from_bytes(tail, "little"))
+    h ^= len(data)
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & mask
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & mask
+    return h ^ (h >> 16)
+
+
+def redis_field(view: str, feature: str) -> bytes:
+    """The hash field of one feature in Feast's Redis layout (``feast.infra.online_stores.helpers._mmh3``)."""
+    return struct.pack("<I", murmur3_32(f"{view}:{feature}".encode()))
+
+
+def freshness_key(project: str, view: str) -> str:
+    """The Redis key where ``materialize`` keeps a view's newest snapshot time (epoch seconds)."""
+    return f"mlcycle:{project}:{view}:newest_snapshot"
+
+
 def locate(history: dict[str, Any], store: str | None, env: dict[str, str] | None = None) -> str:
-    """The SQLite file of the online store: ``MLCYCLE_ONLINE_STORE`` (a path, or ``sqlite``), else the
-    store folder's ``<pipeline>/feast/online.db``."""
+    """Where the online store is: ``MLCYCLE_ONLINE_STORE`` (``redis://host:port/db``, an SQLite file, or
+    ``sqlite``), else the store folder's ``<pipeline>/feast/online.db``."""
     value = (env if env is not None else os.environ).get(ONLINE_ENV, "").strip()
     if value.startswith("redis://"):
-        raise OnlineStoreError(
-            f"{ONLINE_ENV}={value}: the server reads the SQLite online store; a Redis one "
-            "is written by materialize but not read by the server yet"
-        )
+        return value
     if value not in ("", "sqlite"):
         return value.removeprefix("sqlite://")
     if store and "://" not in store:
         return str(Path(store) / history["project"] / "feast" / "online.db")
     raise OnlineStoreError(
         f"the model reads history features ({', '.join(history_names(history))}) from an online store: set "
-        f"{ONLINE_ENV} to its SQLite file, or MLCYCLE_STORE to the store folder it lives in"
+        f"{ONLINE_ENV} to redis://host:port/db or to its SQLite file, or MLCYCLE_STORE to the store folder "
+        "it lives in"
     )
+
+
+def open_online(history: dict[str, Any], location: str) -> OnlineFeatures:
+    """The reader of the online store at ``location`` (what ``locate`` returned)."""
+    if location.startswith("redis://"):
+        return RedisOnlineFeatures(history, location)
+    return OnlineFeatures(history, location)
 
 
 def history_names(history: dict[str, Any]) -> list[str]:
@@ -82,7 +134,10 @@ def history_names(history: dict[str, Any]) -> list[str]:
 
 
 class OnlineFeatures:
-    """Looks up every history feature of a row by its entity (one query per view and distinct entity)."""
+    """Looks up every history feature of a row by its entity (one query per view and distinct entity),
+    in Feast's SQLite online store; ``RedisOnlineFeatures`` reads its Redis one."""
+
+    kind = "sqlite"
 
     def __init__(self, history: dict[str, Any], path: str):
         self.history, self.path = history, path
@@ -90,6 +145,11 @@ class OnlineFeatures:
         self.views = history["views"]
         self.names = history_names(history)
         self._local = threading.local()
+
+    @property
+    def where(self) -> str:
+        """The store's location as shown in ``/metadata``: a Redis URL without its credentials."""
+        return re.sub(r"//[^@/]*@", "//", self.path)
 
     def _table(self, view: dict[str, Any]) -> str:
         """The view's table: names of the spec (a pipeline name, column names), checked to be identifiers
@@ -141,25 +201,72 @@ class OnlineFeatures:
                     row[feature["name"]] = value
         return out
 
-    def freshness(self) -> dict[str, Any]:
-        """Per view: the newest snapshot time in the store and its age in seconds (None: none yet)."""
+    def _newest(self, view: dict[str, Any]) -> Any:
         con = self._connection()
+        if con is None:
+            return None
+        try:
+            query = f'SELECT max(event_ts) FROM "{self._table(view)}"'  # noqa: S608 - an identifier
+            return con.execute(query).fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
+
+    def freshness(self) -> dict[str, Any]:
+        """Per view: the newest snapshot time in the store and its age in seconds (None: none yet, or the
+        store cannot be reached)."""
         now = dt.datetime.now(dt.UTC)
         out: dict[str, Any] = {}
         for view in self.views:
-            newest = None
-            if con is not None:
-                try:
-                    query = f'SELECT max(event_ts) FROM "{self._table(view)}"'  # noqa: S608 - an identifier
-                    newest = con.execute(query).fetchone()[0]
-                except sqlite3.OperationalError:
-                    newest = None
-            when = _timestamp(newest)
+            try:
+                when = _timestamp(self._newest(view))
+            except OnlineStoreUnavailable:
+                when = None
             out[view["name"]] = {
                 "newest_snapshot": when.isoformat() if when else None,
                 "age_seconds": (now - when).total_seconds() if when else None,
             }
         return out
+
+
+class RedisOnlineFeatures(OnlineFeatures):
+    """Feast's Redis online store (see the module's docstring): one ``HMGET`` per view and entity."""
+
+    kind = "redis"
+    #: A lookup waits at most this long for Redis before the request is answered 503.
+    TIMEOUT_SECONDS = 1.0
+
+    def __init__(self, history: dict[str, Any], url: str):
+        import redis  # only where the online store is in Redis
+
+        super().__init__(history, url)
+        self._errors = (redis.RedisError, OSError)
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=self.TIMEOUT_SECONDS, socket_connect_timeout=self.TIMEOUT_SECONDS
+        )
+        self._fields = {
+            view["name"]: [redis_field(view["name"], f["name"]) for f in view["features"]]
+            for view in self.views
+        }
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._client, method)(*args)
+        except self._errors as exc:
+            raise OnlineStoreUnavailable(
+                f"the online store {self.path} did not answer ({type(exc).__name__}: {exc}); history "
+                "features cannot be looked up until it does"
+            ) from exc
+
+    def _read(self, view: dict[str, Any], key: bytes) -> dict[str, float]:
+        names = [f["name"] for f in view["features"]]
+        values = self._call("hmget", key + self.project.encode(), self._fields[view["name"]])
+        return {
+            name: decode_double(value) for name, value in zip(names, values, strict=True) if value is not None
+        }
+
+    def _newest(self, view: dict[str, Any]) -> Any:
+        value = self._call("get", freshness_key(self.project, view["name"]))
+        return None if value is None else float(value)
 
 
 def _timestamp(value: Any) -> dt.datetime | None:

@@ -282,3 +282,35 @@ def test_read_metrics_sums_every_series_of_the_served_endpoints(tmp_path):
     finally:
         server.shutdown()
     assert reading == {"statuses": {"200": 10.0, "500": 2.0}, "buckets": {0.1: 11.0, float("inf"): 12.0}}
+
+
+def test_every_container_of_a_history_model_is_given_the_online_store(tmp_path, monkeypatch):
+    """Staging included (it has no store): the SQLite file's folder read-only, or Redis by its URL taken
+    from the environment (it may hold a password, which must not be on a command line)."""
+    from mlcycle.deploy.slots import DeployError, online_args, online_location
+    from tests.datasets import EVENT_HISTORY_FEATURES, make_events_dataset
+
+    base = make_events_dataset(tmp_path / "data", start="2023-02-27", days=2)
+    plain = load_spec(base)
+    spec = load_spec(
+        write_spec_variant(
+            base, tmp_path / "data" / "h.yaml", name="flights_history", features=EVENT_HISTORY_FEATURES
+        )
+    )
+    monkeypatch.delenv("MLCYCLE_ONLINE_STORE", raising=False)
+    monkeypatch.delenv("MLCYCLE_DOCKER_VOLUMES", raising=False)
+    location = online_location(spec, tmp_path / "store")
+    assert location == str(tmp_path / "store" / spec.name / "feast" / "online.db")
+    assert online_args(location) == [
+        "-v",
+        f"{tmp_path / 'store' / spec.name / 'feast'}:/var/lib/mlcycle/online:ro",
+        "-e",
+        "MLCYCLE_ONLINE_STORE=/var/lib/mlcycle/online/online.db",
+    ]
+    monkeypatch.setenv("MLCYCLE_ONLINE_STORE", "redis://:secret@127.0.0.1:6379/1")
+    assert online_location(spec, None) == "redis://:secret@127.0.0.1:6379/1"
+    assert online_args(online_location(spec, None)) == ["-e", "MLCYCLE_ONLINE_STORE"]
+    assert online_location(plain, tmp_path) is None
+    monkeypatch.delenv("MLCYCLE_ONLINE_STORE")
+    with pytest.raises(DeployError, match="MLCYCLE_ONLINE_STORE"):
+        online_location(spec, None)  # staging of a store in object storage, and no Redis named

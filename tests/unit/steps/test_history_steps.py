@@ -152,14 +152,20 @@ def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_pa
         pd.testing.assert_frame_equal(states[0][1][entity], states[1][1][entity])
 
 
-def test_the_server_builds_from_the_online_store_the_vector_training_used(spec, settings, tmp_path):
-    """The skew test at the server: rows of the day after the last materialized one, sent without
-    history features, are answered exactly as the Pipeline answers their training vectors (history
-    values from build_features); the prediction log and /metadata show what was fetched; a client
-    cannot send a history feature."""
+@pytest.mark.parametrize("online", ["sqlite", "redis"])
+def test_the_server_builds_from_the_online_store_the_vector_training_used(
+    spec, settings, tmp_path, online, request, monkeypatch
+):
+    """The skew test at the server, with either online store (Feast writes it, the server reads it
+    without Feast): rows of the day after the last materialized one, sent without history features,
+    are answered exactly as the Pipeline answers their training vectors (history values from
+    build_features); /metadata shows what was fetched and how fresh; a client cannot send a history
+    feature. A Redis that does not answer gets 503, not predictions from fills."""
     from mlcycle.modeling import build_pipeline
     from tests.unit.serving.conftest import app_client, save_model_folder
 
+    if online == "redis":
+        monkeypatch.setenv("MLCYCLE_ONLINE_STORE", request.getfixturevalue("redis_url"))
     store, _ = _publish(spec, settings)
     build_features(spec, settings, day_interval(LAST))
     folder = store.features_dir(LAST + dt.timedelta(days=1))
@@ -186,12 +192,34 @@ def test_the_server_builds_from_the_online_store_the_vector_training_used(spec, 
             [p["1"] for p in answer.json()["probabilities"]], expected[:, 1], atol=1e-6
         )
         meta = client.get("/metadata").json()["history"]
+        assert meta["online_store"]["kind"] == online
         assert {v["name"] for v in meta["views"]} == {"by_zone", "by_carrier", "by_hour_carrier"}
         newest = pd.Timestamp(LAST, tz=spec.timezone).tz_convert("UTC")
         assert pd.Timestamp(meta["freshness"]["by_zone"]["newest_snapshot"]) == newest
         assert 'mlcycle_history_feature_age_seconds{view="by_zone"}' in client.get("/metrics").text
         refused = client.post("/predict", json=[{**sent[0], "late_share_7d": 0.5}])
         assert refused.status_code == 422 and "late_share_7d" in refused.text
+    if online == "redis":
+        monkeypatch.setenv("MLCYCLE_ONLINE_STORE", "redis://127.0.0.1:9/0")  # nothing listens on port 9
+        with app_client(saved, store.root, max_body_bytes=1 << 20) as client:
+            down = client.post("/predict", json=sent[:2])
+            assert down.status_code == 503, down.text
+            assert down.json()["error_code"] == "ONLINE_STORE_UNAVAILABLE"
+            assert "redis://127.0.0.1:9/0" in down.json()["message"]
+            assert (
+                client.get("/metadata").json()["history"]["freshness"]["by_zone"]["newest_snapshot"] is None
+            )
+
+
+def test_the_redis_field_hash_is_feasts():
+    """The server's MurmurHash3 of ``<view>:<feature>`` equals the mmh3 field names Feast writes."""
+    from feast.infra.online_stores.helpers import _mmh3
+
+    from mlcycle.serving.online import redis_field
+
+    for view, feature in [("a", ""), ("by_zone", "late_share_7d"), ("g", "ü€x"), ("v" * 7, "f" * 13)]:
+        for cut in range(len(feature) + 1):
+            assert redis_field(view, feature[:cut]) == _mmh3(f"{view}:{feature[:cut]}")
 
 
 def test_monitoring_calls_the_online_store_stale_past_max_age(spec, settings):
@@ -206,3 +234,44 @@ def test_monitoring_calls_the_online_store_stale_past_max_age(spec, settings):
     assert not online_freshness(spec, store, midnight(LAST + dt.timedelta(days=2)))["stale"]  # max_age 2d
     late = online_freshness(spec, store, midnight(LAST + dt.timedelta(days=3)))
     assert late["stale"] and "more than features.max_age (2d)" in late["why"]
+
+
+def test_a_store_in_object_storage_keeps_the_feast_registry_and_snapshots_in_the_bucket(
+    spec, tmp_path, monkeypatch, s3_env, redis_url
+):
+    """Where workers share no disk (the compose stack): the store in a bucket, the online store in
+    Redis. materialize writes the snapshot files and Feast's registry to the bucket and each entity's
+    newest snapshot to Redis, which Feast and the server read alike."""
+    import uuid
+
+    from mlcycle.feature_store import FeatureRepo, serving_history
+    from mlcycle.serving.online import locate, open_online
+    from mlcycle.settings import Settings
+    from tests.conftest import s3_client
+    from tests.unit.conftest import apply_env
+
+    apply_env(monkeypatch, tmp_path)
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    bucket, prefix = s3_env["MLCYCLE_TEST_S3_BUCKET"], f"tests/{uuid.uuid4().hex}"
+    monkeypatch.setenv("MLCYCLE_STORE", f"s3://{bucket}/{prefix}")
+    monkeypatch.setenv("MLCYCLE_ONLINE_STORE", redis_url)
+    settings = Settings.from_env()
+    store, _ = _publish(spec, settings)
+    result = materialize(spec, settings, day_interval(LAST - dt.timedelta(days=1)))
+    assert result.online["loaded"]
+    keys = {o["Key"] for o in s3_client(s3_env).list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert f"{prefix}/flights_history/feast/registry.db" in keys
+    assert f"{prefix}/flights_history/history/by_zone/date={LAST - dt.timedelta(days=1)}/data.parquet" in keys
+
+    repo = FeatureRepo(spec, store.base)
+    assert {v.name for v in repo.store.list_feature_views()} == {"by_zone", "by_carrier", "by_hour_carrier"}
+    zones = [{"zone": "z001"}, {"zone": "z002"}]
+    by_feast = repo.online_features(("zone",), zones)
+    history = serving_history(spec)
+    served = open_online(history, locate(history, None))
+    assert served.kind == "redis"
+    served = served.add(zones)
+    for name in ("late_share_7d", "flights_7d"):
+        assert by_feast[name].notna().all(), by_feast
+        np.testing.assert_allclose([r[name] for r in served], by_feast[name].to_numpy(dtype=float))
