@@ -10,6 +10,8 @@ read when the task runs (never at parse time):
 - ``MLCYCLE_HOME``, ``MLCYCLE_STORE``, ``MLFLOW_TRACKING_URI``, ``MLCYCLE_ARTIFACT_ROOT``: passed
   through; local folders among them are bind-mounted at the same path, so file URIs mean the same
   thing inside and outside the container.
+- ``MLCYCLE_ONLINE_STORE`` (the online store of history features, e.g. the compose stack's Redis):
+  passed through ``private_environment``, since a Redis URL may hold a password.
 - Secrets come from the Airflow connection ``MLCYCLE_MLFLOW_CONN_ID`` (default ``mlflow``), when it
   exists: its login and password reach the container as ``MLFLOW_TRACKING_USERNAME`` and
   ``MLFLOW_TRACKING_PASSWORD`` through ``private_environment`` (never rendered, never logged).
@@ -121,6 +123,9 @@ class StepDockerOperator(DockerOperator):
         self.environment = {**env, **(self.environment or {})}
         # A store in object storage: the connection's keys, never a mount, never a rendered field.
         self._private_environment = {**self._private_environment, **object_store_env()}
+        # The online store of history features (a Redis URL may hold a password): never rendered either.
+        if online := os.environ.get("MLCYCLE_ONLINE_STORE", "").strip():
+            self._private_environment = {**self._private_environment, "MLCYCLE_ONLINE_STORE": online}
         # Whose container this is: `docker ps --filter label=mlcycle.home=<home>` lists one project's steps,
         # `label=io.mlcycle.namespace=<stack>` one compose stack's, `label=mlcycle.task=...` one task's tries.
         self.labels = {"mlcycle.step": self.step, "mlcycle.home": home, "mlcycle.task": task_key,

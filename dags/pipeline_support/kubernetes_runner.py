@@ -18,7 +18,8 @@ Configured by the environment of the Airflow worker:
 - ``MLCYCLE_K8S_SERVICE_ACCOUNT`` (default: the namespace's default): the step pod's service account.
 - ``MLCYCLE_STEP_CPU`` (default ``1``), ``MLCYCLE_STEP_MEMORY`` (default ``2Gi``): the step pod's
   requests; memory is its limit too. ``MLCYCLE_THREADS`` (default 1) should not exceed the CPU.
-- ``MLCYCLE_STORE``, ``MLFLOW_TRACKING_URI``, ``MLCYCLE_ARTIFACT_ROOT``, ``MLCYCLE_LOG_LEVEL``:
+- ``MLCYCLE_STORE``, ``MLFLOW_TRACKING_URI``, ``MLCYCLE_ARTIFACT_ROOT``, ``MLCYCLE_LOG_LEVEL``,
+  ``MLCYCLE_ONLINE_STORE`` (a Redis URL with a password belongs in one of the Secrets instead):
   passed through. There are no local folders to share: the store is object storage
   (``s3://bucket/prefix``) and MLflow a tracking server. ``MLCYCLE_HOME`` is a scratch folder of the
   pod (an ``emptyDir``), gone with it.
@@ -72,7 +73,13 @@ DEFAULT_IMAGE = "mlcycle-steps:0.1.0"
 RESULT_PATH = "/airflow/xcom/return.json"
 #: The step pod's MLCYCLE_HOME: a scratch folder (emptyDir), for whatever a step keeps locally.
 POD_HOME = "/mlcycle/home"
-PASSED_THROUGH = ("MLCYCLE_STORE", "MLFLOW_TRACKING_URI", "MLCYCLE_ARTIFACT_ROOT", "MLCYCLE_LOG_LEVEL")
+PASSED_THROUGH = (
+    "MLCYCLE_STORE",
+    "MLFLOW_TRACKING_URI",
+    "MLCYCLE_ARTIFACT_ROOT",
+    "MLCYCLE_LOG_LEVEL",
+    "MLCYCLE_ONLINE_STORE",
+)
 #: The step image's user (docker/steps/Dockerfile): uid 50000, group 0.
 STEP_UID = 50000
 
