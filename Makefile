@@ -1,7 +1,7 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
 # Recipes run in bash: several source scripts/env.sh, which needs bash (Debian's /bin/sh is dash).
 SHELL := /bin/bash
-.PHONY: setup run test lint bench bench-scale bench-training bench-monitoring bench-history bench-scoring bench-object-store images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
+.PHONY: setup run test lint bench bench-scale bench-training bench-monitoring bench-history bench-online bench-scoring bench-object-store images mlflow-ui airflow-ui alert-sinks clean serve serving-image bench-serving
 
 setup:            ## create .venv (Airflow) and .venv-steps (steps)
 	bash scripts/setup.sh
@@ -32,6 +32,9 @@ bench-scoring:    ## batch scoring of the 9.24M-row scale window, ONNX vs Pipeli
 
 bench-history:    ## bikeshare's hold-out RMSE with and without its history features, over dates of 2011 (ENDS=... for others)
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_history.py $(if $(ENDS),--ends $(ENDS))
+
+bench-online:     ## what the online lookup of history features adds to a one-row request (SQLite and Redis, 4 connections)
+	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_online.py
 
 bench-monitoring: ## the monitor step's cost, drift days per month of 2011, false positives on a same-distribution replay
 	bash scripts/setup.sh && .venv-steps/bin/python scripts/bench_monitoring.py

@@ -8,6 +8,7 @@ on a fresh store and MLflow home, with the same search (seed, iterations, folds)
 hold-out RMSE of each, their ratio per date and over all dates, and build_features' wall time.
 
 Usage: .venv-steps/bin/python scripts/bench_history.py [--ends 2011-04-01,2011-07-01] [--n-iter 6]
+       [--features my-features.yaml]   (a `features:` section of your own, measured instead)
 """
 
 from __future__ import annotations
@@ -44,19 +45,38 @@ FEATURES = {
 GOAL = 0.20
 
 
-def variant(folder: Path, history: bool, n_iter: int) -> Path:
-    """The bundled spec, with or without its history features, and the search of this benchmark."""
+def variant(folder: Path, history: bool, n_iter: int, features: dict | None = None) -> Path:
+    """The bundled spec, with or without history features (``features``, else ``FEATURES``), and the
+    search of this benchmark."""
     raw = yaml.safe_load(SPEC.read_text())
     raw["source"]["path"] = str((SPEC.parent / raw["source"]["path"]).resolve())
     raw["validation"]["suite"] = str((SPEC.parent / raw["validation"]["suite"]).resolve())
     raw["model"]["search"]["n_iter"] = n_iter
     if history:
-        raw["features"] = FEATURES
+        raw["features"] = features or FEATURES
     raw["name"] = "bikeshare_history" if history else "bikeshare_plain"
     raw["model"]["registered_name"] = raw["name"]
     path = folder / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def naive_rmse(end: dt.date, holdout_days: int = 7) -> float:
+    """The RMSE of predicting each hour of the hold-out slice (the window's last ``holdout_days``
+    before ``end``) by the riders of the same hour a week before: how much a lag alone knows."""
+    import numpy as np
+    import pandas as pd
+
+    raw = yaml.safe_load(SPEC.read_text())
+    frame = pd.read_csv((SPEC.parent / raw["source"]["path"]).resolve())
+    frame["time"] = pd.Timestamp("2011-01-01") + pd.to_timedelta(frame["day"] - 1, unit="D")
+    frame["time"] += pd.to_timedelta(frame["hr"], unit="h")
+    riders = frame.set_index("time")["bikers"]
+    start = pd.Timestamp(end - dt.timedelta(days=holdout_days))
+    held = riders[(riders.index >= start) & (riders.index < pd.Timestamp(end))]
+    week_before = riders.reindex(held.index - pd.Timedelta(days=7)).to_numpy(dtype=float)
+    known = ~np.isnan(week_before)
+    return float(np.sqrt(np.mean((held.to_numpy(dtype=float)[known] - week_before[known]) ** 2)))
 
 
 def run(spec: Path, end: dt.date, folder: Path) -> dict:
@@ -159,6 +179,10 @@ def main() -> None:
     parser.add_argument("--ends", default=ENDS, help="comma-separated end dates of the runs")
     parser.add_argument("--n-iter", type=int, default=6, help="search candidates per run (the spec's: 6)")
     parser.add_argument(
+        "--features",
+        help="a YAML file holding a spec's `features:` section, measured instead of FEATURES",
+    )
+    parser.add_argument(
         "--scale",
         action="store_true",
         help="instead: build_features and materialize on the 9.24M-row scale window",
@@ -171,7 +195,13 @@ def main() -> None:
     ends = [dt.date.fromisoformat(d) for d in args.ends.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         work = Path(tmp)
-        specs = {"with": variant(work, True, args.n_iter), "without": variant(work, False, args.n_iter)}
+        features = yaml.safe_load(Path(args.features).read_text()) if args.features else None
+        if isinstance(features, dict) and "features" in features:
+            features = features["features"]
+        specs = {
+            "with": variant(work, True, args.n_iter, features),
+            "without": variant(work, False, args.n_iter),
+        }
         rows = []
         print(
             f"{'end':<12}{'RMSE without':>14}{'RMSE with':>12}{'with/without':>14}"
@@ -193,6 +223,11 @@ def main() -> None:
     print(
         f"\nmean hold-out RMSE: {mean_without:.2f} without, {mean_with:.2f} with history features: "
         f"{lower:.1%} lower (goal: at least {GOAL:.0%}; worst date {1 - max(r for _, r in rows):.1%} lower)"
+    )
+    naive = statistics.mean(naive_rmse(end) for end in ends)
+    print(
+        f"the same hour a week before as the prediction itself: RMSE {naive:.2f} on the same hold-out days "
+        f"({naive / mean_without:.2f}x the model without history features)"
     )
     print(
         f"build_features: median {statistics.median(g['without']['build_features_s'] for g, _ in rows):.2f} s "

@@ -357,6 +357,30 @@ def bentoml(bin_dir: Path, model_file: Path, schema, base_env: dict[str, str], t
     )
 
 
+def mlcycle_serve(name: str, folder: Path, env: dict[str, str]) -> Server:
+    """This server (`mlcycle serve`) on a free port of 127.0.0.1, with its default workers."""
+    port = free_port()
+    return Server(
+        name=name,
+        cmd=[
+            str(BIN / "mlcycle"),
+            "serve",
+            "--model-uri",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        ready_url=f"http://127.0.0.1:{port}/ready",
+        url=f"http://127.0.0.1:{port}/predict",
+        body=lambda rs: json.dumps(rs[0] if len(rs) == 1 else rs),
+        parse=lambda answer: answer["predictions"],
+        workers=f"{cores()} (its default: one per core)",
+        env=env,
+    )
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -595,25 +619,10 @@ def main() -> int:
         )
 
         def ours(log_flag: str) -> Server:
-            port = free_port()
-            return Server(
-                name="ours" if log_flag == "on" else "ours_log_off",
-                cmd=[
-                    str(BIN / "mlcycle"),
-                    "serve",
-                    "--model-uri",
-                    str(folder),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                ready_url=f"http://127.0.0.1:{port}/ready",
-                url=f"http://127.0.0.1:{port}/predict",
-                body=lambda rs: json.dumps(rs[0] if len(rs) == 1 else rs),
-                parse=lambda answer: answer["predictions"],
-                workers=f"{cores()} (its default: one per core)",
-                env={**env, "MLCYCLE_STORE": str(tmp / f"store-{log_flag}"), "MLCYCLE_SERVING_LOG": log_flag},
+            return mlcycle_serve(
+                "ours" if log_flag == "on" else "ours_log_off",
+                folder,
+                {**env, "MLCYCLE_STORE": str(tmp / f"store-{log_flag}"), "MLCYCLE_SERVING_LOG": log_flag},
             )
 
         anchors = [

@@ -14,6 +14,11 @@ loop is the scheduler's own doing after two commands a person would type:
 
 Traffic goes through the proxy the whole time (a steady load generator from the first deploy to the
 end): no request fails, and the answers name version 1, then version 2.
+
+The loop runs with history features on (the riders of the same hour the day before, and of the last
+three days): clients send a row's own columns, every container the deploy starts reads the rest from
+the online store that ``materialize`` keeps (the training DAG's task after the seeded days), and the
+prediction log holds what was fetched.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import uuid
 
 import pytest
 
-from tests.datasets import BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
+from tests.datasets import BIKESHARE_CSV, BIKESHARE_SPEC, LEAN_MODEL, write_spec_variant
 from tests.integration.airflow_env import AirflowProject, free_port
 from tests.integration.test_backfill import metadata_db  # noqa: F401 - the fixture
 from tests.integration.test_deploy import (  # noqa: F401 - docker_ready: the fixture
@@ -48,6 +53,13 @@ CHAMPION_END = dt.date(2011, 1, 16)
 WINDOW_DAYS = 14
 STALL = 10 * 60
 TRAINING, MONITORING, DEPLOY = "training_bikeshare", "monitoring_bikeshare", "deploy_bikeshare"
+#: Short windows: the data starts on 2011-01-01 and the first champion trains on January 2-15.
+LOOP_FEATURES = {
+    "history": {
+        "riders_same_hour_yesterday": {"of": "bikers", "lag": "1d", "entity": ["hr"]},
+        "riders_mean_3d": {"of": "bikers", "agg": "mean", "window": "3d"},
+    }
+}
 
 
 def _runs(project: AirflowProject, dag_id: str) -> list[dict]:
@@ -91,6 +103,7 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
         model=LEAN_MODEL,
         window={"days": WINDOW_DAYS, "min_training_rows": 200},
         schedule={"start": (DRIFTED - dt.timedelta(days=2)).isoformat()},
+        features=LOOP_FEATURES,
         deploy={
             "production_port": production,
             "slot_ports": [blue, green],
@@ -115,6 +128,11 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
     )
     seed_champion(
         project, str(spec), validated_through=DRIFTED, champion_end=CHAMPION_END, window_days=WINDOW_DAYS
+    )
+    # what the daily training runs' materialize tasks would have left: the online store holds the
+    # snapshots the rows of the drifted day need
+    project.steps_cli(
+        "materialize", "--pipeline", str(spec), "--start", "2011-01-01", "--end", DRIFTED.isoformat()
     )
     load = None
     try:
@@ -142,7 +160,7 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
                 from mlcycle.store import Store
                 spec = load_spec({str(spec)!r})
                 frame = _day_rows(spec, Store(Path({str(project.store)!r}), "bikeshare"), dt.date(2011, 1, 18))
-                print(json.dumps(_records(frame[spec.feature_names])))
+                print(json.dumps(_records(frame[spec.row_feature_names])))
             """)
             load = load_module.Load(production, rows, rate=10, threads=4).start()
 
@@ -203,6 +221,23 @@ def test_drift_in_served_traffic_retrains_and_redeploys_once(tmp_path, metadata_
     metrics = json.loads(
         (project.store / "bikeshare" / "reports" / "drift" / f"date={DRIFTED}" / "metrics.json").read_text()
     )
+    # the production slot read the history features from the online store and logged them: the
+    # three-day mean for every row, the same hour the day before where that hour has riders (the
+    # ice storm of 2011-01-18 left half of its hours without data: those are null, as in training)
+    logged = project.steps_python(f"""
+        import glob, json
+        import pandas as pd
+        files = glob.glob({str(project.store / "bikeshare" / "predictions" / f"date={DRIFTED}")!r} + "/part-*.parquet")
+        frame = pd.concat([pd.read_parquet(f) for f in files])
+        source = pd.read_csv({str(BIKESHARE_CSV)!r})
+        hours = set(source.loc[source["day"] == {(DRIFTED - dt.date(2011, 1, 1)).days!r}, "hr"].astype(int))
+        known = frame["riders_same_hour_yesterday"].notna()
+        print(json.dumps({{"mean_3d": float(frame["riders_mean_3d"].notna().mean()),
+                           "yesterday_known_where_it_had_riders": bool((known == frame["hr"].isin(hours)).all()),
+                           "yesterday_known": float(known.mean())}}))
+    """)
+    assert logged["mean_3d"] == 1.0 and logged["yesterday_known_where_it_had_riders"], logged
+    assert logged["yesterday_known"] > 0.3, logged
     print(f"\nloop: monitoring {metrics['verdict']['line']}; traffic {figures}")
     assert metrics["source"] == "predictions" and metrics["rows"] == day_rows, metrics["source"]
     assert metrics["decision"]["trigger"] and metrics["model"]["version"] == "1", metrics["decision"]

@@ -212,10 +212,20 @@ def test_a_second_data_set_needs_only_a_spec(project, pipelines):
 
 
 def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(project, pipelines):
-    """Events (no key), a derived label, a filter, a 100-value categorical, New York time, 2023."""
-    make_events_dataset(pipelines, start="2023-02-27", days=21)
+    """Events (no key), a derived label, a filter, a 100-value categorical, New York time, 2023, and
+    history features by zone and carrier (a rolling share of late flights among them): the training
+    DAG reads the lookback from the store, trains on the features, materializes the interval into the
+    offline and online stores (Feast), and the monitoring DAG judges the features with the rest and
+    the online store's age."""
+    base = make_events_dataset(pipelines / "events", start="2023-02-27", days=21)
+    write_spec_variant(
+        base,
+        pipelines / "flights.yaml",
+        features=EVENT_HISTORY_FEATURES,
+        schedule={"start": "2023-03-13"},  # before the default: the first 7 days only warm up
+    )
     states = _run(project, "2023-03-16", {}, dag_id="training_flights")
-    assert all(states[t] == "success" for t in STEPS), states
+    assert all(states[t] == "success" for t in [*STEPS, "materialize"]), states
 
     registry = project.registry("flights")
     assert registry["aliases"] == {"champion": "1", "challenger": "1"}
@@ -228,9 +238,17 @@ def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(p
     )
     assert run["metrics"]["holdout_roc_auc"] > 0.7
     assert run["params"]["gate_metric"] == "roc_auc"
+    store = project.store / "flights"
     # The day clocks went forward is one local day of 23 hours, like any other partition.
-    sunday = project.store / "flights" / "validated" / "date=2023-03-12"
-    assert sunday.exists()
+    assert (store / "validated" / "date=2023-03-12").exists()
+    manifest = json.loads(next((store / "features").glob("end=2023-03-15/*/manifest.json")).read_text())
+    assert (
+        set(manifest["history"]) == set(EVENT_HISTORY_FEATURES["history"])
+        and manifest["window_start"] == "2023-03-01"
+    )
+    assert manifest["partitions"][0]["date"] == "2023-02-27"  # the lookback, clipped to the data's first day
+    assert (store / "history" / "by_zone" / "date=2023-03-14" / "data.parquet").is_file()
+    assert (store / "feast" / "online.db").is_file()
     # The registered classifier gives probabilities through pyfunc, as the README documents.
     proba = project.steps_python(f"""
         import datetime as dt, json, mlflow, pandas as pd
@@ -245,37 +263,8 @@ def test_an_event_data_set_of_another_decade_in_local_time_needs_only_its_spec(p
     """)
     assert proba["shape"] == [5, 2] and proba["sums"] == [1.0] * 5 and set(proba["labels"]) <= {0, 1}
 
-
-def test_history_features_train_materialize_and_are_monitored_through_the_dags(project, pipelines):
-    """The flight events with history features by zone and carrier: the training DAG reads the lookback
-    from the store, trains on the features, materializes the interval into the offline and online
-    stores (Feast), and the monitoring DAG judges the features with the rest and the store's age."""
-    base = make_events_dataset(pipelines / "events", start="2023-02-27", days=21, name="flights_base")
-    write_spec_variant(
-        base,
-        pipelines / "flights_history.yaml",
-        name="flights_history",
-        features=EVENT_HISTORY_FEATURES,
-        model={"registered_name": "flights_history"},
-        experiment="flights_history",
-        schedule={"start": "2023-03-13"},
-    )  # before the default: the first 7 days only warm up
-    states = _run(project, "2023-03-16", {}, dag_id="training_flights_history")
-    assert all(states[t] == "success" for t in [*STEPS, "materialize"]), states
-    run = project.run_tags(project.registry("flights_history")["versions"][0]["run_id"])
-    assert run["metrics"]["holdout_roc_auc"] > 0.7
-    store = project.store / "flights_history"
-    manifest = json.loads(next((store / "features").glob("end=2023-03-15/*/manifest.json")).read_text())
-    assert (
-        set(manifest["history"]) == set(EVENT_HISTORY_FEATURES["history"])
-        and manifest["window_start"] == "2023-03-01"
-    )
-    assert manifest["partitions"][0]["date"] == "2023-02-27"  # the lookback, clipped to the data's first day
-    assert (store / "history" / "by_zone" / "date=2023-03-14" / "data.parquet").is_file()
-    assert (store / "feast" / "online.db").is_file()
-
-    proc = project.dags_test("monitoring_flights_history", "2023-03-15")
-    states = project.task_states("monitoring_flights_history", "2023-03-15")
+    proc = project.dags_test("monitoring_flights", "2023-03-15")
+    states = project.task_states("monitoring_flights", "2023-03-15")
     assert states["monitor"] == "success", (states, proc.stdout[-5000:])
     metrics = json.loads(next((store / "reports" / "drift").glob("date=*/metrics.json")).read_text())
     monitored = {c["column"] for c in metrics["columns"]}

@@ -93,6 +93,15 @@ class Server:
             if self.schema.history
             else None
         )
+        if self.online is not None and not any(
+            v["newest_snapshot"] for v in self.online.freshness().values()
+        ):
+            log.warning(
+                "the online store %s (%s) holds no history snapshot yet: every history feature gets its "
+                "fill, or null, until the training DAG's materialize task loads one",
+                self.online.where,
+                self.online.kind,
+            )
         self.model: ServedModel | None = None
         self.predlog: PredictionLog | None = None
         self.ready = False

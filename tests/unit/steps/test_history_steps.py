@@ -154,7 +154,7 @@ def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_pa
 
 @pytest.mark.parametrize("online", ["sqlite", "redis"])
 def test_the_server_builds_from_the_online_store_the_vector_training_used(
-    spec, settings, tmp_path, online, request, monkeypatch
+    spec, settings, tmp_path, online, request, monkeypatch, caplog
 ):
     """The skew test at the server, with either online store (Feast writes it, the server reads it
     without Feast): rows of the day after the last materialized one, sent without history features,
@@ -209,6 +209,7 @@ def test_the_server_builds_from_the_online_store_the_vector_training_used(
             assert (
                 client.get("/metadata").json()["history"]["freshness"]["by_zone"]["newest_snapshot"] is None
             )
+        assert "holds no history snapshot yet" in caplog.text  # said when the server starts
 
 
 def test_the_redis_field_hash_is_feasts():
