@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pandas as pd
 import yaml
@@ -76,9 +77,10 @@ def served_rows(store: Path, spec_path: Path) -> list[dict]:
     """Rows of the window's last day as a client sends them (the row's own columns; for latency, what
     matters is that their entities are in the online store)."""
     from mlcycle.spec import EVENT_TIME, load_spec
+    from mlcycle.store import Store
 
     spec = load_spec(spec_path)
-    folder = store / spec.name / "features" / f"date={LAST}"
+    folder = Store(store, spec.name).features_dir(LAST)
     table = pd.read_parquet(folder / "eval.parquet")
     day = table[table[EVENT_TIME].dt.tz_convert(spec.timezone).dt.date == LAST - dt.timedelta(days=1)]
     rows = day[spec.row_feature_names].head(200)
@@ -174,15 +176,16 @@ def main() -> int:
         ):
             srv = mlcycle_serve(label, folder, {**env, "MLCYCLE_SERVING_LOG": "off", **extra})
             with running(srv, logs):
+                meta = json.loads(urlopen(srv.url.replace("/predict", "/metadata"), timeout=10).read())
                 wrk(srv.url, body, CONNECTIONS, WARM_UP_S, tmp)
                 figures = [wrk(srv.url, body, CONNECTIONS, args.duration, tmp) for _ in range(2)]
             best = min(figures, key=lambda f: f["p99_ms"])
             if any(f["non_2xx"] for f in figures):
                 raise SystemExit(f"{label}: non-2xx answers under load (its log: {logs / (label + '.log')})")
-            runs[label] = best
+            runs[label] = {**best, "inference_path": meta["inference_path"]}
             print(
                 f"  {label:<16} p50 {best['p50_ms']:.2f} ms  p99 {best['p99_ms']:.2f} ms  "
-                f"{best['requests_per_s']:.0f} req/s",
+                f"{best['requests_per_s']:.0f} req/s  ({meta['inference_path']} path)",
                 flush=True,
             )
         results["servers"] = runs

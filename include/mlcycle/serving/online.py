@@ -182,24 +182,33 @@ class OnlineFeatures:
     def add(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """New rows: each with every history feature, from the online store (or the feature's fill)."""
         out = [dict(r) for r in rows]
-        for view in self.views:
-            entity = list(view["entity"])
-            keys = entity or [GLOBAL_KEY]
-            cache: dict[tuple, dict[str, float]] = {}
-            for row in out:
-                values = tuple(row.get(c) for c in entity) if entity else (GLOBAL_VALUE,)
-                if values not in cache:
-                    known = None not in values
-                    cache[values] = (
-                        self._read(view, entity_key(keys, list(values), view["types"])) if known else {}
-                    )
-                found = cache[values]
+        entities = [
+            [tuple(row.get(c) for c in view["entity"]) if view["entity"] else (GLOBAL_VALUE,) for row in out]
+            for view in self.views
+        ]
+        # every distinct (view, entity) once, all read together (one round trip to Redis)
+        wanted = list(
+            dict.fromkeys(
+                (i, values) for i, of_view in enumerate(entities) for values in of_view if None not in values
+            )
+        )
+        keys = [
+            entity_key(list(self.views[i]["entity"]) or [GLOBAL_KEY], list(values), self.views[i]["types"])
+            for i, values in wanted
+        ]
+        found = dict(zip(wanted, self._read_many([self.views[i] for i, _ in wanted], keys), strict=True))
+        for i, view in enumerate(self.views):
+            for row, values in zip(out, entities[i], strict=True):
+                known = found.get((i, values), {})
                 for feature in view["features"]:
-                    value = found.get(feature["name"], math.nan)
+                    value = known.get(feature["name"], math.nan)
                     if math.isnan(value) and feature.get("fill") is not None:
                         value = float(feature["fill"])
                     row[feature["name"]] = value
         return out
+
+    def _read_many(self, views: list[dict[str, Any]], keys: list[bytes]) -> list[dict[str, float]]:
+        return [self._read(view, key) for view, key in zip(views, keys, strict=True)]
 
     def _newest(self, view: dict[str, Any]) -> Any:
         con = self._connection()
@@ -248,21 +257,37 @@ class RedisOnlineFeatures(OnlineFeatures):
             for view in self.views
         }
 
+    def _unavailable(self, exc: BaseException) -> OnlineStoreUnavailable:
+        return OnlineStoreUnavailable(
+            f"the online store {self.where} did not answer ({type(exc).__name__}: {exc}); history "
+            "features cannot be looked up until it does"
+        )
+
     def _call(self, method: str, *args: Any) -> Any:
         try:
             return getattr(self._client, method)(*args)
         except self._errors as exc:
-            raise OnlineStoreUnavailable(
-                f"the online store {self.path} did not answer ({type(exc).__name__}: {exc}); history "
-                "features cannot be looked up until it does"
-            ) from exc
+            raise self._unavailable(exc) from exc
 
-    def _read(self, view: dict[str, Any], key: bytes) -> dict[str, float]:
-        names = [f["name"] for f in view["features"]]
-        values = self._call("hmget", key + self.project.encode(), self._fields[view["name"]])
-        return {
-            name: decode_double(value) for name, value in zip(names, values, strict=True) if value is not None
-        }
+    def _read_many(self, views: list[dict[str, Any]], keys: list[bytes]) -> list[dict[str, float]]:
+        """One pipelined ``HMGET`` per (view, entity): a single round trip for a whole request."""
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for view, key in zip(views, keys, strict=True):
+            pipe.hmget(key + self.project.encode(), self._fields[view["name"]])
+        try:
+            answers = pipe.execute()
+        except self._errors as exc:
+            raise self._unavailable(exc) from exc
+        return [
+            {
+                f["name"]: decode_double(v)
+                for f, v in zip(view["features"], values, strict=True)
+                if v is not None
+            }
+            for view, values in zip(views, answers, strict=True)
+        ]
 
     def _newest(self, view: dict[str, Any]) -> Any:
         value = self._call("get", freshness_key(self.project, view["name"]))
