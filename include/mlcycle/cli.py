@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="", help="the alias --version was resolved from (recorded)")
     p.add_argument("--resolve", action="store_true", help="only name the version the alias points at")
     step("materialize", "write the interval's history feature snapshots to the offline and online stores")
+    p = step("feature-ui", "serve Feast's UI on the pipeline's feature repository (views, entities, sources)",
+             interval=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8888)
     step("monitor", "drift and performance of the interval against the production model's training data")
     p = step("replay", "send a day's real rows to a serving endpoint at a set rate", interval=False)
     p.add_argument("--date", type=_date, required=True, help="the day whose rows are replayed, YYYY-MM-DD")
@@ -235,6 +239,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return suite_from_spec(spec)
     if args.step == "serving-image":
         return _serving_image(args, settings, spec)
+    if args.step == "feature-ui":
+        from mlcycle.feature_store import serve_ui
+        from mlcycle.store import Store
+
+        if not spec.history:
+            raise StepError(f"{spec.name} declares no history features (no `features:` section): no Feast repository")
+        serve_ui(spec, Store(settings.store, spec.name).base, args.host, args.port)
+        return {"pipeline": spec.name, "stopped": True}
     if args.step == "replay":
         from mlcycle.monitoring.replay import replay
 

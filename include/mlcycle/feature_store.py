@@ -305,3 +305,20 @@ class FeatureRepo:
         refs = [f"{self.history.view_name(f.entity)}:{f.name}" for f in self.history.features]
         out = self.store.get_historical_features(entity_df=entity_df, features=refs).to_df()
         return out.sort_values("_row").reset_index(drop=True)[self.history.names]
+
+
+def ui_app(spec, store_base):
+    """Feast's own UI and registry REST API (``/api/v1``) on the pipeline's feature repository: its
+    entities, feature views with their definitions, and sources, as ``materialize`` last applied them."""
+    from feast.ui_server import get_app
+
+    repo = FeatureRepo(spec, store_base)
+    return get_app(repo.store, repo.project)
+
+
+def serve_ui(spec, store_base, host: str, port: int) -> None:
+    """``mlcycle feature-ui``: Feast's UI on ``host:port`` until interrupted."""
+    import uvicorn
+
+    log.info("Feast UI of %s on http://%s:%d (Ctrl-C stops it)", spec.name, host, port)
+    uvicorn.run(ui_app(spec, store_base), host=host, port=port, log_level="warning")

@@ -10,6 +10,7 @@ passes), as in test_features.py.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,20 @@ def test_feast_point_in_time_join_and_online_store_equal_what_training_and_servi
             np.testing.assert_allclose(
                 online[f.name].to_numpy(dtype=float), rows[f.name].to_numpy(dtype=float), err_msg=f.name
             )
+
+    # Feast's own UI and registry API (`mlcycle feature-ui`) show the views with their definitions
+    from fastapi.testclient import TestClient
+
+    from mlcycle.feature_store import ui_app
+
+    with TestClient(ui_app(spec, store.base)) as ui:
+        assert spec.name in ui.get("/projects-list.json").text
+        views = ui.get("/api/v1/feature_views", params={"project": spec.name})
+        assert views.status_code == 200, views.text
+        assert {"by_zone", "by_carrier", "by_hour_carrier"} <= set(
+            re.findall(r'"name":\s*"(by_[a-z_]+)"', views.text)
+        )
+        assert "late_share_7d: share of late == 1 over 7d by zone" in views.text
 
 
 def test_a_backfill_day_by_day_leaves_the_stores_as_one_run_over_the_week(tmp_path, spec, monkeypatch):
