@@ -100,16 +100,21 @@ def test_data_models_and_logs_live_in_the_bucket_and_only_workers_keep_a_volume(
         connection = json.loads(env["AIRFLOW_CONN_MLCYCLE_S3"])
         assert connection["conn_type"] == "aws" and connection["login"] == "x", name
         assert connection["extra"]["endpoint_url"] == "http://127.0.0.1:18333", name
+        # history features: the online store is the stack's Redis (database 1; Celery's broker is 0)
+        assert env["MLCYCLE_ONLINE_STORE"] == "redis://127.0.0.1:16379/1", name
     command = services["mlflow"]["command"]
     assert command[command.index("--artifacts-destination") + 1] == "s3://mlcycle/mlflow"
-    # No data volume but the workers' own (the deploy's proxy files and lock) and the store's server.
+    # No data volume but the workers' own (the deploy's proxy files and lock), the store's server and
+    # Redis's (the online store appended to a file, so a restart keeps the features servers read).
     holders = {
         name
         for name, service in services.items()
         for volume in service.get("volumes", [])
         if str(volume).split(":")[1:2] == ["/data"]
     }
-    assert holders == {"worker", "airflow-init", "seaweedfs"}, holders
+    assert holders == {"worker", "airflow-init", "seaweedfs", "redis"}, holders
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes", redis
     assert services["seaweedfs"]["healthcheck"]["test"][-1] == "http://127.0.0.1:18333/healthz"
 
 
