@@ -122,12 +122,8 @@ def online_args(location: str | None) -> list[str]:
     password), an SQLite file through its folder, mounted read-only."""
     if location is None:
         return []
-    if location.startswith("redis://"):
-        return (
-            ["-e", ONLINE_ENV]
-            if os.environ.get(ONLINE_ENV, "").strip() == location
-            else ["-e", f"{ONLINE_ENV}={location}"]
-        )
+    if location.startswith("redis://"):  # only ever named by ONLINE_ENV (serving.online.locate)
+        return ["-e", ONLINE_ENV]
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     volume, inside = mount(path.parent, "/var/lib/mlcycle/online", read_only=True)
