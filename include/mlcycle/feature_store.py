@@ -31,14 +31,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from mlcycle.errors import StepError
+from mlcycle.errors import ServiceUnavailable, StepError
 from mlcycle.history import SNAPSHOT_TIME, HistorySpec
 
 # the global series' constant entity and the online store's variable: the server reads them the same way
-from mlcycle.serving.online import GLOBAL_KEY, GLOBAL_VALUE, ONLINE_ENV, freshness_key
+from mlcycle.serving.online import GLOBAL_KEY, GLOBAL_VALUE, ONLINE_ENV, freshness_key, redacted
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,12 @@ class OnlineStore:
         if self.kind == "redis":
             from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
-            rest = self.url.removeprefix("redis://")
-            host, _, db = rest.partition("/")
-            return RedisOnlineStoreConfig(connection_string=f"{host},db={db or 0}")
+            # Feast takes host:port,db=N[,username=..][,password=..]: the URL's parts, its password included
+            url = urlsplit(self.url)
+            parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", f"db={url.path.strip('/') or 0}"]
+            parts += [f"username={unquote(url.username)}"] if url.username else []
+            parts += [f"password={unquote(url.password)}"] if url.password else []
+            return RedisOnlineStoreConfig(connection_string=",".join(parts))
         from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
         return SqliteOnlineStoreConfig(path=self.path)
@@ -268,9 +272,20 @@ class FeatureRepo:
         keys = list(entity) or [GLOBAL_KEY]
         latest = frame.sort_values(SNAPSHOT_TIME, kind="stable").drop_duplicates(keys, keep="last")
         view = self.history.view_name(entity)
-        self.store.write_to_online_store(view, latest)
-        if self.online.kind == "redis":
+        if self.online.kind != "redis":
+            self.store.write_to_online_store(view, latest)
+            return len(latest)
+        import redis
+
+        try:
+            self.store.write_to_online_store(view, latest)
             self._mark_newest(view, latest[SNAPSHOT_TIME].max())
+        except (redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable(
+                f"the online store {redacted(self.online.url)} did not answer ({type(exc).__name__}: {exc}): "
+                f"start it (the compose stack's redis service) or point {ONLINE_ENV} at one; the offline "
+                "snapshots are written, a retry loads the online store"
+            ) from exc
         return len(latest)
 
     def _mark_newest(self, view: str, newest: pd.Timestamp) -> None:

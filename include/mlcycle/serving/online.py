@@ -100,6 +100,11 @@ def redis_field(view: str, feature: str) -> bytes:
     return struct.pack("<I", murmur3_32(f"{view}:{feature}".encode()))
 
 
+def redacted(location: str) -> str:
+    """``location`` fit for a log or a page: a URL's credentials left out."""
+    return re.sub(r"//[^@/]*@", "//", location)
+
+
 def freshness_key(project: str, view: str) -> str:
     """The Redis key where ``materialize`` keeps a view's newest snapshot time (epoch seconds)."""
     return f"mlcycle:{project}:{view}:newest_snapshot"
@@ -149,7 +154,7 @@ class OnlineFeatures:
     @property
     def where(self) -> str:
         """The store's location as shown in ``/metadata``: a Redis URL without its credentials."""
-        return re.sub(r"//[^@/]*@", "//", self.path)
+        return redacted(self.path)
 
     def _table(self, view: dict[str, Any]) -> str:
         """The view's table: names of the spec (a pipeline name, column names), checked to be identifiers

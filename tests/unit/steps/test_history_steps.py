@@ -291,3 +291,21 @@ def test_a_store_in_object_storage_keeps_the_feast_registry_and_snapshots_in_the
     for name in ("late_share_7d", "flights_7d"):
         assert by_feast[name].notna().all(), by_feast
         np.testing.assert_allclose([r[name] for r in served], by_feast[name].to_numpy(dtype=float))
+
+
+def test_an_online_store_that_does_not_answer_fails_materialize_as_transient_and_says_what_to_do(
+    spec, settings, monkeypatch
+):
+    """A Redis that is down: a clear, retryable error without the URL's password, and the day's offline
+    snapshots already written (a retry only has the online store left to load)."""
+    from mlcycle.errors import ServiceUnavailable, failure_class
+
+    store, _ = _publish(spec, settings)
+    monkeypatch.setenv("MLCYCLE_ONLINE_STORE", "redis://:s3cret@127.0.0.1:9/0")  # nothing listens on port 9
+    day = LAST - dt.timedelta(days=1)
+    with pytest.raises(ServiceUnavailable) as caught:
+        materialize(spec, settings, day_interval(day))
+    message = str(caught.value)
+    assert "redis://127.0.0.1:9/0 did not answer" in message and "s3cret" not in message, message
+    assert "MLCYCLE_ONLINE_STORE" in message and failure_class(caught.value) == "transient"
+    assert history_file(store, "by_zone", day).is_file()
