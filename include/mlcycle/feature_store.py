@@ -325,9 +325,9 @@ class FeatureRepo:
 def ui_app(spec, store_base):
     """Feast's own UI and registry REST API (``/api/v1``) on the pipeline's feature repository: its
     entities, feature views with their definitions, and sources, as ``materialize`` last applied them."""
+    repo = FeatureRepo(spec, store_base)  # imports Feast first, undoing its process-wide side effects
     from feast.ui_server import get_app
 
-    repo = FeatureRepo(spec, store_base)
     return get_app(repo.store, repo.project)
 
 

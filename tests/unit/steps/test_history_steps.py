@@ -229,9 +229,11 @@ def test_the_server_builds_from_the_online_store_the_vector_training_used(
 
 def test_the_redis_field_hash_is_feasts():
     """The server's MurmurHash3 of ``<view>:<feature>`` equals the mmh3 field names Feast writes."""
-    from feast.infra.online_stores.helpers import _mmh3
-
+    from mlcycle.feature_store import _import_feast
     from mlcycle.serving.online import redis_field
+
+    _import_feast()  # as materialize imports it: without its process-wide side effects
+    from feast.infra.online_stores.helpers import _mmh3
 
     for view, feature in [("a", ""), ("by_zone", "late_share_7d"), ("g", "ü€x"), ("v" * 7, "f" * 13)]:
         for cut in range(len(feature) + 1):
